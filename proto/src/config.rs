@@ -1,0 +1,464 @@
+//! The gateway's configuration (standalone YAML file; the Kubernetes mode reuses the peer types).
+//!
+//! Parsing is two steps: serde checks the shape (through `serde_path_to_error`, so a wrong type or
+//! an unknown field is reported with its path), then [`GatewayConfig::validate`] checks meaning
+//! across fields. Every error names the field, as `peers[0].networks[1].cidr`, and the value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Cidr, Key};
+
+pub const DEFAULT_INTERFACE: &str = "liqo0";
+pub const DEFAULT_LISTEN_PORT: u16 = 51840;
+pub const DEFAULT_MTU: u16 = 1420;
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(rename = "clusterID")]
+    pub cluster_id: String,
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    #[serde(default = "default_listen_port")]
+    pub listen_port: u16,
+    pub private_key_file: PathBuf,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// This cluster's own networks: no peer network may be routed over them.
+    #[serde(default)]
+    pub local_networks: Vec<Cidr>,
+    /// Where `/metrics` and `/healthz` are served; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<Parsed<SocketAddr>>,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One foreign cluster. Also the spec of a `TunnelEndpoint` in Kubernetes mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerConfig {
+    #[serde(rename = "clusterID")]
+    pub cluster_id: String,
+    pub public_key: Key,
+    /// Where to reach the peer; a peer without one only answers (and is followed when it roams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+    /// Seconds between keepalives; absent or 0 means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_keepalive: Option<u16>,
+    pub networks: Vec<NetworkConfig>,
+}
+
+/// A network the peer exports: `cidr` as the peer numbers it, `remapped` as home pods address it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub cidr: Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remapped: Option<Remapped>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remapped {
+    /// Let IPAM choose a free prefix of the same length.
+    Auto,
+    To(Cidr),
+}
+
+impl NetworkConfig {
+    /// The prefix home pods use for this network, when it is already known (not `auto`).
+    pub fn effective_remapped(&self) -> Option<Cidr> {
+        match self.remapped {
+            None => Some(self.cidr),
+            Some(Remapped::To(c)) => Some(c),
+            Some(Remapped::Auto) => None,
+        }
+    }
+}
+
+/// `HOST:PORT`, where HOST is an IP address (IPv6 in brackets) or a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Addr(SocketAddr),
+    Host(String, u16),
+}
+
+/// A value kept as text in the file and parsed by `FromStr`, whose errors quote the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed<T>(pub T);
+
+/// One problem in a config file, named by its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+fn default_interface() -> String {
+    DEFAULT_INTERFACE.to_string()
+}
+fn default_listen_port() -> u16 {
+    DEFAULT_LISTEN_PORT
+}
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+impl GatewayConfig {
+    /// Parses and validates a YAML document.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: GatewayConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { "(top level)".into() } else { path };
+            ConfigErrors(vec![ConfigError {
+                path,
+                message: e.into_inner().to_string(),
+            }])
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, names, uniqueness and overlaps across fields.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = Vec::new();
+        let mut err = |path: String, message: String| errs.push(ConfigError { path, message });
+
+        if let Err(m) = check_cluster_id(&self.cluster_id) {
+            err("clusterID".into(), m);
+        }
+        if let Err(m) = check_interface(&self.interface) {
+            err("interface".into(), m);
+        }
+        if self.listen_port == 0 {
+            err("listenPort".into(), "0 is not a port (1-65535)".into());
+        }
+        if !MTU_RANGE.contains(&self.mtu) {
+            err(
+                "mtu".into(),
+                format!(
+                    "{} is out of range ({}-{})",
+                    self.mtu,
+                    MTU_RANGE.start(),
+                    MTU_RANGE.end()
+                ),
+            );
+        }
+        if self.private_key_file.as_os_str().is_empty() {
+            err("privateKeyFile".into(), "must name a file".into());
+        }
+
+        // Every routed prefix with the path of the field it comes from, to name both sides of a clash.
+        let mut routed: Vec<(String, Cidr)> = Vec::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let p = format!("peers[{i}]");
+            if let Err(m) = check_cluster_id(&peer.cluster_id) {
+                err(format!("{p}.clusterID"), m);
+            } else if peer.cluster_id == self.cluster_id {
+                err(
+                    format!("{p}.clusterID"),
+                    format!("{:?} is this cluster's own clusterID", peer.cluster_id),
+                );
+            }
+            if let Some(j) = self.peers[..i]
+                .iter()
+                .position(|q| q.cluster_id == peer.cluster_id)
+            {
+                err(
+                    format!("{p}.clusterID"),
+                    format!("{:?} is also peers[{j}].clusterID", peer.cluster_id),
+                );
+            }
+            if let Some(j) = self.peers[..i]
+                .iter()
+                .position(|q| q.public_key == peer.public_key)
+            {
+                err(
+                    format!("{p}.publicKey"),
+                    format!(
+                        "{:?} is also peers[{j}].publicKey",
+                        peer.public_key.to_base64()
+                    ),
+                );
+            }
+            if peer.networks.is_empty() {
+                err(
+                    format!("{p}.networks"),
+                    "a peer needs at least one network".into(),
+                );
+            }
+            for (j, net) in peer.networks.iter().enumerate() {
+                let n = format!("{p}.networks[{j}]");
+                if let Some(Remapped::To(r)) = net.remapped {
+                    if r.len() != net.cidr.len() || r.is_ipv4() != net.cidr.is_ipv4() {
+                        err(
+                            format!("{n}.remapped"),
+                            format!(
+                                "\"{r}\" does not have the prefix length and family of cidr \"{}\"",
+                                net.cidr
+                            ),
+                        );
+                        continue;
+                    }
+                }
+                let Some(target) = net.effective_remapped() else {
+                    continue;
+                };
+                let field = if net.remapped.is_some() {
+                    format!("{n}.remapped")
+                } else {
+                    format!("{n}.cidr")
+                };
+                if let Some((k, local)) = self
+                    .local_networks
+                    .iter()
+                    .enumerate()
+                    .find(|(_, l)| l.overlaps(&target))
+                {
+                    err(
+                        field.clone(),
+                        format!(
+                            "\"{target}\" overlaps localNetworks[{k}] (\"{local}\"); give it a remapped network"
+                        ),
+                    );
+                }
+                if let Some((other, prev)) = routed.iter().find(|(_, c)| c.overlaps(&target)) {
+                    err(
+                        field.clone(),
+                        format!("\"{target}\" overlaps {other} (\"{prev}\")"),
+                    );
+                }
+                routed.push((field, target));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+/// A Kubernetes-style name: lowercase letters, digits and '-', 1 to 63, alphanumeric at both ends.
+fn check_cluster_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+        && !id.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a cluster ID (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+fn check_interface(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not an interface name (1-15 characters, no '/', ':' or spaces)"
+        ))
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Endpoint::Addr(addr));
+        }
+        let bad = || format!("{s:?} is not HOST:PORT");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !host_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(Endpoint::Host(host.to_string(), port))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Addr(a) => write!(f, "{a}"),
+            Endpoint::Host(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Remapped {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Remapped::Auto => s.serialize_str("auto"),
+            Remapped::To(c) => c.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Remapped {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "auto" {
+            return Ok(Remapped::Auto);
+        }
+        s.parse().map(Remapped::To).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is neither \"auto\" nor a CIDR: {e}"))
+        })
+    }
+}
+
+impl<T: fmt::Display> Serialize for Parsed<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de, T: FromStr> Deserialize<'de> for Parsed<T>
+where
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map(Parsed)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    const KEY_B: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    fn base() -> String {
+        format!(
+            "clusterID: home\nprivateKeyFile: home.key\nlocalNetworks: [10.244.0.0/16]\npeers:\n  - clusterID: foreign\n    publicKey: {KEY_A}\n    endpoint: 192.0.2.2:51840\n    networks:\n      - cidr: 10.245.0.0/16\n"
+        )
+    }
+
+    fn first_error(text: &str) -> ConfigError {
+        GatewayConfig::from_yaml(text).unwrap_err().0.remove(0)
+    }
+
+    #[test]
+    fn accepts_a_minimal_file_with_defaults() {
+        let c = GatewayConfig::from_yaml(&base()).unwrap();
+        assert_eq!(c.interface, "liqo0");
+        assert_eq!(c.listen_port, 51840);
+        assert_eq!(c.mtu, 1420);
+        assert_eq!(
+            c.peers[0].endpoint,
+            Some(Endpoint::Addr("192.0.2.2:51840".parse().unwrap()))
+        );
+        assert_eq!(
+            c.peers[0].networks[0].effective_remapped(),
+            Some("10.245.0.0/16".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn names_the_field_of_a_bad_cidr() {
+        let e = first_error(&base().replace("10.245.0.0/16", "10.0.0.0/33"));
+        assert_eq!(e.path, "peers[0].networks[0].cidr");
+        assert!(e.message.contains("\"10.0.0.0/33\" is not a CIDR"), "{e}");
+    }
+
+    #[test]
+    fn names_both_sides_of_an_overlap() {
+        let text = base() + &format!(
+            "  - clusterID: third\n    publicKey: {KEY_B}\n    networks:\n      - cidr: 10.245.128.0/17\n"
+        );
+        let e = first_error(&text);
+        assert_eq!(e.path, "peers[1].networks[0].cidr");
+        assert!(e.message.contains("peers[0].networks[0].cidr"), "{e}");
+    }
+
+    #[test]
+    fn reports_every_semantic_error() {
+        let text = base()
+            .replace("clusterID: home", "clusterID: Home")
+            .replace("privateKeyFile: home.key", "privateKeyFile: home.key\nmtu: 100");
+        let errs = GatewayConfig::from_yaml(&text).unwrap_err().0;
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["clusterID", "mtu"]);
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            "[fd00::2]:51840".parse::<Endpoint>(),
+            Ok(Endpoint::Addr("[fd00::2]:51840".parse().unwrap()))
+        );
+        assert_eq!(
+            "gw.example.com:443".parse::<Endpoint>(),
+            Ok(Endpoint::Host("gw.example.com".into(), 443))
+        );
+        assert!("gw.example.com".parse::<Endpoint>().is_err());
+        assert!("gw:0".parse::<Endpoint>().is_err());
+    }
+}
