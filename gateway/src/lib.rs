@@ -1,0 +1,3 @@
+//! liqonet's gateway: a sans-IO WireGuard [`engine`] and the thin [`io`] shell around it.
+
+pub mod engine;

@@ -121,7 +121,11 @@ impl GatewayConfig {
         let de = serde_yaml::Deserializer::from_str(text);
         let config: GatewayConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let path = if path == "." { "(top level)".into() } else { path };
+            let path = if path == "." {
+                "(top level)".into()
+            } else {
+                path
+            };
             ConfigErrors(vec![ConfigError {
                 path,
                 message: e.into_inner().to_string(),
@@ -442,7 +446,10 @@ mod tests {
     fn reports_every_semantic_error() {
         let text = base()
             .replace("clusterID: home", "clusterID: Home")
-            .replace("privateKeyFile: home.key", "privateKeyFile: home.key\nmtu: 100");
+            .replace(
+                "privateKeyFile: home.key",
+                "privateKeyFile: home.key\nmtu: 100",
+            );
         let errs = GatewayConfig::from_yaml(&text).unwrap_err().0;
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["clusterID", "mtu"]);

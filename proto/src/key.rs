@@ -39,9 +39,7 @@ impl FromStr for Key {
     type Err = KeyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = STANDARD
-            .decode(s.trim())
-            .map_err(|_| KeyError::NotBase64)?;
+        let bytes = STANDARD.decode(s.trim()).map_err(|_| KeyError::NotBase64)?;
         let arr: [u8; 32] = bytes
             .as_slice()
             .try_into()
@@ -76,7 +74,9 @@ mod tests {
 
     #[test]
     fn round_trips_base64() {
-        let k: Key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".parse().unwrap();
+        let k: Key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+            .parse()
+            .unwrap();
         assert_eq!(
             k.to_base64(),
             "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="

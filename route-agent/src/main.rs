@@ -2,6 +2,8 @@
 //! only node with routes to foreign clusters.
 
 fn main() {
-    eprintln!("liqonet-route-agent: not implemented yet; run the gateway on the node that hosts the pods");
+    eprintln!(
+        "liqonet-route-agent: not implemented yet; run the gateway on the node that hosts the pods"
+    );
     std::process::exit(2);
 }

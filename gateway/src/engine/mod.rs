@@ -1,0 +1,363 @@
+//! The gateway's sans-IO core: packets in, packets out, no sockets or devices.
+//!
+//! The I/O shell feeds it packets read from the TUN ([`Engine::from_tun`]) and datagrams read from
+//! UDP ([`Engine::from_network`]), calls [`Engine::tick`] a few times a second, and carries out what
+//! the engine hands to its [`Sink`]. One scratch buffer is allocated up front; nothing is allocated
+//! per packet once sessions are up (boringtun queues packets only while a handshake is pending).
+
+mod counters;
+pub mod ip;
+mod peer;
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use liqonet_proto::{Key, PrefixTable};
+
+pub use counters::{Counters, DropReason};
+use ip::IpPacket;
+use peer::Peer;
+pub use peer::{Network, PeerSpec};
+
+/// Largest datagram or packet the engine handles (a full IP packet plus WireGuard's overhead).
+pub const MAX_PACKET: usize = 65535 + 64;
+
+/// Handshake messages per second before the engine answers with cookies (DoS protection).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// WireGuard message type of a cookie reply (sent unauthenticated, so it must not move the endpoint).
+const COOKIE_REPLY: u8 = 3;
+
+/// Where the engine's output goes. Implemented by the I/O shell, and by tests.
+pub trait Sink {
+    fn send_to_network(&mut self, dst: SocketAddr, datagram: &[u8]);
+    fn write_to_tun(&mut self, packet: &[u8]);
+}
+
+pub struct Engine {
+    secret: StaticSecret,
+    public: PublicKey,
+    limiter: Arc<RateLimiter>,
+    peers: Vec<Peer>,
+    by_key: HashMap<[u8; 32], usize>,
+    /// Remapped network → index into `peers`: the egress longest-prefix match.
+    routes: PrefixTable<usize>,
+    counters: Counters,
+    buf: Box<[u8]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("peer {peer:?}: network {network} is already routed to peer {other:?}")]
+    DuplicateNetwork {
+        peer: String,
+        network: String,
+        other: String,
+    },
+    #[error("peer {peer:?}: its public key is also peer {other:?}'s")]
+    DuplicateKey { peer: String, other: String },
+    #[error("too many peers (at most {0})")]
+    TooManyPeers(usize),
+}
+
+impl Engine {
+    pub fn new(private_key: &Key, peers: Vec<PeerSpec>) -> Result<Self, EngineError> {
+        // Session indices carry the peer's position in their top 24 bits.
+        const MAX_PEERS: usize = 1 << 24;
+        if peers.len() > MAX_PEERS {
+            return Err(EngineError::TooManyPeers(MAX_PEERS));
+        }
+        let secret = StaticSecret::from(private_key.0);
+        let public = PublicKey::from(&secret);
+        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        let mut engine = Engine {
+            secret,
+            public,
+            limiter,
+            peers: Vec::with_capacity(peers.len()),
+            by_key: HashMap::new(),
+            routes: PrefixTable::new(),
+            counters: Counters::default(),
+            buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
+        };
+        for spec in peers {
+            engine.add_peer(spec)?;
+        }
+        Ok(engine)
+    }
+
+    fn add_peer(&mut self, spec: PeerSpec) -> Result<(), EngineError> {
+        let idx = self.peers.len();
+        if let Some(&other) = self.by_key.get(&spec.public_key.0) {
+            return Err(EngineError::DuplicateKey {
+                peer: spec.name,
+                other: self.peers[other].spec.name.clone(),
+            });
+        }
+        for net in &spec.networks {
+            if let Some(&other) = self.routes.lookup(net.remapped.addr()) {
+                let other_net = self.peers[other]
+                    .spec
+                    .networks
+                    .iter()
+                    .find(|n| n.remapped == net.remapped);
+                if other_net.is_some() {
+                    return Err(EngineError::DuplicateNetwork {
+                        peer: spec.name,
+                        network: net.remapped.to_string(),
+                        other: self.peers[other].spec.name.clone(),
+                    });
+                }
+            }
+        }
+        let tunn = Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(spec.public_key.0),
+            None,
+            spec.persistent_keepalive.filter(|&k| k > 0),
+            idx as u32,
+            Some(self.limiter.clone()),
+        );
+        for net in &spec.networks {
+            self.routes.insert(net.remapped, idx);
+        }
+        self.by_key.insert(spec.public_key.0, idx);
+        self.peers.push(Peer {
+            endpoint: spec.endpoint,
+            spec,
+            tunn,
+            session_age: None,
+        });
+        Ok(())
+    }
+
+    pub fn public_key(&self) -> Key {
+        Key(self.public.to_bytes())
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// A packet a local pod sent towards a foreign cluster: encrypt it for the peer that owns the
+    /// destination. The packet is mutable so that address rewriting can happen in place.
+    pub fn from_tun(&mut self, packet: &mut [u8], sink: &mut impl Sink) {
+        let dst = match IpPacket::new_checked(packet) {
+            Ok(p) => p.dst_addr(),
+            Err(_) => return self.counters.count(DropReason::TunMalformed),
+        };
+        let Some(&idx) = self.routes.lookup(dst) else {
+            return self.counters.count(DropReason::NoRoute);
+        };
+        if packet.len() + 32 > self.buf.len() {
+            return self.counters.count(DropReason::TooBig);
+        }
+        let peer = &mut self.peers[idx];
+        // Without an endpoint nothing can be sent, not even a handshake: drop rather than queue.
+        let Some(endpoint) = peer.endpoint else {
+            return self.counters.count(DropReason::NoEndpoint);
+        };
+        match peer.tunn.encapsulate(packet, &mut self.buf) {
+            TunnResult::WriteToNetwork(datagram) => sink.send_to_network(endpoint, datagram),
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.spec.name, error = ?e, "encapsulation failed");
+                self.counters.count(drop_reason(&e));
+            }
+            _ => {}
+        }
+    }
+
+    /// A datagram from the underlay: authenticate, decrypt, check the inner source, hand it on.
+    pub fn from_network(&mut self, src: SocketAddr, datagram: &[u8], sink: &mut impl Sink) {
+        if datagram.len() > self.buf.len() {
+            return self.counters.count(DropReason::TooBig);
+        }
+        let Some(idx) = self.identify(src, datagram, sink) else {
+            return;
+        };
+        let peer = &mut self.peers[idx];
+        match peer
+            .tunn
+            .decapsulate(Some(src.ip()), datagram, &mut self.buf)
+        {
+            TunnResult::Done => peer.roam(src),
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.spec.name, %src, error = ?e, "datagram rejected");
+                self.counters.count(drop_reason(&e));
+            }
+            TunnResult::WriteToNetwork(reply) => {
+                if reply.first() != Some(&COOKIE_REPLY) {
+                    peer.roam(src);
+                }
+                sink.send_to_network(src, reply);
+                // A completed handshake releases the packets queued while it was pending.
+                while let TunnResult::WriteToNetwork(queued) =
+                    peer.tunn.decapsulate(None, &[], &mut self.buf)
+                {
+                    sink.send_to_network(src, queued);
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, inner_src) => {
+                peer.roam(src);
+                if peer.allows_source(inner_src.into()) {
+                    sink.write_to_tun(packet);
+                } else {
+                    self.counters.count(DropReason::SourceNotAllowed);
+                }
+            }
+            TunnResult::WriteToTunnelV6(packet, inner_src) => {
+                peer.roam(src);
+                if peer.allows_source(inner_src.into()) {
+                    sink.write_to_tun(packet);
+                } else {
+                    self.counters.count(DropReason::SourceNotAllowed);
+                }
+            }
+        }
+    }
+
+    /// Which peer a datagram belongs to: by the sender's static key for a handshake initiation, by
+    /// our session index otherwise. Answers with a cookie when handshakes arrive too fast.
+    fn identify(
+        &mut self,
+        src: SocketAddr,
+        datagram: &[u8],
+        sink: &mut impl Sink,
+    ) -> Option<usize> {
+        let idx = match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => {
+                self.counters.count(DropReason::Malformed);
+                return None;
+            }
+            Ok(Packet::HandshakeInit(ref init)) => {
+                // MAC and load check before the Diffie-Hellman that identifies the sender.
+                match self
+                    .limiter
+                    .verify_packet(Some(src.ip()), datagram, &mut self.buf)
+                {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        sink.send_to_network(src, cookie);
+                        return None;
+                    }
+                    Err(_) => {
+                        self.counters.count(DropReason::AuthFailed);
+                        return None;
+                    }
+                }
+                match parse_handshake_anon(&self.secret, &self.public, init) {
+                    Ok(half) => match self.by_key.get(&half.peer_static_public) {
+                        Some(&idx) => idx,
+                        None => {
+                            self.counters.count(DropReason::UnknownPeer);
+                            return None;
+                        }
+                    },
+                    Err(_) => {
+                        self.counters.count(DropReason::AuthFailed);
+                        return None;
+                    }
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx >> 8) as usize,
+            Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx >> 8) as usize,
+            Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8) as usize,
+        };
+        if idx < self.peers.len() {
+            Some(idx)
+        } else {
+            self.counters.count(DropReason::UnknownPeer);
+            None
+        }
+    }
+
+    /// Runs WireGuard's timers (handshake retries, rekeys, keepalives); call every ~250 ms.
+    pub fn tick(&mut self, sink: &mut impl Sink) {
+        self.limiter.reset_count();
+        for peer in &mut self.peers {
+            match peer.tunn.update_timers(&mut self.buf) {
+                TunnResult::WriteToNetwork(datagram) => {
+                    if let Some(ep) = peer.endpoint {
+                        sink.send_to_network(ep, datagram);
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = %peer.spec.name, error = ?e, "timer error")
+                }
+                _ => {}
+            }
+            let age = peer.tunn.stats().0;
+            match (peer.session_age, age) {
+                (None, Some(_)) => {
+                    tracing::info!(peer = %peer.spec.name, endpoint = ?peer.endpoint, "peer up: handshake completed")
+                }
+                (Some(_), None) => {
+                    tracing::info!(peer = %peer.spec.name, "peer down: session expired")
+                }
+                (Some(old), Some(new)) if new < old => {
+                    tracing::debug!(peer = %peer.spec.name, "handshake completed (rekey)")
+                }
+                _ => {}
+            }
+            peer.session_age = age;
+        }
+    }
+
+    /// Is a session with this peer established? (By name; for status and tests.)
+    pub fn peer_is_up(&self, name: &str) -> bool {
+        self.peers
+            .iter()
+            .any(|p| p.spec.name == name && p.tunn.stats().0.is_some())
+    }
+
+    /// Prometheus text exposition of peer state and drop counters.
+    pub fn render_metrics(&self, out: &mut String) {
+        out.push_str("# TYPE liqonet_peer_up gauge\n");
+        for p in &self.peers {
+            let (age, tx, rx, _, _) = p.tunn.stats();
+            let name = &p.spec.name;
+            let _ = writeln!(
+                out,
+                "liqonet_peer_up{{peer=\"{name}\"}} {}",
+                u8::from(age.is_some())
+            );
+            let _ = writeln!(out, "liqonet_peer_tx_bytes_total{{peer=\"{name}\"}} {tx}");
+            let _ = writeln!(out, "liqonet_peer_rx_bytes_total{{peer=\"{name}\"}} {rx}");
+            if let Some(age) = age {
+                let _ = writeln!(
+                    out,
+                    "liqonet_peer_last_handshake_age_seconds{{peer=\"{name}\"}} {:.3}",
+                    age.as_secs_f64()
+                );
+            }
+        }
+        self.counters.render(out);
+    }
+}
+
+fn drop_reason(e: &WireGuardError) -> DropReason {
+    use WireGuardError::*;
+    match e {
+        InvalidCounter | DuplicateCounter => DropReason::Replayed,
+        NoCurrentSession => DropReason::NoSession,
+        WrongKey
+        | InvalidMac
+        | InvalidAeadTag
+        | WrongIndex
+        | InvalidTai64nTimestamp
+        | WrongTai64nTimestamp
+        | UnexpectedPacket => DropReason::AuthFailed,
+        _ => DropReason::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests;

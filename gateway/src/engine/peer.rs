@@ -1,0 +1,48 @@
+//! One foreign cluster as the engine sees it: a boringtun session, an endpoint, its networks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use boringtun::noise::Tunn;
+use liqonet_proto::{Cidr, Key};
+
+/// A network a peer exports: `cidr` as the peer numbers it, `remapped` as home pods address it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub cidr: Cidr,
+    pub remapped: Cidr,
+}
+
+/// What the engine needs to know about a peer, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    pub name: String,
+    pub public_key: Key,
+    pub endpoint: Option<SocketAddr>,
+    pub persistent_keepalive: Option<u16>,
+    pub networks: Vec<Network>,
+}
+
+pub(crate) struct Peer {
+    pub spec: PeerSpec,
+    pub tunn: Tunn,
+    /// Where datagrams go: the configured endpoint, then wherever authenticated packets come from.
+    pub endpoint: Option<SocketAddr>,
+    /// Age of the current session when last looked at, to log handshakes and up/down changes.
+    pub session_age: Option<Duration>,
+}
+
+impl Peer {
+    /// Cryptokey routing: may this peer send packets from `src`?
+    pub fn allows_source(&self, src: IpAddr) -> bool {
+        self.spec.networks.iter().any(|n| n.cidr.contains(src))
+    }
+
+    /// Follows the peer to the address its latest authenticated packet came from.
+    pub fn roam(&mut self, src: SocketAddr) {
+        if self.endpoint != Some(src) {
+            tracing::info!(peer = %self.spec.name, endpoint = %src, "peer endpoint is now {src}");
+            self.endpoint = Some(src);
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The engine without devices: two (or three) engines wired back to back in memory.
+
+use std::net::SocketAddr;
+
+use super::*;
+use liqonet_proto::Cidr;
+
+const HOME: &str = "192.0.2.1:51840";
+const FOREIGN: &str = "192.0.2.2:51840";
+
+#[derive(Default)]
+struct Recorder {
+    net: Vec<(SocketAddr, Vec<u8>)>,
+    tun: Vec<Vec<u8>>,
+}
+
+impl Sink for Recorder {
+    fn send_to_network(&mut self, dst: SocketAddr, datagram: &[u8]) {
+        self.net.push((dst, datagram.to_vec()));
+    }
+    fn write_to_tun(&mut self, packet: &[u8]) {
+        self.tun.push(packet.to_vec());
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn key(seed: u8) -> Key {
+    Key::clamped([seed; 32])
+}
+
+fn public(k: &Key) -> Key {
+    Key(PublicKey::from(&StaticSecret::from(k.0)).to_bytes())
+}
+
+fn net(s: &str) -> Network {
+    let c: Cidr = s.parse().unwrap();
+    Network {
+        cidr: c,
+        remapped: c,
+    }
+}
+
+fn spec(name: &str, key: &Key, endpoint: Option<&str>, networks: &[&str]) -> PeerSpec {
+    PeerSpec {
+        name: name.into(),
+        public_key: public(key),
+        endpoint: endpoint.map(addr),
+        persistent_keepalive: None,
+        networks: networks.iter().map(|n| net(n)).collect(),
+    }
+}
+
+/// An IPv4/UDP packet with a 4-byte payload (checksums are not the engine's business here).
+fn udp4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0u8; 32];
+    p[0] = 0x45;
+    p[3] = 32;
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[24..26].copy_from_slice(&12u16.to_be_bytes());
+    p[28..32].copy_from_slice(b"ping");
+    p
+}
+
+struct Pair {
+    home: Engine,
+    foreign: Engine,
+    home_addr: SocketAddr,
+    home_out: Recorder,
+    foreign_out: Recorder,
+}
+
+impl Pair {
+    /// home (10.244/16) peers with foreign (10.245/16); `foreign_knows_home` gives foreign an endpoint.
+    fn new(foreign_knows_home: bool) -> Self {
+        let (hk, fk) = (key(1), key(2));
+        let home = Engine::new(
+            &hk,
+            vec![spec("foreign", &fk, Some(FOREIGN), &["10.245.0.0/16"])],
+        )
+        .unwrap();
+        let foreign = Engine::new(
+            &fk,
+            vec![spec(
+                "home",
+                &hk,
+                foreign_knows_home.then_some(HOME),
+                &["10.244.0.0/16"],
+            )],
+        )
+        .unwrap();
+        Pair {
+            home,
+            foreign,
+            home_addr: addr(HOME),
+            home_out: Recorder::default(),
+            foreign_out: Recorder::default(),
+        }
+    }
+
+    /// Carries datagrams between the two until neither has anything left to send.
+    fn pump(&mut self) {
+        for _ in 0..16 {
+            let to_foreign = std::mem::take(&mut self.home_out.net);
+            let to_home = std::mem::take(&mut self.foreign_out.net);
+            if to_foreign.is_empty() && to_home.is_empty() {
+                return;
+            }
+            for (dst, d) in to_foreign {
+                assert_eq!(dst, addr(FOREIGN));
+                self.foreign
+                    .from_network(self.home_addr, &d, &mut self.foreign_out);
+            }
+            for (dst, d) in to_home {
+                if dst == self.home_addr {
+                    self.home
+                        .from_network(addr(FOREIGN), &d, &mut self.home_out);
+                }
+            }
+        }
+        panic!("datagrams kept bouncing");
+    }
+}
+
+#[test]
+fn handshake_on_demand_then_data_both_ways() {
+    let mut p = Pair::new(true);
+    let mut pkt = udp4([10, 244, 0, 10], [10, 245, 0, 10]);
+    let original = pkt.clone();
+    p.home.from_tun(&mut pkt, &mut p.home_out);
+    assert_eq!(p.home_out.net.len(), 1, "a handshake initiation goes out");
+    p.pump();
+    assert_eq!(
+        p.foreign_out.tun,
+        vec![original],
+        "the queued packet arrives after the handshake"
+    );
+    assert!(p.home.peer_is_up("foreign") && p.foreign.peer_is_up("home"));
+
+    let mut reply = udp4([10, 245, 0, 10], [10, 244, 0, 10]);
+    let reply_orig = reply.clone();
+    p.foreign.from_tun(&mut reply, &mut p.foreign_out);
+    p.pump();
+    assert_eq!(p.home_out.tun, vec![reply_orig]);
+    for r in DropReason::ALL {
+        assert_eq!(p.home.counters().get(r), 0, "{r:?}");
+        assert_eq!(p.foreign.counters().get(r), 0, "{r:?}");
+    }
+}
+
+#[test]
+fn answer_only_peer_learns_the_endpoint_and_follows_roaming() {
+    let mut p = Pair::new(false);
+    let mut early = udp4([10, 245, 0, 10], [10, 244, 0, 10]);
+    p.foreign.from_tun(&mut early, &mut p.foreign_out);
+    assert!(p.foreign_out.net.is_empty());
+    assert_eq!(p.foreign.counters().get(DropReason::NoEndpoint), 1);
+
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [10, 245, 0, 10]),
+        &mut p.home_out,
+    );
+    p.pump();
+    p.foreign.from_tun(
+        &mut udp4([10, 245, 0, 10], [10, 244, 0, 10]),
+        &mut p.foreign_out,
+    );
+    assert_eq!(p.foreign_out.net[0].0, addr(HOME));
+    p.pump();
+    assert_eq!(p.home_out.tun.len(), 1);
+
+    // home moves: its next authenticated packet comes from elsewhere, and replies follow it.
+    p.home_addr = addr("198.51.100.7:40000");
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [10, 245, 0, 11]),
+        &mut p.home_out,
+    );
+    p.pump();
+    p.foreign.from_tun(
+        &mut udp4([10, 245, 0, 11], [10, 244, 0, 10]),
+        &mut p.foreign_out,
+    );
+    assert_eq!(p.foreign_out.net[0].0, addr("198.51.100.7:40000"));
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped_and_counted() {
+    let mut p = Pair::new(true);
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [10, 245, 0, 10]),
+        &mut p.home_out,
+    );
+    p.pump();
+    // foreign sends from an address outside the networks home accepts from it.
+    p.foreign.from_tun(
+        &mut udp4([10, 99, 0, 1], [10, 244, 0, 10]),
+        &mut p.foreign_out,
+    );
+    p.pump();
+    assert!(p.home_out.tun.is_empty());
+    assert_eq!(p.home.counters().get(DropReason::SourceNotAllowed), 1);
+}
+
+#[test]
+fn wrong_public_key_gets_nothing_through() {
+    let (hk, fk) = (key(1), key(2));
+    let mut home = Engine::new(
+        &hk,
+        vec![spec("foreign", &key(9), Some(FOREIGN), &["10.245.0.0/16"])],
+    )
+    .unwrap();
+    let mut foreign =
+        Engine::new(&fk, vec![spec("home", &hk, Some(HOME), &["10.244.0.0/16"])]).unwrap();
+    let (mut ho, mut fo) = (Recorder::default(), Recorder::default());
+    home.from_tun(&mut udp4([10, 244, 0, 10], [10, 245, 0, 10]), &mut ho);
+    for (_, d) in ho.net.drain(..) {
+        foreign.from_network(addr(HOME), &d, &mut fo);
+    }
+    assert!(fo.net.is_empty() && fo.tun.is_empty());
+    assert_eq!(foreign.counters().get(DropReason::AuthFailed), 1);
+    assert!(!foreign.peer_is_up("home"));
+}
+
+#[test]
+fn unknown_peer_and_unrouted_destinations_are_counted() {
+    let mut p = Pair::new(true);
+    // A third cluster that foreign does not know initiates.
+    let mut stranger = Engine::new(
+        &key(7),
+        vec![spec("foreign", &key(2), Some(FOREIGN), &["10.245.0.0/16"])],
+    )
+    .unwrap();
+    let mut so = Recorder::default();
+    stranger.from_tun(&mut udp4([10, 246, 0, 1], [10, 245, 0, 10]), &mut so);
+    p.foreign
+        .from_network(addr("192.0.2.9:1"), &so.net[0].1, &mut p.foreign_out);
+    assert_eq!(p.foreign.counters().get(DropReason::UnknownPeer), 1);
+    assert!(p.foreign_out.net.is_empty());
+
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [192, 168, 1, 1]),
+        &mut p.home_out,
+    );
+    assert_eq!(p.home.counters().get(DropReason::NoRoute), 1);
+    assert!(p.home_out.net.is_empty());
+}
+
+#[test]
+fn routes_by_longest_prefix_over_several_peers() {
+    let hk = key(1);
+    let mut home = Engine::new(
+        &hk,
+        vec![
+            spec(
+                "a",
+                &key(2),
+                Some("192.0.2.2:1"),
+                &["10.245.0.0/16", "10.96.0.0/12"],
+            ),
+            spec("b", &key(3), Some("192.0.2.3:1"), &["10.246.0.0/16"]),
+            spec("c", &key(4), Some("[2001:db8::4]:1"), &["fd00:4::/64"]),
+        ],
+    )
+    .unwrap();
+    let mut out = Recorder::default();
+    home.from_tun(&mut udp4([10, 244, 0, 1], [10, 246, 3, 3]), &mut out);
+    home.from_tun(&mut udp4([10, 244, 0, 1], [10, 100, 0, 1]), &mut out);
+    let dsts: Vec<_> = out.net.iter().map(|(d, _)| *d).collect();
+    assert_eq!(dsts, [addr("192.0.2.3:1"), addr("192.0.2.2:1")]);
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut p = Pair::new(true);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..20_000 {
+        let len = (next() % 300) as usize;
+        let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Make some of it look like WireGuard or IP so the deeper paths get exercised too.
+        if let Some(b) = buf.first_mut() {
+            *b = match i % 4 {
+                0 => 1 + (*b % 4),
+                1 => 0x45,
+                2 => 0x60,
+                _ => *b,
+            };
+        }
+        p.foreign
+            .from_network(p.home_addr, &buf, &mut p.foreign_out);
+        p.home.from_tun(&mut buf, &mut p.home_out);
+    }
+    assert!(p.foreign_out.tun.is_empty());
+    assert!(p.foreign.counters().get(DropReason::Malformed) > 0);
+}
