@@ -1,1 +1,124 @@
-fn main() {}
+//! `liqonet-gateway`: key tools and the standalone gateway.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use liqonet_gateway::engine::Engine;
+use liqonet_gateway::io::{event_loop, metrics_http, routes::Routes, tun, udp::Sockets};
+use liqonet_gateway::{keys, settings};
+use liqonet_proto::Key;
+
+#[derive(Parser)]
+#[command(
+    name = "liqonet-gateway",
+    version,
+    about = "liqonet's WireGuard gateway between clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new private key (base64, as `wg genkey`).
+    Genkey,
+    /// Read a private key on stdin and print its public key (as `wg pubkey`).
+    Pubkey,
+    /// Run the gateway from a standalone config file.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Genkey => keys::generate()
+            .map(|k| println!("{}", k.to_base64()))
+            .context("cannot read random bytes"),
+        Command::Pubkey => pubkey(),
+        Command::Run { config } => run(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("liqonet-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pubkey() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input)?;
+    let private: Key = input
+        .parse()
+        .map_err(|e| anyhow::anyhow!("stdin does not hold a private key: {e}"))?;
+    println!("{}", keys::public_of(&private).to_base64());
+    Ok(())
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let settings::Settings {
+        config,
+        private_key,
+        peers,
+    } = settings::load(&path).context("invalid configuration")?;
+    let networks: Vec<_> = peers
+        .iter()
+        .flat_map(|p| p.networks.iter().map(|n| n.remapped))
+        .collect();
+    let mut engine = Engine::new(&private_key, peers)?;
+    tracing::info!(
+        cluster = %config.cluster_id,
+        public_key = %engine.public_key().to_base64(),
+        peers = config.peers.len(),
+        "starting gateway"
+    );
+
+    // Signals go through a pipe into the event loop, so shutdown always runs the cleanup below.
+    let (signals_rx, signals_tx) = UnixStream::pair()?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(sig, signals_tx.try_clone()?)?;
+    }
+
+    let dev = tun::create(&config.interface, config.mtu)
+        .with_context(|| format!("cannot create TUN device {:?}", config.interface))?;
+    let mut routes = Routes::new(dev.if_index()?)?;
+    let result = (|| -> anyhow::Result<()> {
+        for net in &networks {
+            routes.add(*net)?;
+        }
+        let sockets = Sockets::bind(config.listen_port)?;
+        let metrics = match config.metrics_address {
+            Some(addr) => Some(metrics_http::spawn(addr.0)?),
+            None => None,
+        };
+        tracing::info!(
+            interface = %config.interface,
+            port = config.listen_port,
+            mtu = config.mtu,
+            "tunnel up"
+        );
+        event_loop::run(&mut engine, &dev, &sockets, signals_rx, metrics)?;
+        Ok(())
+    })();
+    routes.remove_all();
+    drop(dev);
+    tracing::info!("routes and TUN device removed");
+    result
+}

@@ -1,0 +1,50 @@
+//! A minimal HTTP endpoint: `/metrics` (Prometheus text) and `/healthz`.
+//!
+//! The event loop publishes a fresh snapshot every second; this thread only serves the latest
+//! one, so scrapes never touch the data path.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub type Snapshot = Arc<Mutex<String>>;
+
+pub fn spawn(addr: SocketAddr) -> std::io::Result<Snapshot> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("metricsAddress {addr}: {e}")))?;
+    let snapshot = Snapshot::default();
+    let shared = snapshot.clone();
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if let Err(e) = serve(conn, &shared) {
+                    tracing::debug!("metrics request failed: {e}");
+                }
+            }
+        })?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    Ok(snapshot)
+}
+
+fn serve(conn: TcpStream, snapshot: &Snapshot) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = match path {
+        "/metrics" => (
+            "200 OK",
+            snapshot.lock().map(|s| s.clone()).unwrap_or_default(),
+        ),
+        "/healthz" => ("200 OK", "ok\n".to_string()),
+        _ => ("404 Not Found", "not found\n".to_string()),
+    };
+    let mut conn = conn;
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}

@@ -1,0 +1,7 @@
+//! The I/O shell around the engine: devices, sockets, netlink, signals. Thin on purpose.
+
+pub mod event_loop;
+pub mod metrics_http;
+pub mod routes;
+pub mod tun;
+pub mod udp;

@@ -1,0 +1,78 @@
+//! Routes for the peers' networks into the TUN device, installed and removed with rtnetlink.
+
+use std::net::IpAddr;
+
+use liqonet_proto::Cidr;
+use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
+use rtnetlink::{Handle, RouteMessageBuilder};
+use tokio::runtime::Runtime;
+
+/// Route protocol number that marks the gateway's routes (`ip route show proto 201`).
+pub const ROUTE_PROTOCOL: u8 = 201;
+
+/// The routes this gateway installed; [`Routes::remove_all`] removes exactly those.
+pub struct Routes {
+    rt: Runtime,
+    handle: Handle,
+    ifindex: u32,
+    installed: Vec<Cidr>,
+}
+
+impl Routes {
+    pub fn new(ifindex: u32) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let (conn, handle, _) = rt.block_on(async { rtnetlink::new_connection() })?;
+        rt.spawn(conn);
+        Ok(Routes {
+            rt,
+            handle,
+            ifindex,
+            installed: Vec::new(),
+        })
+    }
+
+    /// Routes `cidr` into the TUN, replacing a stale route for the same prefix if there is one.
+    pub fn add(&mut self, cidr: Cidr) -> anyhow::Result<()> {
+        let msg = match cidr.addr() {
+            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(a, cidr.len())
+                .output_interface(self.ifindex)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .scope(RouteScope::Link)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(a, cidr.len())
+                .output_interface(self.ifindex)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                .build(),
+        };
+        let req = self.handle.route().add(msg).replace();
+        self.rt
+            .block_on(req.execute())
+            .map_err(|e| anyhow::anyhow!("cannot route {cidr} into the TUN device: {e}"))?;
+        self.installed.push(cidr);
+        tracing::debug!(%cidr, "route installed");
+        Ok(())
+    }
+
+    /// Removes every route this gateway installed; reports but survives individual failures.
+    pub fn remove_all(&mut self) {
+        for cidr in std::mem::take(&mut self.installed) {
+            let msg = match cidr.addr() {
+                IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(a, cidr.len())
+                    .output_interface(self.ifindex)
+                    .build(),
+                IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(a, cidr.len())
+                    .output_interface(self.ifindex)
+                    .build(),
+            };
+            if let Err(e) = self.rt.block_on(self.handle.route().del(msg).execute()) {
+                tracing::warn!(%cidr, "cannot remove route: {e}");
+            }
+        }
+    }
+}
