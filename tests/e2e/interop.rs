@@ -1,0 +1,50 @@
+//! liqonet ⇄ Debian's wireguard-go (configured with `wg`): each side initiates once.
+
+use std::time::Duration;
+
+use liqonet_lab::probe::{curl, ping, wait_reachable};
+use liqonet_lab::{GatewayKind, Lab, LabSpec};
+
+fn wg_go_lab() -> Lab {
+    let mut spec = LabSpec::default();
+    spec.clusters[1].gateway = GatewayKind::WireguardGo;
+    Lab::start(&spec).unwrap()
+}
+
+fn both_ways(lab: &Lab, first: &str, second: &str) {
+    let (a, b) = (lab.cluster(first), lab.cluster(second));
+    // The first packet of `first` triggers the handshake: `first` initiates.
+    assert!(
+        wait_reachable(&a.pod_ns, &b.pod_ip, Duration::from_secs(10)),
+        "{first} could not reach {second}"
+    );
+    for (x, y) in [(a, b), (b, a)] {
+        let p = ping(&x.pod_ns, &y.pod_ip, 5).unwrap();
+        assert_eq!(p.received, 5, "{} -> {}: {p:?}", x.spec.name, y.spec.name);
+        let body = curl(&x.pod_ns, &format!("http://{}/", y.pod_ip)).unwrap();
+        assert_eq!(
+            body,
+            format!("hello from {} pod {}\n", y.spec.name, y.pod_ip)
+        );
+    }
+}
+
+#[test]
+fn liqonet_initiates_to_wireguard_go() {
+    let lab = wg_go_lab();
+    both_ways(&lab, "home", "foreign");
+    let log = lab.log("home-gateway");
+    assert!(log.contains("peer up"), "{log}");
+}
+
+#[test]
+fn wireguard_go_initiates_to_liqonet() {
+    let lab = wg_go_lab();
+    both_ways(&lab, "foreign", "home");
+    assert!(
+        lab.log("foreign-wireguard-go")
+            .contains("Received handshake response"),
+        "{}",
+        lab.log("foreign-wireguard-go")
+    );
+}

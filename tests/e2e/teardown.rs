@@ -1,0 +1,45 @@
+//! Nothing is left behind: the gateway removes its TUN and routes on SIGTERM, and a lab removes
+//! every namespace, also when the test using it fails.
+
+use liqonet_lab::netns::{list, ns_output, ns_run};
+use liqonet_lab::{Lab, LabSpec};
+
+#[test]
+fn gateway_removes_tun_and_routes_on_sigterm() {
+    let mut lab = Lab::start(&LabSpec::default()).unwrap();
+    let gw = lab.home().gw_ns.clone();
+    let routes = ns_run(&gw, &["ip", "route", "show", "proto", "201"]).unwrap();
+    assert!(routes.contains("10.245.0.0/16 dev liqo0"), "{routes}");
+    let status = lab.stop("home-gateway").unwrap();
+    assert!(status.success(), "{status}");
+    let link = ns_output(&gw, &["ip", "link", "show", "liqo0"]).unwrap();
+    assert!(!link.status.success(), "liqo0 still exists");
+    let routes = ns_run(&gw, &["ip", "route", "show", "proto", "201"]).unwrap();
+    assert!(routes.trim().is_empty(), "{routes}");
+    assert!(lab
+        .log("home-gateway")
+        .contains("routes and TUN device removed"));
+}
+
+#[test]
+fn lab_leaves_nothing_even_when_a_test_fails() {
+    let mut prefix = String::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let lab = Lab::start(&LabSpec::default()).unwrap();
+        prefix = lab.prefix.clone();
+        assert_eq!(lab.namespaces().len(), 5, "{:?}", lab.namespaces());
+        panic!("a failing test");
+    }));
+    assert!(result.is_err());
+    assert!(!prefix.is_empty());
+    let left: Vec<_> = list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!std::path::Path::new(&format!(
+        "/tmp/liqonet-lab-{}",
+        prefix.trim_end_matches('-')
+    ))
+    .exists());
+}

@@ -1,0 +1,585 @@
+//! Building and tearing down the lab.
+//!
+//! ```text
+//!  pod ns ──veth── gateway-node ns ──veth──┐
+//!  (10.244.0.10)   (10.244.0.1, TUN)       │  WAN ns: bridge br0
+//!  pod ns ──veth── gateway-node ns ──veth──┘  (192.168.250.0/24, fd00:250::/64)
+//! ```
+//! Cluster 0 is home; it peers with every other cluster (a star), as a home cluster with
+//! several foreign clusters does.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::netns::{self, ns_run, run, wait_for};
+
+pub const LISTEN_PORT: u16 = 51840;
+pub const MTU: u16 = 1420;
+pub const METRICS_PORT: u16 = 9586;
+pub const LIQONET_IF: &str = "liqo0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayKind {
+    Liqonet,
+    /// Debian's wireguard-go, configured with `wg`, for interoperability.
+    WireguardGo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underlay {
+    V4,
+    V6,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: String,
+    /// The pod CIDR, a /16 (`10.244.0.0/16`); the gateway node's pod subnet is its first /24.
+    pub pod_cidr: String,
+    pub gateway: GatewayKind,
+    /// Whether the other side is told this cluster's endpoint (if not, it only answers).
+    pub endpoint_known: bool,
+}
+
+impl ClusterSpec {
+    pub fn new(name: &str, pod_cidr: &str) -> Self {
+        ClusterSpec {
+            name: name.into(),
+            pod_cidr: pod_cidr.into(),
+            gateway: GatewayKind::Liqonet,
+            endpoint_known: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub clusters: Vec<ClusterSpec>,
+    pub underlay: Underlay,
+}
+
+impl Default for LabSpec {
+    /// Home and one foreign cluster, both liqonet, IPv4 underlay.
+    fn default() -> Self {
+        LabSpec {
+            clusters: vec![
+                ClusterSpec::new("home", "10.244.0.0/16"),
+                ClusterSpec::new("foreign", "10.245.0.0/16"),
+            ],
+            underlay: Underlay::V4,
+        }
+    }
+}
+
+/// A cluster as built: its namespaces and addresses.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub gw_ns: String,
+    pub pod_ns: String,
+    pub pod_ip: String,
+    pub node_pod_ip: String,
+    pub wan_ip: String,
+    pub private_key: String,
+    pub public_key: String,
+    /// The tunnel interface in the gateway namespace.
+    pub interface: String,
+}
+
+impl Cluster {
+    pub fn endpoint(&self) -> String {
+        if self.wan_ip.contains(':') {
+            format!("[{}]:{LISTEN_PORT}", self.wan_ip)
+        } else {
+            format!("{}:{LISTEN_PORT}", self.wan_ip)
+        }
+    }
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub clusters: Vec<Cluster>,
+    pub underlay: Underlay,
+    procs: Vec<(String, Child)>,
+    bin_dir: PathBuf,
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    /// Builds and starts a lab; on any failure what was built is torn down.
+    pub fn start(spec: &LabSpec) -> anyhow::Result<Lab> {
+        check_root()?;
+        netns::sweep_stale();
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("lq{}x{n}-", std::process::id());
+        let dir = std::env::temp_dir().join(format!("liqonet-lab-{}", &prefix[..prefix.len() - 1]));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut lab = Lab {
+            prefix,
+            dir,
+            clusters: Vec::new(),
+            underlay: spec.underlay,
+            procs: Vec::new(),
+            bin_dir: bin_dir()?,
+        };
+        lab.build(spec)?;
+        Ok(lab)
+    }
+
+    pub fn cluster(&self, name: &str) -> &Cluster {
+        self.clusters
+            .iter()
+            .find(|c| c.spec.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name:?} in this lab"))
+    }
+
+    pub fn home(&self) -> &Cluster {
+        &self.clusters[0]
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    fn build(&mut self, spec: &LabSpec) -> anyhow::Result<()> {
+        let wan = format!("{}wan", self.prefix);
+        add_ns(&wan)?;
+        ns_run(&wan, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        ns_run(&wan, &["ip", "link", "set", "br0", "up"])?;
+
+        for (i, cs) in spec.clusters.iter().enumerate() {
+            let c = self.build_cluster(i, cs, &wan)?;
+            self.clusters.push(c);
+        }
+        for i in 0..self.clusters.len() {
+            self.start_gateway(i)?;
+        }
+        for i in 0..self.clusters.len() {
+            self.start_pod_services(i)?;
+        }
+        Ok(())
+    }
+
+    fn build_cluster(&mut self, i: usize, cs: &ClusterSpec, wan: &str) -> anyhow::Result<Cluster> {
+        let gw = format!("{}{}-gw", self.prefix, cs.name);
+        let pod = format!("{}{}-pod", self.prefix, cs.name);
+        let base = pod_base(&cs.pod_cidr)?;
+        let node_pod_ip = format!("{base}.0.1");
+        let pod_ip = format!("{base}.0.10");
+        let (wan_ip, wan_cidr) = match self.underlay {
+            Underlay::V4 => (format!("192.168.250.{}", 10 + i), 24),
+            Underlay::V6 => (format!("fd00:250::{}", 10 + i), 64),
+        };
+        add_ns(&gw)?;
+        add_ns(&pod)?;
+        for (k, v) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ] {
+            ns_run(&gw, &["sysctl", "-qw", &format!("{k}={v}")])?;
+        }
+
+        // WAN link: gateway node <-> bridge.
+        let wan_port = format!("{}-wan", short(&cs.name));
+        ns_run(
+            wan,
+            &[
+                "ip", "link", "add", &wan_port, "type", "veth", "peer", "name", "wan0", "netns",
+                &gw,
+            ],
+        )?;
+        ns_run(
+            wan,
+            &["ip", "link", "set", &wan_port, "master", "br0", "up"],
+        )?;
+        let wan_addr = format!("{wan_ip}/{wan_cidr}");
+        let mut add = vec!["ip", "addr", "add", wan_addr.as_str(), "dev", "wan0"];
+        if self.underlay == Underlay::V6 {
+            add.push("nodad");
+        }
+        ns_run(&gw, &add)?;
+        ns_run(&gw, &["ip", "link", "set", "wan0", "up"])?;
+
+        // Pod link: gateway node <-> pod, the pod's default route via its node.
+        ns_run(
+            &gw,
+            &[
+                "ip", "link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", &pod,
+            ],
+        )?;
+        ns_run(
+            &gw,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{node_pod_ip}/24"),
+                "dev",
+                "pod0",
+            ],
+        )?;
+        ns_run(&gw, &["ip", "link", "set", "pod0", "up"])?;
+        ns_run(
+            &pod,
+            &["ip", "addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
+        )?;
+        ns_run(&pod, &["ip", "link", "set", "eth0", "up"])?;
+        ns_run(
+            &pod,
+            &["ip", "route", "add", "default", "via", &node_pod_ip],
+        )?;
+
+        let private_key = run(&[
+            self.bin("liqonet-gateway").to_str().unwrap_or_default(),
+            "genkey",
+        ])?
+        .trim()
+        .to_string();
+        let public_key = crate::probe::pubkey(&self.bin("liqonet-gateway"), &private_key)?;
+        let interface = match cs.gateway {
+            GatewayKind::Liqonet => LIQONET_IF.to_string(),
+            // wireguard-go's control socket path is global (/var/run/wireguard/NAME.sock).
+            GatewayKind::WireguardGo => format!("wg{}c{i}", &self.prefix[2..self.prefix.len() - 1]),
+        };
+        Ok(Cluster {
+            spec: cs.clone(),
+            gw_ns: gw,
+            pod_ns: pod,
+            pod_ip,
+            node_pod_ip,
+            wan_ip,
+            private_key,
+            public_key,
+            interface,
+        })
+    }
+
+    /// The clusters cluster `i` peers with: home peers with all, the others with home only.
+    fn peers_of(&self, i: usize) -> Vec<usize> {
+        if i == 0 {
+            (1..self.clusters.len()).collect()
+        } else {
+            vec![0]
+        }
+    }
+
+    fn start_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        let c = self.clusters[i].clone();
+        let key_file = self.dir.join(format!("{}.key", c.spec.name));
+        fs::write(&key_file, format!("{}\n", c.private_key))?;
+        match c.spec.gateway {
+            GatewayKind::Liqonet => {
+                let config = self.dir.join(format!("{}.yaml", c.spec.name));
+                fs::write(&config, self.liqonet_config(i))?;
+                let bin = self.bin("liqonet-gateway");
+                let log = format!("{}-gateway", c.spec.name);
+                self.spawn(
+                    &log,
+                    &c.gw_ns,
+                    &[
+                        bin.to_str().unwrap_or_default(),
+                        "run",
+                        "--config",
+                        config.to_str().unwrap_or_default(),
+                    ],
+                    &[("RUST_LOG", "info,liqonet_gateway=debug")],
+                )?;
+                let ns = c.gw_ns.clone();
+                let ready = wait_for(Duration::from_secs(10), || {
+                    ns_run(
+                        &ns,
+                        &[
+                            "curl",
+                            "-sf",
+                            &format!("http://127.0.0.1:{METRICS_PORT}/healthz"),
+                        ],
+                    )
+                    .is_ok()
+                });
+                if !ready {
+                    bail!(
+                        "gateway of {} did not come up; log:\n{}",
+                        c.spec.name,
+                        self.log(&log)
+                    );
+                }
+            }
+            GatewayKind::WireguardGo => self.start_wireguard_go(i, &key_file)?,
+        }
+        Ok(())
+    }
+
+    /// The standalone config of cluster `i`'s liqonet gateway.
+    pub fn liqonet_config(&self, i: usize) -> String {
+        let c = &self.clusters[i];
+        let mut y = format!(
+            "clusterID: {}\ninterface: {}\nlistenPort: {LISTEN_PORT}\nprivateKeyFile: {}.key\nmtu: {MTU}\nlocalNetworks: [{}]\nmetricsAddress: 127.0.0.1:{METRICS_PORT}\npeers:\n",
+            c.spec.name, c.interface, c.spec.name, c.spec.pod_cidr
+        );
+        for j in self.peers_of(i) {
+            let p = &self.clusters[j];
+            y += &format!(
+                "  - clusterID: {}\n    publicKey: {}\n",
+                p.spec.name, p.public_key
+            );
+            if p.spec.endpoint_known {
+                y += &format!("    endpoint: \"{}\"\n", p.endpoint());
+            }
+            y += &format!("    networks:\n      - cidr: {}\n", p.spec.pod_cidr);
+        }
+        y
+    }
+
+    fn start_wireguard_go(&mut self, i: usize, key_file: &std::path::Path) -> anyhow::Result<()> {
+        let c = self.clusters[i].clone();
+        let ifname = c.interface.clone();
+        let log = format!("{}-wireguard-go", c.spec.name);
+        self.spawn(
+            &log,
+            &c.gw_ns,
+            &["wireguard-go", "-f", &ifname],
+            &[("LOG_LEVEL", "verbose")],
+        )?;
+        let sock = format!("/var/run/wireguard/{ifname}.sock");
+        if !wait_for(Duration::from_secs(10), || {
+            std::path::Path::new(&sock).exists()
+        }) {
+            bail!("wireguard-go did not start; log:\n{}", self.log(&log));
+        }
+        let port = LISTEN_PORT.to_string();
+        let key = key_file.to_str().unwrap_or_default().to_string();
+        let mut wg: Vec<String> = [
+            "wg",
+            "set",
+            &ifname,
+            "listen-port",
+            &port,
+            "private-key",
+            &key,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut routes = Vec::new();
+        for j in self.peers_of(i) {
+            let p = &self.clusters[j];
+            wg.extend([
+                "peer".into(),
+                p.public_key.clone(),
+                "allowed-ips".into(),
+                p.spec.pod_cidr.clone(),
+            ]);
+            if p.spec.endpoint_known {
+                wg.extend(["endpoint".into(), p.endpoint()]);
+            }
+            routes.push(p.spec.pod_cidr.clone());
+        }
+        let wg: Vec<&str> = wg.iter().map(String::as_str).collect();
+        ns_run(&c.gw_ns, &wg)?;
+        ns_run(
+            &c.gw_ns,
+            &["ip", "link", "set", &ifname, "mtu", &MTU.to_string(), "up"],
+        )?;
+        for r in routes {
+            ns_run(&c.gw_ns, &["ip", "route", "add", &r, "dev", &ifname])?;
+        }
+        Ok(())
+    }
+
+    /// An HTTP server (its page names the cluster) and an iperf3 server in the pod.
+    fn start_pod_services(&mut self, i: usize) -> anyhow::Result<()> {
+        let c = self.clusters[i].clone();
+        let www = self.dir.join(format!("{}-www", c.spec.name));
+        fs::create_dir_all(&www)?;
+        fs::write(
+            www.join("index.html"),
+            format!("hello from {} pod {}\n", c.spec.name, c.pod_ip),
+        )?;
+        self.spawn(
+            &format!("{}-http", c.spec.name),
+            &c.pod_ns,
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                www.to_str().unwrap_or_default(),
+            ],
+            &[],
+        )?;
+        self.spawn(
+            &format!("{}-iperf3", c.spec.name),
+            &c.pod_ns,
+            &["iperf3", "-s"],
+            &[],
+        )?;
+        let ns = c.pod_ns.clone();
+        let ip = c.pod_ip.clone();
+        if !wait_for(Duration::from_secs(10), || {
+            ns_run(&ns, &["curl", "-sf", &format!("http://{ip}/")]).is_ok()
+        }) {
+            bail!("HTTP server in {} did not start", c.spec.name);
+        }
+        Ok(())
+    }
+
+    /// Starts a process inside `ns`, logging to `<dir>/<name>.log`.
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        ns: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        self.procs.push((name.to_string(), child));
+        Ok(())
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM to a process the lab started and waits for it to exit.
+    pub fn stop(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
+        let pos = self
+            .procs
+            .iter()
+            .position(|(n, _)| n == name)
+            .with_context(|| format!("no process {name}"))?;
+        let (_, mut child) = self.procs.remove(pos);
+        run(&["kill", "-TERM", &child.id().to_string()])?;
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        bail!("{name} did not exit within 5 s of SIGTERM")
+    }
+
+    /// The gateway's Prometheus metrics (liqonet gateways only).
+    pub fn metrics(&self, cluster: &str) -> anyhow::Result<String> {
+        let c = self.cluster(cluster);
+        ns_run(
+            &c.gw_ns,
+            &[
+                "curl",
+                "-sf",
+                &format!("http://127.0.0.1:{METRICS_PORT}/metrics"),
+            ],
+        )
+    }
+
+    /// Every namespace of this lab that currently exists.
+    pub fn namespaces(&self) -> Vec<String> {
+        netns::list()
+            .into_iter()
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect()
+    }
+
+    /// Kills the lab's processes, deletes its namespaces and its directory.
+    pub fn teardown(&mut self) {
+        for (_, child) in &mut self.procs {
+            let _ = netns::output(&["kill", "-TERM", &child.id().to_string()]);
+        }
+        for (_, child) in &mut self.procs {
+            let stopped = wait_for(Duration::from_secs(3), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
+            if !stopped {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        self.procs.clear();
+        netns::remove_prefixed(&self.prefix);
+        for c in &self.clusters {
+            if c.spec.gateway == GatewayKind::WireguardGo {
+                let _ = fs::remove_file(format!("/var/run/wireguard/{}.sock", c.interface));
+            }
+        }
+        if std::env::var_os("LIQONET_LAB_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn check_root() -> anyhow::Result<()> {
+    let uid = run(&["id", "-u"])?;
+    if uid.trim() != "0" {
+        bail!("the lab needs root (network namespaces, TUN devices)");
+    }
+    Ok(())
+}
+
+fn add_ns(name: &str) -> anyhow::Result<()> {
+    run(&["ip", "netns", "add", name])?;
+    ns_run(name, &["ip", "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// `10.244.0.0/16` → `10.244`.
+fn pod_base(cidr: &str) -> anyhow::Result<String> {
+    let octets: Vec<&str> = cidr.split(['.', '/']).collect();
+    if octets.len() != 5 || octets[4] != "16" {
+        bail!("lab pod CIDRs are IPv4 /16s, not {cidr:?}");
+    }
+    Ok(format!("{}.{}", octets[0], octets[1]))
+}
+
+/// Interface names are at most 15 bytes; cluster names are cut to fit `NAME-wan`.
+fn short(name: &str) -> &str {
+    &name[..name.len().min(10)]
+}
+
+/// Where the liqonet binaries are: `LIQONET_BIN_DIR`, or the cargo target dir of this executable.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("LIQONET_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .context("executable without a directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    if !dir.join("liqonet-gateway").exists() {
+        bail!(
+            "liqonet-gateway is not in {}; run `cargo build --bins` first or set LIQONET_BIN_DIR",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}

@@ -1,0 +1,121 @@
+//! Running commands, in the host or inside a namespace, and removing namespaces by prefix.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// Runs a command to completion; fails with its stderr when it exits non-zero.
+pub fn run(args: &[&str]) -> anyhow::Result<String> {
+    let out = output(args)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn output(args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {:?} (is it installed?)", args[0]))
+}
+
+/// `args` inside namespace `ns`.
+pub fn ns_args<'a>(ns: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    v
+}
+
+pub fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    run(&ns_args(ns, args))
+}
+
+pub fn ns_output(ns: &str, args: &[&str]) -> anyhow::Result<Output> {
+    output(&ns_args(ns, args))
+}
+
+pub fn list() -> Vec<String> {
+    run(&["ip", "netns", "list"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Kills every process in each namespace starting with `prefix`, then deletes the namespaces.
+pub fn remove_prefixed(prefix: &str) {
+    let spaces: Vec<String> = list()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    for sig in ["TERM", "KILL"] {
+        let mut any = false;
+        for ns in &spaces {
+            for pid in run(&["ip", "netns", "pids", ns])
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                any = true;
+                let _ = output(&["kill", &format!("-{sig}"), pid]);
+            }
+        }
+        if !any {
+            break;
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline
+            && spaces.iter().any(|ns| {
+                !run(&["ip", "netns", "pids", ns])
+                    .unwrap_or_default()
+                    .trim()
+                    .is_empty()
+            })
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for ns in &spaces {
+        let _ = output(&["ip", "netns", "del", ns]);
+    }
+}
+
+/// Removes labs whose creating process is gone (prefix `lq<pid>x`), e.g. after a SIGKILL.
+pub fn sweep_stale() {
+    let mut seen = Vec::new();
+    for ns in list() {
+        let Some(rest) = ns.strip_prefix("lq") else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('x') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || seen.contains(&pid.to_string()) {
+            continue;
+        }
+        seen.push(pid.to_string());
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            remove_prefixed(&format!("lq{pid}x"));
+        }
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
