@@ -126,10 +126,13 @@ impl GatewayConfig {
             } else {
                 path
             };
-            ConfigErrors(vec![ConfigError {
-                path,
-                message: e.into_inner().to_string(),
-            }])
+            // serde_yaml prefixes its own, coarser path; the precise one is already in `path`.
+            let message = e.into_inner().to_string();
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if path.starts_with(head) => rest.to_string(),
+                _ => message,
+            };
+            ConfigErrors(vec![ConfigError { path, message }])
         })?;
         config.validate()?;
         Ok(config)
