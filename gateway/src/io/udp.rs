@@ -40,8 +40,24 @@ fn open(addr: SocketAddr) -> io::Result<UdpSocket> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    set_buffers(&socket);
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
     Ok(socket.into())
+}
+
+/// Socket buffers large enough for a burst of a fast TCP stream; the default (~200 KB) overflows
+/// while the single-threaded loop is busy with the other direction. As root the `FORCE` variants
+/// lift the `net.core.[rw]mem_max` cap; otherwise the capped size is what we get.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn set_buffers(socket: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
 }
