@@ -1,1 +1,105 @@
+//! Helpers shared by liqonet's benchmarks: two engines with an established session.
 
+use std::net::SocketAddr;
+
+use liqonet_gateway::engine::{Engine, Network, PeerSpec, Sink};
+use liqonet_gateway::keys::public_of;
+use liqonet_proto::Key;
+
+pub const HOME: &str = "192.0.2.1:51840";
+pub const FOREIGN: &str = "192.0.2.2:51840";
+
+/// Keeps the last datagram and the last packet; counts what went by.
+#[derive(Default)]
+pub struct Capture {
+    pub datagrams: Vec<Vec<u8>>,
+    pub keep: bool,
+    pub sent: usize,
+    pub delivered: usize,
+}
+
+impl Sink for Capture {
+    fn send_to_network(&mut self, _dst: SocketAddr, datagram: &[u8]) {
+        self.sent += 1;
+        if self.keep {
+            self.datagrams.push(datagram.to_vec());
+        }
+    }
+    fn write_to_tun(&mut self, _packet: &[u8]) {
+        self.delivered += 1;
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a socket address")
+}
+
+fn spec(name: &str, key: &Key, endpoint: &str, cidr: &str) -> PeerSpec {
+    let c = cidr.parse().expect("a CIDR");
+    PeerSpec {
+        name: name.into(),
+        public_key: public_of(key),
+        endpoint: Some(addr(endpoint)),
+        persistent_keepalive: None,
+        networks: vec![Network {
+            cidr: c,
+            remapped: c,
+        }],
+    }
+}
+
+/// An IPv4/UDP packet of `len` bytes from 10.244.0.10 to `dst`.
+pub fn packet(len: usize, dst: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[10, 244, 0, 10]);
+    p[16..20].copy_from_slice(&dst);
+    p
+}
+
+/// Home and foreign engines after a completed handshake. Home has `extra_peers` more peers
+/// (10.{1..}.x.0/24), to show that cost per packet does not grow with their number.
+pub fn connected_pair(extra_peers: usize) -> (Engine, Engine) {
+    let (hk, fk) = (Key::clamped([1; 32]), Key::clamped([2; 32]));
+    let mut peers = vec![spec("foreign", &fk, FOREIGN, "10.245.0.0/16")];
+    for i in 0..extra_peers {
+        let mut bytes = [9u8; 32];
+        bytes[1..3].copy_from_slice(&(i as u16).to_be_bytes());
+        let k = Key::clamped(bytes);
+        let cidr = format!("10.{}.{}.0/24", 1 + i / 256, i % 256);
+        peers.push(spec(&format!("p{i}"), &k, "192.0.2.9:1", &cidr));
+    }
+    let mut home = Engine::new(&hk, peers).expect("home engine");
+    let mut foreign =
+        Engine::new(&fk, vec![spec("home", &hk, HOME, "10.244.0.0/16")]).expect("foreign engine");
+    let mut to_foreign = Capture {
+        keep: true,
+        ..Default::default()
+    };
+    home.from_tun(&mut packet(100, [10, 245, 0, 10]), &mut to_foreign);
+    for _ in 0..4 {
+        let mut to_home = Capture {
+            keep: true,
+            ..Default::default()
+        };
+        for d in to_foreign.datagrams.drain(..) {
+            foreign.from_network(addr(HOME), &d, &mut to_home);
+        }
+        for d in to_home.datagrams.drain(..) {
+            home.from_network(addr(FOREIGN), &d, &mut to_foreign);
+        }
+    }
+    assert!(home.peer_is_up("foreign"), "handshake did not complete");
+    (home, foreign)
+}
+
+pub fn foreign_addr() -> SocketAddr {
+    addr(FOREIGN)
+}
+
+pub fn home_addr() -> SocketAddr {
+    addr(HOME)
+}

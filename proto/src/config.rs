@@ -459,6 +459,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../deploy/standalone/gateway.yaml");
+        let c = GatewayConfig::from_yaml(text).unwrap();
+        assert_eq!(c.peers[0].networks.len(), 2);
+        assert_eq!(c.peers[0].persistent_keepalive, Some(25));
+    }
+
+    #[test]
     fn endpoints() {
         assert_eq!(
             "[fd00::2]:51840".parse::<Endpoint>(),

@@ -36,7 +36,9 @@ fn main() -> ExitCode {
 }
 
 fn demo() -> anyhow::Result<bool> {
-    println!("Bringing up the lab: two clusters in network namespaces, a liqonet gateway in each...");
+    println!(
+        "Bringing up the lab: two clusters in network namespaces, a liqonet gateway in each..."
+    );
     let lab = Lab::start(&LabSpec::default())?;
     let (home, foreign) = (lab.home(), lab.cluster("foreign"));
     println!(
@@ -49,7 +51,10 @@ fn demo() -> anyhow::Result<bool> {
     );
     let mut ok = wait_reachable(&home.pod_ns, &foreign.pod_ip, Duration::from_secs(10));
     if !ok {
-        println!("  the tunnel did not come up; gateway log:\n{}", lab.log("home-gateway"));
+        println!(
+            "  the tunnel did not come up; gateway log:\n{}",
+            lab.log("home-gateway")
+        );
         return Ok(false);
     }
 

@@ -1,0 +1,34 @@
+# liqonet: `make demo` and `make test` are the two entry points (see README.md).
+CARGO ?= cargo
+# nextest runs every test in its own process, so labs run side by side; cargo test works too.
+TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run --no-fail-fast" || echo "test --no-fail-fast")
+
+.PHONY: all demo test deps build lint bench clean
+
+all: build
+
+deps:
+	@./scripts/deps.sh
+
+build:
+	$(CARGO) build --release --bins
+
+demo: deps build
+	./target/release/liqonet-demo
+
+# Unit tests, config tests, and the lab tests (need root). The lab finds the debug binaries
+# that `cargo build --bins` leaves next to the test executables.
+test: deps
+	$(CARGO) build --bins
+	$(CARGO) $(TEST_RUNNER)
+
+lint:
+	rustup component add rustfmt clippy >/dev/null 2>&1 || true
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench -p liqonet-benches
+
+clean:
+	$(CARGO) clean

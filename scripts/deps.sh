@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the demo, the lab and the tests run: Debian packages for the tools, and checks
+# the kernel features the lab needs. Idempotent; runs `apt-get update` only when installing.
+set -euo pipefail
+
+declare -A pkg_of=(
+  [ip]=iproute2 [ping]=iputils-ping [curl]=curl [iperf3]=iperf3 [python3]=python3
+  [wireguard-go]=wireguard-go [wg]=wireguard-tools [nft]=nftables [sysctl]=procps [kill]=procps
+)
+missing=()
+for cmd in "${!pkg_of[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "deps: missing ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "deps: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+if [[ ! -c /dev/net/tun ]]; then
+  mkdir -p /dev/net && mknod /dev/net/tun c 10 200 && chmod 0666 /dev/net/tun
+fi
