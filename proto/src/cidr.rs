@@ -48,7 +48,7 @@ impl Cidr {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -143,7 +143,7 @@ mod tests {
     fn parses_and_prints() {
         assert_eq!(c("10.244.0.0/16").to_string(), "10.244.0.0/16");
         assert_eq!(c("fd00:10::/64").to_string(), "fd00:10::/64");
-        assert_eq!(c("0.0.0.0/0").len(), 0);
+        assert_eq!(c("0.0.0.0/0").prefix_len(), 0);
     }
 
     #[test]

@@ -209,7 +209,8 @@ impl GatewayConfig {
             for (j, net) in peer.networks.iter().enumerate() {
                 let n = format!("{p}.networks[{j}]");
                 if let Some(Remapped::To(r)) = net.remapped {
-                    if r.len() != net.cidr.len() || r.is_ipv4() != net.cidr.is_ipv4() {
+                    if r.prefix_len() != net.cidr.prefix_len() || r.is_ipv4() != net.cidr.is_ipv4()
+                    {
                         err(
                             format!("{n}.remapped"),
                             format!(

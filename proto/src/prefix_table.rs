@@ -32,14 +32,14 @@ impl<T> PrefixTable<T> {
     /// Inserts `value` for `cidr`, returning the value it replaces.
     pub fn insert(&mut self, cidr: Cidr, value: T) -> Option<T> {
         let levels = self.family_mut(cidr.is_ipv4());
-        let pos = match levels.iter().position(|(len, _)| *len <= cidr.len()) {
-            Some(p) if levels[p].0 == cidr.len() => p,
+        let pos = match levels.iter().position(|(len, _)| *len <= cidr.prefix_len()) {
+            Some(p) if levels[p].0 == cidr.prefix_len() => p,
             Some(p) => {
-                levels.insert(p, (cidr.len(), HashMap::new()));
+                levels.insert(p, (cidr.prefix_len(), HashMap::new()));
                 p
             }
             None => {
-                levels.push((cidr.len(), HashMap::new()));
+                levels.push((cidr.prefix_len(), HashMap::new()));
                 levels.len() - 1
             }
         };
@@ -48,7 +48,9 @@ impl<T> PrefixTable<T> {
 
     pub fn remove(&mut self, cidr: &Cidr) -> Option<T> {
         let levels = self.family_mut(cidr.is_ipv4());
-        let pos = levels.iter().position(|(len, _)| *len == cidr.len())?;
+        let pos = levels
+            .iter()
+            .position(|(len, _)| *len == cidr.prefix_len())?;
         let removed = levels[pos].1.remove(&cidr.addr());
         if levels[pos].1.is_empty() {
             levels.remove(pos);

@@ -37,13 +37,13 @@ impl Routes {
     pub fn add(&mut self, cidr: Cidr) -> anyhow::Result<()> {
         let msg = match cidr.addr() {
             IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(a, cidr.len())
+                .destination_prefix(a, cidr.prefix_len())
                 .output_interface(self.ifindex)
                 .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
                 .scope(RouteScope::Link)
                 .build(),
             IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(a, cidr.len())
+                .destination_prefix(a, cidr.prefix_len())
                 .output_interface(self.ifindex)
                 .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
                 .build(),
@@ -62,11 +62,11 @@ impl Routes {
         for cidr in std::mem::take(&mut self.installed) {
             let msg = match cidr.addr() {
                 IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                    .destination_prefix(a, cidr.len())
+                    .destination_prefix(a, cidr.prefix_len())
                     .output_interface(self.ifindex)
                     .build(),
                 IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                    .destination_prefix(a, cidr.len())
+                    .destination_prefix(a, cidr.prefix_len())
                     .output_interface(self.ifindex)
                     .build(),
             };
