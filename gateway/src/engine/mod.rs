@@ -11,7 +11,7 @@ mod peer;
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use boringtun::noise::errors::WireGuardError;
@@ -102,19 +102,16 @@ impl Engine {
             });
         }
         for net in &spec.networks {
-            if let Some(&other) = self.routes.lookup(net.remapped.addr()) {
-                let other_net = self.peers[other]
-                    .spec
-                    .networks
-                    .iter()
-                    .find(|n| n.remapped == net.remapped);
-                if other_net.is_some() {
-                    return Err(EngineError::DuplicateNetwork {
-                        peer: spec.name,
-                        network: net.remapped.to_string(),
-                        other: self.peers[other].spec.name.clone(),
-                    });
-                }
+            let taken = self
+                .peers
+                .iter()
+                .find(|p| p.spec.networks.iter().any(|n| n.remapped == net.remapped));
+            if let Some(other) = taken {
+                return Err(EngineError::DuplicateNetwork {
+                    peer: spec.name,
+                    network: net.remapped.to_string(),
+                    other: other.spec.name.clone(),
+                });
             }
         }
         let tunn = Tunn::new(
@@ -206,19 +203,11 @@ impl Engine {
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
                 peer.roam(src);
-                if peer.allows_source(inner_src.into()) {
-                    sink.write_to_tun(packet);
-                } else {
-                    self.counters.count(DropReason::SourceNotAllowed);
-                }
+                deliver(peer, &mut self.counters, packet, inner_src.into(), sink);
             }
             TunnResult::WriteToTunnelV6(packet, inner_src) => {
                 peer.roam(src);
-                if peer.allows_source(inner_src.into()) {
-                    sink.write_to_tun(packet);
-                } else {
-                    self.counters.count(DropReason::SourceNotAllowed);
-                }
+                deliver(peer, &mut self.counters, packet, inner_src.into(), sink);
             }
         }
     }
@@ -340,6 +329,21 @@ impl Engine {
             }
         }
         self.counters.render(out);
+    }
+}
+
+/// Cryptokey routing on ingress: only packets from the peer's own networks reach the TUN.
+fn deliver(
+    peer: &Peer,
+    counters: &mut Counters,
+    packet: &[u8],
+    inner_src: IpAddr,
+    sink: &mut impl Sink,
+) {
+    if peer.allows_source(inner_src) {
+        sink.write_to_tun(packet);
+    } else {
+        counters.count(DropReason::SourceNotAllowed);
     }
 }
 

@@ -1,9 +1,9 @@
 //! Routes for the peers' networks into the TUN device, installed and removed with rtnetlink.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use liqonet_proto::Cidr;
-use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
@@ -35,20 +35,7 @@ impl Routes {
 
     /// Routes `cidr` into the TUN, replacing a stale route for the same prefix if there is one.
     pub fn add(&mut self, cidr: Cidr) -> anyhow::Result<()> {
-        let msg = match cidr.addr() {
-            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(a, cidr.prefix_len())
-                .output_interface(self.ifindex)
-                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-                .scope(RouteScope::Link)
-                .build(),
-            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(a, cidr.prefix_len())
-                .output_interface(self.ifindex)
-                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-                .build(),
-        };
-        let req = self.handle.route().add(msg).replace();
+        let req = self.handle.route().add(self.message(cidr)).replace();
         self.rt
             .block_on(req.execute())
             .map_err(|e| anyhow::anyhow!("cannot route {cidr} into the TUN device: {e}"))?;
@@ -60,19 +47,27 @@ impl Routes {
     /// Removes every route this gateway installed; reports but survives individual failures.
     pub fn remove_all(&mut self) {
         for cidr in std::mem::take(&mut self.installed) {
-            let msg = match cidr.addr() {
-                IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                    .destination_prefix(a, cidr.prefix_len())
-                    .output_interface(self.ifindex)
-                    .build(),
-                IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                    .destination_prefix(a, cidr.prefix_len())
-                    .output_interface(self.ifindex)
-                    .build(),
-            };
-            if let Err(e) = self.rt.block_on(self.handle.route().del(msg).execute()) {
+            let req = self.handle.route().del(self.message(cidr));
+            if let Err(e) = self.rt.block_on(req.execute()) {
                 tracing::warn!(%cidr, "cannot remove route: {e}");
             }
         }
+    }
+
+    /// `cidr dev <tun> proto 201 scope link`.
+    fn message(&self, cidr: Cidr) -> RouteMessage {
+        let mut msg = match cidr.addr() {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, cidr.prefix_len())
+                .output_interface(self.ifindex)
+                .scope(RouteScope::Link)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, cidr.prefix_len())
+                .output_interface(self.ifindex)
+                .build(),
+        };
+        msg.header.protocol = RouteProtocol::Other(ROUTE_PROTOCOL);
+        msg
     }
 }
