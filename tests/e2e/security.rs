@@ -18,26 +18,7 @@ fn wrong_public_key_gets_no_packet_through() {
     let config = lab
         .liqonet_config(0)
         .replace(&lab.cluster("foreign").public_key, &wrong);
-    lab.stop("home-gateway").unwrap();
-    std::fs::write(lab.dir.join("home.yaml"), config).unwrap();
-    let bin = lab.bin("liqonet-gateway");
-    let home_gw = lab.home().gw_ns.clone();
-    let cfg = lab.dir.join("home.yaml");
-    lab.spawn(
-        "home-gateway-wrong-key",
-        &home_gw,
-        &[
-            bin.to_str().unwrap(),
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    )
-    .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || lab
-        .metrics("home")
-        .is_ok()));
+    lab.restart_gateway_with("home", &config).unwrap();
 
     let (home, foreign) = (lab.home().clone(), lab.cluster("foreign").clone());
     let p = ping(&home.pod_ns, &foreign.pod_ip, 6).unwrap();

@@ -37,6 +37,9 @@ fn lab_leaves_nothing_even_when_a_test_fails() {
         .filter(|n| n.starts_with(&prefix))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // Nothing leaked into the host's own namespace either.
+    let host_routes = liqonet_lab::netns::run(&["ip", "route", "show", "proto", "201"]).unwrap();
+    assert!(host_routes.trim().is_empty(), "{host_routes}");
     assert!(!std::path::Path::new(&format!(
         "/tmp/liqonet-lab-{}",
         prefix.trim_end_matches('-')

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use liqonet_lab::netns::ns_run;
-use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
+use liqonet_lab::netns::{ns_run, wait_for};
+use liqonet_lab::probe::{curl, iperf3, metric, ping, wait_reachable};
 use liqonet_lab::{ClusterSpec, Lab, LabSpec, Underlay};
 
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -97,4 +97,46 @@ fn follows_a_peer_that_roams() {
         "{}",
         lab.log("home-gateway")
     );
+}
+
+/// UDP datagrams received so far in namespace `ns` (`/proc/net/snmp`, Udp InDatagrams).
+fn udp_in(ns: &str) -> u64 {
+    let snmp = ns_run(ns, &["cat", "/proc/net/snmp"]).unwrap();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let col = names
+        .split_whitespace()
+        .position(|n| n == "InDatagrams")
+        .unwrap();
+    values.split_whitespace().nth(col).unwrap().parse().unwrap()
+}
+
+#[test]
+fn persistent_keepalive_brings_the_session_up_without_traffic() {
+    let mut lab = Lab::start(&LabSpec::default()).unwrap();
+    let is_up = |lab: &Lab| {
+        let m = lab.metrics("home").unwrap_or_default();
+        metric(&m, "liqonet_peer_up{peer=\"foreign\"}") == Some(1.0)
+    };
+    // Without keepalives and without traffic, nobody starts a handshake.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!is_up(&lab), "{}", lab.metrics("home").unwrap());
+
+    let config = lab.liqonet_config(0).replace(
+        "    networks:\n      - cidr: 10.245.0.0/16",
+        "    persistentKeepalive: 1\n    networks:\n      - cidr: 10.245.0.0/16",
+    );
+    assert!(config.contains("persistentKeepalive: 1"));
+    lab.restart_gateway_with("home", &config).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || is_up(&lab)),
+        "{}",
+        lab.metrics("home").unwrap()
+    );
+    // And keepalives keep arriving at foreign, with no pod traffic at all.
+    let foreign_gw = lab.cluster("foreign").gw_ns.clone();
+    let before = udp_in(&foreign_gw);
+    std::thread::sleep(Duration::from_millis(3500));
+    let arrived = udp_in(&foreign_gw) - before;
+    assert!((2..=6).contains(&arrived), "{arrived} datagrams in 3.5 s");
 }

@@ -480,6 +480,37 @@ impl Lab {
         bail!("{name} did not exit within 5 s of SIGTERM")
     }
 
+    /// Restarts cluster `name`'s liqonet gateway with another config file content.
+    pub fn restart_gateway_with(&mut self, name: &str, config: &str) -> anyhow::Result<()> {
+        let status = self.stop(&format!("{name}-gateway"))?;
+        if !status.success() {
+            bail!("{name}'s gateway exited with {status}");
+        }
+        let path = self.dir.join(format!("{name}.yaml"));
+        fs::write(&path, config)?;
+        let bin = self.bin("liqonet-gateway");
+        let ns = self.cluster(name).gw_ns.clone();
+        let args = [
+            bin.to_str().unwrap_or_default(),
+            "run",
+            "--config",
+            path.to_str().unwrap_or_default(),
+        ];
+        self.spawn(
+            &format!("{name}-gateway"),
+            &ns,
+            &args,
+            &[("RUST_LOG", "info,liqonet_gateway=debug")],
+        )?;
+        if !wait_for(Duration::from_secs(10), || self.metrics(name).is_ok()) {
+            bail!(
+                "{name}'s gateway did not come back; log:\n{}",
+                self.log(&format!("{name}-gateway"))
+            );
+        }
+        Ok(())
+    }
+
     /// The gateway's Prometheus metrics (liqonet gateways only).
     pub fn metrics(&self, cluster: &str) -> anyhow::Result<String> {
         let c = self.cluster(cluster);
