@@ -4,3 +4,4 @@ pub mod engine;
 pub mod io;
 pub mod keys;
 pub mod settings;
+pub mod wire;

@@ -60,6 +60,29 @@ impl Cidr {
         ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.len) == self.addr
     }
 
+    /// `ip` moved from this prefix into `to` (same length), keeping its host bits, as iptables
+    /// NETMAP does; `None` when `ip` is not in this prefix or the families differ.
+    pub fn swap_prefix(&self, ip: IpAddr, to: &Cidr) -> Option<IpAddr> {
+        if !self.contains(ip) || to.len != self.len || to.is_ipv4() != self.is_ipv4() {
+            return None;
+        }
+        Some(match (ip, to.addr) {
+            (IpAddr::V4(a), IpAddr::V4(t)) => {
+                let host =
+                    u32::from(a) & !u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(t) | host))
+            }
+            (IpAddr::V6(a), IpAddr::V6(t)) => {
+                let host = u128::from(a)
+                    & !u128::MAX
+                        .checked_shl(128 - u32::from(self.len))
+                        .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(t) | host))
+            }
+            _ => return None,
+        })
+    }
+
     /// True when the two prefixes share at least one address.
     pub fn overlaps(&self, other: &Cidr) -> bool {
         let shorter = self.len.min(other.len);
@@ -165,6 +188,28 @@ mod tests {
             "10.0.0.0/x".parse::<Cidr>(),
             Err(CidrError::BadLength(_))
         ));
+    }
+
+    #[test]
+    fn swaps_prefixes_keeping_host_bits() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (a, b) = (c("10.245.0.0/16"), c("10.244.0.0/16"));
+        assert_eq!(a.swap_prefix(ip("10.245.2.7"), &b), Some(ip("10.244.2.7")));
+        assert_eq!(a.swap_prefix(ip("10.246.2.7"), &b), None);
+        assert_eq!(a.swap_prefix(ip("10.245.2.7"), &c("10.0.0.0/8")), None);
+        let (x, y) = (c("fd10:245::/64"), c("fd10:244::/64"));
+        assert_eq!(
+            x.swap_prefix(ip("fd10:245::a:10"), &y),
+            Some(ip("fd10:244::a:10"))
+        );
+        assert_eq!(
+            c("0.0.0.0/0").swap_prefix(ip("1.2.3.4"), &c("0.0.0.0/0")),
+            Some(ip("1.2.3.4"))
+        );
+        assert_eq!(
+            c("10.1.2.3/32").swap_prefix(ip("10.1.2.3"), &c("10.9.9.9/32")),
+            Some(ip("10.9.9.9"))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! per packet once sessions are up (boringtun queues packets only while a handshake is pending).
 
 mod counters;
-pub mod ip;
+
 mod peer;
 
 use std::collections::HashMap;
@@ -21,8 +21,8 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use liqonet_proto::{Key, PrefixTable};
 
+use crate::wire::IpPacket;
 pub use counters::{Counters, DropReason};
-use ip::IpPacket;
 use peer::Peer;
 pub use peer::{Network, PeerSpec};
 
