@@ -72,9 +72,9 @@ pub fn connected_pair(extra_peers: usize) -> (Engine, Engine) {
         let cidr = format!("10.{}.{}.0/24", 1 + i / 256, i % 256);
         peers.push(spec(&format!("p{i}"), &k, "192.0.2.9:1", &cidr));
     }
-    let mut home = Engine::new(&hk, peers).expect("home engine");
-    let mut foreign =
-        Engine::new(&fk, vec![spec("home", &hk, HOME, "10.244.0.0/16")]).expect("foreign engine");
+    let mut home = Engine::new(&hk, peers, 1420).expect("home engine");
+    let mut foreign = Engine::new(&fk, vec![spec("home", &hk, HOME, "10.244.0.0/16")], 1420)
+        .expect("foreign engine");
     let mut to_foreign = Capture {
         keep: true,
         ..Default::default()

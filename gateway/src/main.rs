@@ -82,7 +82,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .iter()
         .flat_map(|p| p.networks.iter().map(|n| n.remapped))
         .collect();
-    let mut engine = Engine::new(&private_key, peers)?;
+    let mut engine = Engine::new(&private_key, peers, config.mtu)?;
     tracing::info!(
         cluster = %config.cluster_id,
         public_key = %engine.public_key().to_base64(),

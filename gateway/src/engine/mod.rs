@@ -21,7 +21,8 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use liqonet_proto::{Key, PrefixTable};
 
-use crate::wire::IpPacket;
+use crate::wire::remap::{self, Field};
+use crate::wire::{mss, IpPacket};
 pub use counters::{Counters, DropReason};
 use peer::Peer;
 pub use peer::{Network, PeerSpec};
@@ -50,6 +51,8 @@ pub struct Engine {
     /// Remapped network → index into `peers`: the egress longest-prefix match.
     routes: PrefixTable<usize>,
     counters: Counters,
+    /// Tunnel MTU, for MSS clamping.
+    mtu: u16,
     buf: Box<[u8]>,
 }
 
@@ -68,7 +71,7 @@ pub enum EngineError {
 }
 
 impl Engine {
-    pub fn new(private_key: &Key, peers: Vec<PeerSpec>) -> Result<Self, EngineError> {
+    pub fn new(private_key: &Key, peers: Vec<PeerSpec>, mtu: u16) -> Result<Self, EngineError> {
         // Session indices carry the peer's position in their top 24 bits.
         const MAX_PEERS: usize = 1 << 24;
         if peers.len() > MAX_PEERS {
@@ -85,6 +88,7 @@ impl Engine {
             by_key: HashMap::new(),
             routes: PrefixTable::new(),
             counters: Counters::default(),
+            mtu,
             buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
         };
         for spec in peers {
@@ -127,6 +131,7 @@ impl Engine {
         }
         self.by_key.insert(spec.public_key.0, idx);
         self.peers.push(Peer {
+            remaps: spec.networks.iter().any(|n| n.cidr != n.remapped),
             endpoint: spec.endpoint,
             spec,
             tunn,
@@ -157,6 +162,10 @@ impl Engine {
             return self.counters.count(DropReason::TooBig);
         }
         let peer = &mut self.peers[idx];
+        if peer.remaps && remap::rewrite(packet, Field::Dst, &|a| peer.to_cidr(a)).is_err() {
+            return self.counters.count(DropReason::TunMalformed);
+        }
+        mss::clamp(packet, self.mtu);
         // Without an endpoint nothing can be sent, not even a handshake: drop rather than queue.
         let Some(endpoint) = peer.endpoint else {
             return self.counters.count(DropReason::NoEndpoint);
@@ -203,11 +212,25 @@ impl Engine {
             }
             TunnResult::WriteToTunnelV4(packet, inner_src) => {
                 peer.roam(src);
-                deliver(peer, &mut self.counters, packet, inner_src.into(), sink);
+                deliver(
+                    peer,
+                    &mut self.counters,
+                    self.mtu,
+                    packet,
+                    inner_src.into(),
+                    sink,
+                );
             }
             TunnResult::WriteToTunnelV6(packet, inner_src) => {
                 peer.roam(src);
-                deliver(peer, &mut self.counters, packet, inner_src.into(), sink);
+                deliver(
+                    peer,
+                    &mut self.counters,
+                    self.mtu,
+                    packet,
+                    inner_src.into(),
+                    sink,
+                );
             }
         }
     }
@@ -332,19 +355,24 @@ impl Engine {
     }
 }
 
-/// Cryptokey routing on ingress: only packets from the peer's own networks reach the TUN.
+/// Ingress: cryptokey routing (only packets from the peer's own networks), then the source
+/// swapped to the address home pods know, MSS clamped, and the packet handed to the TUN.
 fn deliver(
     peer: &Peer,
     counters: &mut Counters,
-    packet: &[u8],
+    mtu: u16,
+    packet: &mut [u8],
     inner_src: IpAddr,
     sink: &mut impl Sink,
 ) {
-    if peer.allows_source(inner_src) {
-        sink.write_to_tun(packet);
-    } else {
-        counters.count(DropReason::SourceNotAllowed);
+    if !peer.allows_source(inner_src) {
+        return counters.count(DropReason::SourceNotAllowed);
     }
+    if peer.remaps && remap::rewrite(packet, Field::Src, &|a| peer.to_remapped(a)).is_err() {
+        return counters.count(DropReason::Malformed);
+    }
+    mss::clamp(packet, mtu);
+    sink.write_to_tun(packet);
 }
 
 fn drop_reason(e: &WireGuardError) -> DropReason {

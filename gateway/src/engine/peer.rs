@@ -30,12 +30,30 @@ pub(crate) struct Peer {
     pub endpoint: Option<SocketAddr>,
     /// Age of the current session when last looked at, to log handshakes and up/down changes.
     pub session_age: Option<Duration>,
+    /// Whether any network is known by another prefix at home (else packets pass untouched).
+    pub remaps: bool,
 }
 
 impl Peer {
     /// Cryptokey routing: may this peer send packets from `src`?
     pub fn allows_source(&self, src: IpAddr) -> bool {
         self.spec.networks.iter().any(|n| n.cidr.contains(src))
+    }
+
+    /// Egress: a home-side (remapped) address of this peer as the peer numbers it.
+    pub fn to_cidr(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.spec
+            .networks
+            .iter()
+            .find_map(|n| n.remapped.swap_prefix(ip, &n.cidr))
+    }
+
+    /// Ingress: an address of this peer as home pods know it.
+    pub fn to_remapped(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.spec
+            .networks
+            .iter()
+            .find_map(|n| n.cidr.swap_prefix(ip, &n.remapped))
     }
 
     /// Follows the peer to the address its latest authenticated packet came from.

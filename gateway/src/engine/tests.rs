@@ -82,6 +82,7 @@ impl Pair {
         let home = Engine::new(
             &hk,
             vec![spec("foreign", &fk, Some(FOREIGN), &["10.245.0.0/16"])],
+            1420,
         )
         .unwrap();
         let foreign = Engine::new(
@@ -92,6 +93,7 @@ impl Pair {
                 foreign_knows_home.then_some(HOME),
                 &["10.244.0.0/16"],
             )],
+            1420,
         )
         .unwrap();
         Pair {
@@ -212,10 +214,15 @@ fn wrong_public_key_gets_nothing_through() {
     let mut home = Engine::new(
         &hk,
         vec![spec("foreign", &key(9), Some(FOREIGN), &["10.245.0.0/16"])],
+        1420,
     )
     .unwrap();
-    let mut foreign =
-        Engine::new(&fk, vec![spec("home", &hk, Some(HOME), &["10.244.0.0/16"])]).unwrap();
+    let mut foreign = Engine::new(
+        &fk,
+        vec![spec("home", &hk, Some(HOME), &["10.244.0.0/16"])],
+        1420,
+    )
+    .unwrap();
     let (mut ho, mut fo) = (Recorder::default(), Recorder::default());
     home.from_tun(&mut udp4([10, 244, 0, 10], [10, 245, 0, 10]), &mut ho);
     for (_, d) in ho.net.drain(..) {
@@ -233,6 +240,7 @@ fn unknown_peer_and_unrouted_destinations_are_counted() {
     let mut stranger = Engine::new(
         &key(7),
         vec![spec("foreign", &key(2), Some(FOREIGN), &["10.245.0.0/16"])],
+        1420,
     )
     .unwrap();
     let mut so = Recorder::default();
@@ -265,6 +273,7 @@ fn routes_by_longest_prefix_over_several_peers() {
             spec("b", &key(3), Some("192.0.2.3:1"), &["10.246.0.0/16"]),
             spec("c", &key(4), Some("[2001:db8::4]:1"), &["fd00:4::/64"]),
         ],
+        1420,
     )
     .unwrap();
     let mut out = Recorder::default();
@@ -302,4 +311,122 @@ fn garbage_never_panics() {
     }
     assert!(p.foreign_out.tun.is_empty());
     assert!(p.foreign.counters().get(DropReason::Malformed) > 0);
+}
+
+fn remapped(name: &str, key: &Key, endpoint: &str, cidr: &str, alias: &str) -> PeerSpec {
+    PeerSpec {
+        networks: vec![Network {
+            cidr: cidr.parse().unwrap(),
+            remapped: alias.parse().unwrap(),
+        }],
+        ..spec(name, key, Some(endpoint), &[])
+    }
+}
+
+fn tcp(src: &str, dst: &str, syn: bool) -> Vec<u8> {
+    use crate::wire::testing::{build, Spec, L4};
+    let mss = [2, 4, 0x05, 0xb4]; // 1460, what a pod with MTU 1500 announces
+    build(&Spec {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        ip_options: vec![],
+        l4: L4::Tcp {
+            syn,
+            options: if syn { mss.to_vec() } else { vec![] },
+            payload: b"GET /".to_vec(),
+        },
+    })
+}
+
+#[test]
+fn overlapping_pod_cidrs_are_remapped_both_ways() {
+    use crate::wire::testing::verify;
+    use crate::wire::IpPacket;
+    // Both clusters number pods from 10.244.0.0/16: home calls foreign 10.245/16, foreign calls home 10.246/16.
+    let (hk, fk) = (key(1), key(2));
+    let mut home = Engine::new(
+        &hk,
+        vec![remapped(
+            "foreign",
+            &fk,
+            FOREIGN,
+            "10.244.0.0/16",
+            "10.245.0.0/16",
+        )],
+        1420,
+    )
+    .unwrap();
+    let mut foreign = Engine::new(
+        &fk,
+        vec![remapped(
+            "home",
+            &hk,
+            HOME,
+            "10.244.0.0/16",
+            "10.246.0.0/16",
+        )],
+        1420,
+    )
+    .unwrap();
+    let (mut ho, mut fo) = (Recorder::default(), Recorder::default());
+    let mut shuttle =
+        |home: &mut Engine, foreign: &mut Engine, ho: &mut Recorder, fo: &mut Recorder| {
+            for _ in 0..8 {
+                for (_, d) in std::mem::take(&mut ho.net) {
+                    foreign.from_network(addr(HOME), &d, fo);
+                }
+                for (_, d) in std::mem::take(&mut fo.net) {
+                    home.from_network(addr(FOREIGN), &d, ho);
+                }
+            }
+        };
+    let addrs = |p: &[u8]| {
+        let v = IpPacket::new_checked(p).unwrap();
+        (v.src_addr().to_string(), v.dst_addr().to_string())
+    };
+
+    home.from_tun(&mut tcp("10.244.1.5", "10.245.2.7", true), &mut ho);
+    shuttle(&mut home, &mut foreign, &mut ho, &mut fo);
+    let arrived = fo.tun.pop().unwrap();
+    assert_eq!(addrs(&arrived), ("10.246.1.5".into(), "10.244.2.7".into()));
+    assert_eq!(verify(&arrived), Ok(()));
+    // The SYN's MSS was clamped to what fits the 1420-byte tunnel.
+    assert_eq!(&arrived[40..44], &[2, 4, 0x05, 0x64]);
+
+    foreign.from_tun(&mut tcp("10.244.2.7", "10.246.1.5", false), &mut fo);
+    shuttle(&mut home, &mut foreign, &mut ho, &mut fo);
+    let back = ho.tun.pop().unwrap();
+    assert_eq!(addrs(&back), ("10.245.2.7".into(), "10.244.1.5".into()));
+    assert_eq!(verify(&back), Ok(()));
+}
+
+#[test]
+fn peers_sharing_a_cidr_are_told_apart_by_their_remapped_networks() {
+    let hk = key(1);
+    let mut home = Engine::new(
+        &hk,
+        vec![
+            remapped(
+                "a",
+                &key(2),
+                "192.0.2.2:1",
+                "10.244.0.0/16",
+                "10.245.0.0/16",
+            ),
+            remapped(
+                "b",
+                &key(3),
+                "192.0.2.3:1",
+                "10.244.0.0/16",
+                "10.247.0.0/16",
+            ),
+        ],
+        1420,
+    )
+    .unwrap();
+    let mut out = Recorder::default();
+    home.from_tun(&mut tcp("10.244.1.5", "10.247.0.9", false), &mut out);
+    home.from_tun(&mut tcp("10.244.1.5", "10.245.0.9", false), &mut out);
+    let dsts: Vec<_> = out.net.iter().map(|(d, _)| *d).collect();
+    assert_eq!(dsts, [addr("192.0.2.3:1"), addr("192.0.2.2:1")]);
 }
