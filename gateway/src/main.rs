@@ -78,6 +78,11 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         private_key,
         peers,
     } = settings::load(&path).context("invalid configuration")?;
+    for p in &peers {
+        for n in p.networks.iter().filter(|n| n.cidr != n.remapped) {
+            tracing::info!(peer = %p.name, cidr = %n.cidr, remapped = %n.remapped, "home pods reach {} as {}", n.cidr, n.remapped);
+        }
+    }
     let networks: Vec<_> = peers
         .iter()
         .flat_map(|p| p.networks.iter().map(|n| n.remapped))

@@ -4,7 +4,8 @@
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 
-use liqonet_proto::config::{ConfigError, ConfigErrors, Endpoint, GatewayConfig, Remapped};
+use liqonet_proto::config::{ConfigError, ConfigErrors, Endpoint, GatewayConfig};
+use liqonet_proto::ipam::IpamState;
 use liqonet_proto::Key;
 
 use crate::engine::{Network, PeerSpec};
@@ -24,6 +25,41 @@ pub enum LoadError {
     },
     #[error("{path}:\n{errors}")]
     Invalid { path: PathBuf, errors: ConfigErrors },
+    #[error("IPAM state {path}: {message}")]
+    State { path: PathBuf, message: String },
+}
+
+/// Where the prefixes IPAM chose are kept: next to the config, `NAME.yaml` → `NAME.ipam.yaml`.
+pub fn ipam_state_path(config: &Path) -> PathBuf {
+    config.with_extension("ipam.yaml")
+}
+
+fn read_state(path: &Path) -> Result<IpamState, LoadError> {
+    let err = |message: String| LoadError::State {
+        path: path.to_owned(),
+        message,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_yaml::from_str(&text).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IpamState::default()),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Replaces the state file atomically (write a sibling, then rename over it).
+fn write_state(path: &Path, state: &IpamState) -> Result<(), LoadError> {
+    let err = |message: String| LoadError::State {
+        path: path.to_owned(),
+        message,
+    };
+    let text = serde_yaml::to_string(state).map_err(|e| err(e.to_string()))?;
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(
+        &tmp,
+        format!("# Prefixes chosen for `remapped: auto`; kept across restarts.\n{text}"),
+    )
+    .and_then(|()| std::fs::rename(&tmp, path))
+    .map_err(|e| err(e.to_string()))
 }
 
 pub fn load(path: &Path) -> Result<Settings, LoadError> {
@@ -36,6 +72,12 @@ pub fn load(path: &Path) -> Result<Settings, LoadError> {
         errors,
     };
     let config = GatewayConfig::from_yaml(&text).map_err(invalid)?;
+    let state_path = ipam_state_path(path);
+    let state = read_state(&state_path)?;
+    let (remapped, new_state) = config.resolve_remapped(&state).map_err(invalid)?;
+    if new_state != state {
+        write_state(&state_path, &new_state)?;
+    }
     let mut errs = Vec::new();
     let mut err = |path: String, message: String| errs.push(ConfigError { path, message });
 
@@ -87,29 +129,15 @@ pub fn load(path: &Path) -> Result<Settings, LoadError> {
                 }
             }
         };
-        let mut networks = Vec::with_capacity(p.networks.len());
-        for (j, n) in p.networks.iter().enumerate() {
-            match n.remapped {
-                None => {}
-                Some(Remapped::To(r)) if r == n.cidr => {}
-                // Address translation between overlapping CIDRs is not in this version's data path.
-                Some(other) => err(
-                    format!("peers[{i}].networks[{j}].remapped"),
-                    format!(
-                        "{:?}: this version routes networks as the peer numbers them; remapped must equal cidr ({}) or be omitted",
-                        match other {
-                            Remapped::Auto => "auto".to_string(),
-                            Remapped::To(r) => r.to_string(),
-                        },
-                        n.cidr
-                    ),
-                ),
-            }
-            networks.push(Network {
+        let networks = p
+            .networks
+            .iter()
+            .zip(&remapped[i])
+            .map(|(n, r)| Network {
                 cidr: n.cidr,
-                remapped: n.cidr,
-            });
-        }
+                remapped: *r,
+            })
+            .collect();
         peers.push(PeerSpec {
             name: p.cluster_id.clone(),
             public_key: p.public_key,

@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::ipam::{Ipam, IpamState};
 use crate::{Cidr, Key};
 
 pub const DEFAULT_INTERFACE: &str = "liqo0";
@@ -38,6 +39,28 @@ pub struct GatewayConfig {
     pub metrics_address: Option<Parsed<SocketAddr>>,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Where `remapped: auto` prefixes come from.
+    #[serde(default)]
+    pub ipam: IpamConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpamConfig {
+    #[serde(default = "crate::ipam::default_pools")]
+    pub pools: Vec<Cidr>,
+    /// Prefixes IPAM never hands out (for instance networks used elsewhere in the data center).
+    #[serde(default)]
+    pub reserved: Vec<Cidr>,
+}
+
+impl Default for IpamConfig {
+    fn default() -> Self {
+        IpamConfig {
+            pools: crate::ipam::default_pools(),
+            reserved: Vec::new(),
+        }
+    }
 }
 
 /// One foreign cluster. Also the spec of a `TunnelEndpoint` in Kubernetes mode.
@@ -259,6 +282,87 @@ impl GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// The remapped prefix of every peer network (indexed like `peers[i].networks[j]`), with
+    /// `auto` resolved by IPAM: a choice recorded in `state` is kept while it is still free, a
+    /// new one is the first free prefix. Returns the prefixes and the state to persist.
+    pub fn resolve_remapped(
+        &self,
+        state: &IpamState,
+    ) -> Result<(Vec<Vec<Cidr>>, IpamState), ConfigErrors> {
+        let mut taken: Vec<Cidr> = self.local_networks.clone();
+        taken.extend(&self.ipam.reserved);
+        for p in &self.peers {
+            taken.extend(
+                p.networks
+                    .iter()
+                    .filter_map(NetworkConfig::effective_remapped),
+            );
+        }
+        let mut ipam = Ipam::new(self.ipam.pools.clone(), taken);
+        // First the recorded choices that are still free (so that a new peer listed earlier
+        // cannot take them), then new prefixes for the rest.
+        let mut out: Vec<Vec<Option<Cidr>>> = self
+            .peers
+            .iter()
+            .map(|p| {
+                p.networks
+                    .iter()
+                    .map(|n| {
+                        n.effective_remapped().or_else(|| {
+                            let prev = state.get(&p.cluster_id, &n.cidr)?;
+                            let fits = prev.prefix_len() == n.cidr.prefix_len()
+                                && prev.is_ipv4() == n.cidr.is_ipv4()
+                                && ipam.is_free(&prev);
+                            fits.then(|| {
+                                ipam.take(prev);
+                                prev
+                            })
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut next = IpamState::default();
+        let mut errs = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            for (j, n) in p.networks.iter().enumerate() {
+                if n.remapped != Some(Remapped::Auto) {
+                    continue;
+                }
+                let slot = &mut out[i][j];
+                if slot.is_none() {
+                    match ipam.allocate(&n.cidr) {
+                        Ok(c) => *slot = Some(c),
+                        Err(e) => errs.push(ConfigError {
+                            path: format!("peers[{i}].networks[{j}].remapped"),
+                            message: format!("\"auto\" for {}: {e}", n.cidr),
+                        }),
+                    }
+                }
+                if let Some(c) = *slot {
+                    next.set(&p.cluster_id, n.cidr, c);
+                }
+            }
+        }
+        let out = out
+            .into_iter()
+            .zip(&self.peers)
+            .map(|(nets, p)| {
+                nets.into_iter()
+                    .zip(&p.networks)
+                    .map(|(r, n)| r.unwrap_or(n.cidr))
+                    .collect()
+            })
+            .collect();
+        if errs.is_empty() {
+            Ok((out, next))
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
 /// A Kubernetes-style name: lowercase letters, digits and '-', 1 to 63, alphanumeric at both ends.
 fn check_cluster_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
@@ -465,6 +569,73 @@ mod tests {
         let c = GatewayConfig::from_yaml(text).unwrap();
         assert_eq!(c.peers[0].networks.len(), 2);
         assert_eq!(c.peers[0].persistent_keepalive, Some(25));
+    }
+
+    #[test]
+    fn auto_networks_are_stable_across_restarts_and_additions() {
+        let with_auto = |extra: &str| {
+            base().replace(
+                "      - cidr: 10.245.0.0/16\n",
+                "      - cidr: 10.244.0.0/16\n        remapped: auto\n",
+            ) + extra
+        };
+        let c = GatewayConfig::from_yaml(&with_auto("")).unwrap();
+        let (nets, state) = c.resolve_remapped(&IpamState::default()).unwrap();
+        assert_eq!(nets[0][0].to_string(), "10.0.0.0/16");
+
+        // A new peer takes the prefix the first one had; the first one keeps its own.
+        let second = format!(
+            "  - clusterID: third\n    publicKey: {KEY_B}\n    networks:\n      - cidr: 10.244.0.0/16\n        remapped: auto\n"
+        );
+        let text = with_auto(&second).replace("peers:\n", &format!("peers:\n  - clusterID: zeroth\n    publicKey: {}\n    networks:\n      - cidr: 10.244.0.0/16\n        remapped: auto\n", "QIqyU1mi5R1fROhtl2BcGkKxSXl3D6fJVXEHpD3ZQlg="));
+        let c2 = GatewayConfig::from_yaml(&text).unwrap();
+        let (nets2, state2) = c2.resolve_remapped(&state).unwrap();
+        assert_eq!(
+            nets2[1][0].to_string(),
+            "10.0.0.0/16",
+            "foreign keeps its choice"
+        );
+        assert_eq!(nets2[0][0].to_string(), "10.1.0.0/16");
+        assert_eq!(nets2[2][0].to_string(), "10.2.0.0/16");
+        // And a restart with that state changes nothing.
+        assert_eq!(c2.resolve_remapped(&state2).unwrap().0, nets2);
+    }
+
+    #[test]
+    fn a_recorded_choice_that_is_no_longer_free_is_replaced() {
+        let text = base().replace(
+            "      - cidr: 10.245.0.0/16\n",
+            "      - cidr: 10.244.0.0/16\n        remapped: auto\n",
+        );
+        let c = GatewayConfig::from_yaml(&text).unwrap();
+        let mut state = IpamState::default();
+        state.set(
+            "foreign",
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+        );
+        let (nets, _) = c.resolve_remapped(&state).unwrap();
+        assert_eq!(
+            nets[0][0].to_string(),
+            "10.0.0.0/16",
+            "10.244/16 is a local network"
+        );
+    }
+
+    #[test]
+    fn exhausted_pools_name_the_network() {
+        let text = base().replace(
+            "      - cidr: 10.245.0.0/16\n",
+            "      - cidr: 10.244.0.0/16\n        remapped: auto\n",
+        ) + "ipam:\n  pools: [10.250.0.0/16]\n  reserved: [10.250.0.0/17]\n";
+        let c = GatewayConfig::from_yaml(&text).unwrap();
+        let e = c
+            .resolve_remapped(&IpamState::default())
+            .unwrap_err()
+            .0
+            .remove(0);
+        assert_eq!(e.path, "peers[0].networks[0].remapped");
+        assert!(e.message.contains("no free /16"), "{e}");
     }
 
     #[test]

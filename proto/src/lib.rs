@@ -7,6 +7,7 @@
 
 pub mod cidr;
 pub mod config;
+pub mod ipam;
 pub mod key;
 pub mod prefix_table;
 
