@@ -6,7 +6,7 @@ use liqonet_lab::probe::{curl, ping, wait_reachable};
 use liqonet_lab::{GatewayKind, Lab, LabSpec};
 
 fn wg_go_lab() -> Lab {
-    let mut spec = LabSpec::default();
+    let mut spec = LabSpec::distinct_cidrs();
     spec.clusters[1].gateway = GatewayKind::WireguardGo;
     Lab::start(&spec).unwrap()
 }

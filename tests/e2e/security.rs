@@ -21,9 +21,9 @@ fn wrong_public_key_gets_no_packet_through() {
     lab.restart_gateway_with("home", &config).unwrap();
 
     let (home, foreign) = (lab.home().clone(), lab.cluster("foreign").clone());
-    let p = ping(&home.pod_ns, &foreign.pod_ip, 6).unwrap();
+    let p = ping(&home.pod_ns, &lab.ip_of("foreign", "home", false), 6).unwrap();
     assert_eq!(p.received, 0, "{p:?}");
-    let p = ping(&foreign.pod_ns, &home.pod_ip, 6).unwrap();
+    let p = ping(&foreign.pod_ns, &lab.ip_of("home", "foreign", false), 6).unwrap();
     assert_eq!(p.received, 0, "{p:?}");
     // foreign could not authenticate home's handshakes.
     let m = lab.metrics("foreign").unwrap();
@@ -35,10 +35,11 @@ fn wrong_public_key_gets_no_packet_through() {
 #[test]
 fn spoofed_inner_source_is_dropped_and_counted() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
-    let (home, foreign) = (lab.home(), lab.cluster("foreign"));
+    let foreign = lab.cluster("foreign");
+    let home_ip = lab.ip_of("home", "foreign", false);
     assert!(wait_reachable(
         &foreign.pod_ns,
-        &home.pod_ip,
+        &home_ip,
         Duration::from_secs(10)
     ));
 
@@ -48,7 +49,7 @@ fn spoofed_inner_source_is_dropped_and_counted() {
         &["ip", "addr", "add", "10.99.0.5/32", "dev", "eth0"],
     )
     .unwrap();
-    let p = ping_with(&foreign.pod_ns, &home.pod_ip, 5, &["-I", "10.99.0.5"]).unwrap();
+    let p = ping_with(&foreign.pod_ns, &home_ip, 5, &["-I", "10.99.0.5"]).unwrap();
     assert_eq!(p.received, 0, "{p:?}");
     let sample = "liqonet_dropped_packets_total{reason=\"source_not_allowed\"}";
     let counted = wait_for(Duration::from_secs(3), || {
@@ -60,5 +61,5 @@ fn spoofed_inner_source_is_dropped_and_counted() {
     });
     assert!(counted, "{}", lab.metrics("home").unwrap_or_default());
     // Legitimate traffic still flows.
-    assert_eq!(ping(&foreign.pod_ns, &home.pod_ip, 3).unwrap().received, 3);
+    assert_eq!(ping(&foreign.pod_ns, &home_ip, 3).unwrap().received, 3);
 }

@@ -1,32 +1,59 @@
-//! liqonet ⇄ liqonet through the lab: ping both ways, curl, iperf3; several peers; IPv6 underlay;
-//! roaming.
+//! liqonet ⇄ liqonet through the lab. Both clusters number their pods from the same CIDRs, so
+//! every path below crosses the address remapping. Also: IPv6 underlay, three clusters on one
+//! CIDR, roaming, persistent keepalive.
 
 use std::time::Duration;
 
 use liqonet_lab::netns::{ns_run, wait_for};
-use liqonet_lab::probe::{curl, iperf3, metric, ping, wait_reachable};
+use liqonet_lab::probe::{curl, iperf3, metric, ping, snmp, wait_reachable};
 use liqonet_lab::{ClusterSpec, Lab, LabSpec, Underlay};
 
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-fn assert_path(lab: &Lab, from: &str, to: &str) {
+/// Ping and curl from `from`'s pod to `to`'s pod, by the address `from` knows it by.
+fn assert_path(lab: &Lab, from: &str, to: &str, v6: bool) {
     let (a, b) = (lab.cluster(from), lab.cluster(to));
+    let dst = lab.ip_of(to, from, v6);
     assert!(
-        wait_reachable(&a.pod_ns, &b.pod_ip, HANDSHAKE),
-        "{from} pod cannot reach {to} pod"
+        wait_reachable(&a.pod_ns, &dst, HANDSHAKE),
+        "{from} pod cannot reach {to} pod at {dst}"
     );
-    let p = ping(&a.pod_ns, &b.pod_ip, 5).unwrap();
-    assert_eq!(p.received, 5, "{from} -> {to}: {p:?}");
-    let body = curl(&a.pod_ns, &format!("http://{}/", b.pod_ip)).unwrap();
+    let p = ping(&a.pod_ns, &dst, 5).unwrap();
+    assert_eq!(p.received, 5, "{from} -> {to} ({dst}): {p:?}");
+    let url = if v6 {
+        format!("http://[{dst}]/")
+    } else {
+        format!("http://{dst}/")
+    };
+    let body = curl(&a.pod_ns, &url).unwrap();
     assert_eq!(body, format!("hello from {to} pod {}\n", b.pod_ip));
 }
 
 #[test]
-fn ping_curl_and_iperf3_both_ways() {
+fn same_pod_cidr_both_ways_ipv4_and_ipv6() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
-    assert_path(&lab, "home", "foreign");
-    assert_path(&lab, "foreign", "home");
-    let r = iperf3(&lab.home().pod_ns, &lab.cluster("foreign").pod_ip, 2).unwrap();
+    assert_eq!(
+        lab.home().pod_ip,
+        lab.cluster("foreign").pod_ip,
+        "the pods share one address"
+    );
+    for v6 in [false, true] {
+        assert_path(&lab, "home", "foreign", v6);
+        assert_path(&lab, "foreign", "home", v6);
+    }
+    // The foreign pod saw the home pod by the alias the foreign cluster gave home.
+    let seen = lab.log("foreign-http");
+    assert!(
+        seen.contains(&format!("{} - -", lab.ip_of("home", "foreign", false))),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("{} - -", lab.ip_of("home", "foreign", true))),
+        "{seen}"
+    );
+    assert_eq!(lab.ip_of("home", "foreign", false), "10.246.0.10");
+
+    let r = iperf3(&lab.home().pod_ns, &lab.ip_of("foreign", "home", false), 2).unwrap();
     assert!(r.bytes > 1_000_000, "iperf3 moved only {} bytes", r.bytes);
     let m = lab.metrics("home").unwrap();
     assert!(m.contains("liqonet_peer_up{peer=\"foreign\"} 1"), "{m}");
@@ -40,34 +67,40 @@ fn ipv6_underlay() {
     };
     let lab = Lab::start(&spec).unwrap();
     assert!(lab.cluster("foreign").endpoint().starts_with("[fd00:250::"));
-    assert_path(&lab, "home", "foreign");
-    assert_path(&lab, "foreign", "home");
+    assert_path(&lab, "home", "foreign", false);
+    assert_path(&lab, "foreign", "home", true);
 }
 
 #[test]
-fn several_peers_at_once() {
+fn three_clusters_on_the_same_pod_cidr() {
     let spec = LabSpec {
         clusters: vec![
-            ClusterSpec::new("home", "10.244.0.0/16"),
-            ClusterSpec::new("east", "10.245.0.0/16"),
-            ClusterSpec::new("west", "10.246.0.0/16"),
+            ClusterSpec::new("home", "10.244.0.0/16").aliased("10.246.0.0/16", None),
+            ClusterSpec::new("east", "10.244.0.0/16").aliased("10.245.0.0/16", None),
+            ClusterSpec::new("west", "10.244.0.0/16").aliased("auto", None),
         ],
         underlay: Underlay::V4,
     };
     let lab = Lab::start(&spec).unwrap();
+    let (east, west) = (
+        lab.ip_of("east", "home", false),
+        lab.ip_of("west", "home", false),
+    );
+    assert_eq!(east, "10.245.0.10");
+    assert_ne!(west, east, "west gets a prefix of its own from home's IPAM");
     for c in ["east", "west"] {
-        assert_path(&lab, "home", c);
-        assert_path(&lab, c, "home");
+        assert_path(&lab, "home", c, false);
+        assert_path(&lab, c, "home", false);
     }
     // east and west do not peer with each other: home does not relay between them.
-    let p = ping(&lab.cluster("east").pod_ns, &lab.cluster("west").pod_ip, 2).unwrap();
+    let p = ping(&lab.cluster("east").pod_ns, &west, 2).unwrap();
     assert_eq!(p.received, 0);
 }
 
 #[test]
 fn follows_a_peer_that_roams() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
-    assert_path(&lab, "home", "foreign");
+    assert_path(&lab, "home", "foreign", false);
     // foreign's gateway node moves to another WAN address; home still has the old one configured.
     let f = lab.cluster("foreign");
     // (Deleting first: removing a primary address would take a secondary one with it.)
@@ -89,8 +122,12 @@ fn follows_a_peer_that_roams() {
     )
     .unwrap();
     // foreign speaks first from its new address; home must answer there, and keep using it.
-    assert!(wait_reachable(&f.pod_ns, &lab.home().pod_ip, HANDSHAKE));
-    let p = ping(&lab.home().pod_ns, &f.pod_ip, 5).unwrap();
+    assert!(wait_reachable(
+        &f.pod_ns,
+        &lab.ip_of("home", "foreign", false),
+        HANDSHAKE
+    ));
+    let p = ping(&lab.home().pod_ns, &lab.ip_of("foreign", "home", false), 5).unwrap();
     assert_eq!(p.received, 5, "{p:?}");
     assert!(
         lab.log("home-gateway").contains("192.168.250.99:51840"),
@@ -99,16 +136,8 @@ fn follows_a_peer_that_roams() {
     );
 }
 
-/// UDP datagrams received so far in namespace `ns` (`/proc/net/snmp`, Udp InDatagrams).
 fn udp_in(ns: &str) -> u64 {
-    let snmp = ns_run(ns, &["cat", "/proc/net/snmp"]).unwrap();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
-    let col = names
-        .split_whitespace()
-        .position(|n| n == "InDatagrams")
-        .unwrap();
-    values.split_whitespace().nth(col).unwrap().parse().unwrap()
+    snmp(ns, "Udp", "InDatagrams").unwrap()
 }
 
 #[test]
@@ -123,8 +152,8 @@ fn persistent_keepalive_brings_the_session_up_without_traffic() {
     assert!(!is_up(&lab), "{}", lab.metrics("home").unwrap());
 
     let config = lab.liqonet_config(0).replace(
-        "    networks:\n      - cidr: 10.245.0.0/16",
-        "    persistentKeepalive: 1\n    networks:\n      - cidr: 10.245.0.0/16",
+        "    networks:\n",
+        "    persistentKeepalive: 1\n    networks:\n",
     );
     assert!(config.contains("persistentKeepalive: 1"));
     lab.restart_gateway_with("home", &config).unwrap();

@@ -6,22 +6,27 @@
 //!  pod ns ──veth── gateway-node ns ──veth──┘  (192.168.250.0/24, fd00:250::/64)
 //! ```
 //! Cluster 0 is home; it peers with every other cluster (a star), as a home cluster with
-//! several foreign clusters does.
+//! several foreign clusters does. Clusters may number their pods from the same CIDRs; each is
+//! then known to its peers by an alias (`remapped` in their configs).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use liqonet_proto::ipam::IpamState;
+use liqonet_proto::Cidr;
 
-use crate::netns::{self, ns_run, run, wait_for};
+use crate::netns::{self, ns_run, run, sh, wait_for};
 
 pub const LISTEN_PORT: u16 = 51840;
 pub const MTU: u16 = 1420;
 pub const METRICS_PORT: u16 = 9586;
 pub const LIQONET_IF: &str = "liqo0";
+/// Size of `big.bin`, served by every pod (for MTU and MSS tests).
+pub const BIG_FILE: usize = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatewayKind {
@@ -41,6 +46,12 @@ pub struct ClusterSpec {
     pub name: String,
     /// The pod CIDR, a /16 (`10.244.0.0/16`); the gateway node's pod subnet is its first /24.
     pub pod_cidr: String,
+    /// An IPv6 pod CIDR, a /64 ending in `::` (`fd10:244::/64`), for dual-stack pods.
+    pub pod_cidr6: Option<String>,
+    /// How peers address this cluster's pods (`remapped` in their configs, "auto" lets their
+    /// IPAM choose); `None` when they use the pod CIDR as it is.
+    pub alias: Option<String>,
+    pub alias6: Option<String>,
     pub gateway: GatewayKind,
     /// Whether the other side is told this cluster's endpoint (if not, it only answers).
     pub endpoint_known: bool,
@@ -51,9 +62,25 @@ impl ClusterSpec {
         ClusterSpec {
             name: name.into(),
             pod_cidr: pod_cidr.into(),
+            pod_cidr6: None,
+            alias: None,
+            alias6: None,
             gateway: GatewayKind::Liqonet,
             endpoint_known: true,
         }
+    }
+
+    /// Dual-stack pods on `pod_cidr6`.
+    pub fn dual_stack(mut self, pod_cidr6: &str) -> Self {
+        self.pod_cidr6 = Some(pod_cidr6.into());
+        self
+    }
+
+    /// Peers reach this cluster's pods as `alias` (and `alias6` for IPv6).
+    pub fn aliased(mut self, alias: &str, alias6: Option<&str>) -> Self {
+        self.alias = Some(alias.into());
+        self.alias6 = alias6.map(Into::into);
+        self
     }
 }
 
@@ -64,8 +91,27 @@ pub struct LabSpec {
 }
 
 impl Default for LabSpec {
-    /// Home and one foreign cluster, both liqonet, IPv4 underlay.
+    /// Home and one foreign cluster, both liqonet, IPv4 underlay, both numbering their pods from
+    /// the same CIDRs: home reaches foreign as 10.245.0.0/16 (fd10:245::/64), foreign reaches home
+    /// as 10.246.0.0/16 (fd10:246::/64).
     fn default() -> Self {
+        LabSpec {
+            clusters: vec![
+                ClusterSpec::new("home", "10.244.0.0/16")
+                    .dual_stack("fd10:244::/64")
+                    .aliased("10.246.0.0/16", Some("fd10:246::/64")),
+                ClusterSpec::new("foreign", "10.244.0.0/16")
+                    .dual_stack("fd10:244::/64")
+                    .aliased("10.245.0.0/16", Some("fd10:245::/64")),
+            ],
+            underlay: Underlay::V4,
+        }
+    }
+}
+
+impl LabSpec {
+    /// Home and foreign on different pod CIDRs, nothing remapped (as stock WireGuard needs).
+    pub fn distinct_cidrs() -> Self {
         LabSpec {
             clusters: vec![
                 ClusterSpec::new("home", "10.244.0.0/16"),
@@ -83,6 +129,7 @@ pub struct Cluster {
     pub gw_ns: String,
     pub pod_ns: String,
     pub pod_ip: String,
+    pub pod_ip6: Option<String>,
     pub node_pod_ip: String,
     pub wan_ip: String,
     pub private_key: String,
@@ -152,9 +199,8 @@ impl Lab {
     fn build(&mut self, spec: &LabSpec) -> anyhow::Result<()> {
         let wan = format!("{}wan", self.prefix);
         add_ns(&wan)?;
-        ns_run(&wan, &["ip", "link", "add", "br0", "type", "bridge"])?;
-        ns_run(&wan, &["ip", "link", "set", "br0", "up"])?;
-
+        sh(&wan, "ip link add br0 type bridge")?;
+        sh(&wan, "ip link set br0 up")?;
         for (i, cs) in spec.clusters.iter().enumerate() {
             let c = self.build_cluster(i, cs, &wan)?;
             self.clusters.push(c);
@@ -172,78 +218,56 @@ impl Lab {
         let gw = format!("{}{}-gw", self.prefix, cs.name);
         let pod = format!("{}{}-pod", self.prefix, cs.name);
         let base = pod_base(&cs.pod_cidr)?;
-        let node_pod_ip = format!("{base}.0.1");
-        let pod_ip = format!("{base}.0.10");
-        let (wan_ip, wan_cidr) = match self.underlay {
-            Underlay::V4 => (format!("192.168.250.{}", 10 + i), 24),
-            Underlay::V6 => (format!("fd00:250::{}", 10 + i), 64),
+        let (node_pod_ip, pod_ip) = (format!("{base}.0.1"), format!("{base}.0.10"));
+        let (wan_addr, nodad) = match self.underlay {
+            Underlay::V4 => (format!("192.168.250.{}/24", 10 + i), ""),
+            Underlay::V6 => (format!("fd00:250::{}/64", 10 + i), "nodad"),
         };
         add_ns(&gw)?;
         add_ns(&pod)?;
-        for (k, v) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-        ] {
-            ns_run(&gw, &["sysctl", "-qw", &format!("{k}={v}")])?;
-        }
+        sh(
+            &gw,
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+        )?;
 
         // WAN link: gateway node <-> bridge.
-        let wan_port = format!("{}-wan", short(&cs.name));
-        ns_run(
+        let port = format!("{}-wan", short(&cs.name));
+        sh(
             wan,
-            &[
-                "ip", "link", "add", &wan_port, "type", "veth", "peer", "name", "wan0", "netns",
-                &gw,
-            ],
+            &format!("ip link add {port} type veth peer name wan0 netns {gw}"),
         )?;
-        ns_run(
-            wan,
-            &["ip", "link", "set", &wan_port, "master", "br0", "up"],
-        )?;
-        let wan_addr = format!("{wan_ip}/{wan_cidr}");
-        let mut add = vec!["ip", "addr", "add", wan_addr.as_str(), "dev", "wan0"];
-        if self.underlay == Underlay::V6 {
-            add.push("nodad");
-        }
-        ns_run(&gw, &add)?;
-        ns_run(&gw, &["ip", "link", "set", "wan0", "up"])?;
+        sh(wan, &format!("ip link set {port} master br0 up"))?;
+        sh(&gw, &format!("ip addr add {wan_addr} dev wan0 {nodad}"))?;
+        sh(&gw, "ip link set wan0 up")?;
 
-        // Pod link: gateway node <-> pod, the pod's default route via its node.
-        ns_run(
+        // Pod link: gateway node <-> pod, the pod's default routes via its node.
+        sh(
             &gw,
-            &[
-                "ip", "link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", &pod,
-            ],
+            &format!("ip link add pod0 type veth peer name eth0 netns {pod}"),
         )?;
-        ns_run(
-            &gw,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{node_pod_ip}/24"),
-                "dev",
-                "pod0",
-            ],
-        )?;
-        ns_run(&gw, &["ip", "link", "set", "pod0", "up"])?;
-        ns_run(
-            &pod,
-            &["ip", "addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
-        )?;
-        ns_run(&pod, &["ip", "link", "set", "eth0", "up"])?;
-        ns_run(
-            &pod,
-            &["ip", "route", "add", "default", "via", &node_pod_ip],
-        )?;
+        sh(&gw, &format!("ip addr add {node_pod_ip}/24 dev pod0"))?;
+        sh(&gw, "ip link set pod0 up")?;
+        sh(&pod, &format!("ip addr add {pod_ip}/24 dev eth0"))?;
+        sh(&pod, "ip link set eth0 up")?;
+        sh(&pod, &format!("ip route add default via {node_pod_ip}"))?;
+        let pod_ip6 = match &cs.pod_cidr6 {
+            None => None,
+            Some(cidr6) => {
+                let base6 = cidr6
+                    .strip_suffix("::/64")
+                    .with_context(|| format!("lab IPv6 pod CIDRs end in ::/64, not {cidr6:?}"))?;
+                sh(&gw, &format!("ip addr add {base6}::1/64 dev pod0 nodad"))?;
+                sh(&pod, &format!("ip addr add {base6}::10/64 dev eth0 nodad"))?;
+                sh(&pod, &format!("ip -6 route add default via {base6}::1"))?;
+                Some(format!("{base6}::10"))
+            }
+        };
 
-        let private_key = run(&[
-            self.bin("liqonet-gateway").to_str().unwrap_or_default(),
-            "genkey",
-        ])?
-        .trim()
-        .to_string();
-        let public_key = crate::probe::pubkey(&self.bin("liqonet-gateway"), &private_key)?;
+        let gateway = self.bin("liqonet-gateway");
+        let private_key = run(&[gateway.to_str().unwrap_or_default(), "genkey"])?
+            .trim()
+            .to_string();
+        let public_key = crate::probe::pubkey(&gateway, &private_key)?;
         let interface = match cs.gateway {
             GatewayKind::Liqonet => LIQONET_IF.to_string(),
             // wireguard-go's control socket path is global (/var/run/wireguard/NAME.sock).
@@ -254,8 +278,9 @@ impl Lab {
             gw_ns: gw,
             pod_ns: pod,
             pod_ip,
+            pod_ip6,
             node_pod_ip,
-            wan_ip,
+            wan_ip: wan_addr.split('/').next().unwrap_or_default().to_string(),
             private_key,
             public_key,
             interface,
@@ -276,53 +301,60 @@ impl Lab {
         let key_file = self.dir.join(format!("{}.key", c.spec.name));
         fs::write(&key_file, format!("{}\n", c.private_key))?;
         match c.spec.gateway {
-            GatewayKind::Liqonet => {
-                let config = self.dir.join(format!("{}.yaml", c.spec.name));
-                fs::write(&config, self.liqonet_config(i))?;
-                let bin = self.bin("liqonet-gateway");
-                let log = format!("{}-gateway", c.spec.name);
-                self.spawn(
-                    &log,
-                    &c.gw_ns,
-                    &[
-                        bin.to_str().unwrap_or_default(),
-                        "run",
-                        "--config",
-                        config.to_str().unwrap_or_default(),
-                    ],
-                    &[("RUST_LOG", "info,liqonet_gateway=debug")],
-                )?;
-                let ns = c.gw_ns.clone();
-                let ready = wait_for(Duration::from_secs(10), || {
-                    ns_run(
-                        &ns,
-                        &[
-                            "curl",
-                            "-sf",
-                            &format!("http://127.0.0.1:{METRICS_PORT}/healthz"),
-                        ],
-                    )
-                    .is_ok()
-                });
-                if !ready {
-                    bail!(
-                        "gateway of {} did not come up; log:\n{}",
-                        c.spec.name,
-                        self.log(&log)
-                    );
-                }
-            }
-            GatewayKind::WireguardGo => self.start_wireguard_go(i, &key_file)?,
+            GatewayKind::Liqonet => self.run_liqonet(&c.spec.name, &self.liqonet_config(i)),
+            GatewayKind::WireguardGo => self.start_wireguard_go(i, &key_file),
+        }
+    }
+
+    /// Writes `config` as cluster `name`'s gateway config and starts its liqonet gateway.
+    fn run_liqonet(&mut self, name: &str, config: &str) -> anyhow::Result<()> {
+        let path = self.dir.join(format!("{name}.yaml"));
+        fs::write(&path, config)?;
+        let bin = self.bin("liqonet-gateway");
+        let ns = self.cluster(name).gw_ns.clone();
+        let log = format!("{name}-gateway");
+        let args = [
+            bin.to_str().unwrap_or_default(),
+            "run",
+            "--config",
+            path.to_str().unwrap_or_default(),
+        ];
+        self.spawn(
+            &log,
+            &ns,
+            &args,
+            &[("RUST_LOG", "info,liqonet_gateway=debug")],
+        )?;
+        if !wait_for(Duration::from_secs(10), || self.metrics(name).is_ok()) {
+            bail!(
+                "the gateway of {name} did not come up; log:\n{}",
+                self.log(&log)
+            );
         }
         Ok(())
+    }
+
+    /// Restarts cluster `name`'s liqonet gateway with another config.
+    pub fn restart_gateway_with(&mut self, name: &str, config: &str) -> anyhow::Result<()> {
+        let status = self.stop(&format!("{name}-gateway"))?;
+        if !status.success() {
+            bail!("{name}'s gateway exited with {status}");
+        }
+        self.run_liqonet(name, config)
     }
 
     /// The standalone config of cluster `i`'s liqonet gateway.
     pub fn liqonet_config(&self, i: usize) -> String {
         let c = &self.clusters[i];
+        let local: Vec<&str> = [Some(c.spec.pod_cidr.as_str()), c.spec.pod_cidr6.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
         let mut y = format!(
-            "clusterID: {}\ninterface: {}\nlistenPort: {LISTEN_PORT}\nprivateKeyFile: {}.key\nmtu: {MTU}\nlocalNetworks: [{}]\nmetricsAddress: 127.0.0.1:{METRICS_PORT}\npeers:\n",
-            c.spec.name, c.interface, c.spec.name, c.spec.pod_cidr
+            "clusterID: {name}\ninterface: {}\nlistenPort: {LISTEN_PORT}\nprivateKeyFile: {name}.key\nmtu: {MTU}\nlocalNetworks: [{}]\nmetricsAddress: 127.0.0.1:{METRICS_PORT}\npeers:\n",
+            c.interface,
+            local.join(", "),
+            name = c.spec.name,
         );
         for j in self.peers_of(i) {
             let p = &self.clusters[j];
@@ -333,12 +365,64 @@ impl Lab {
             if p.spec.endpoint_known {
                 y += &format!("    endpoint: \"{}\"\n", p.endpoint());
             }
-            y += &format!("    networks:\n      - cidr: {}\n", p.spec.pod_cidr);
+            y += "    networks:\n";
+            let nets = [
+                (Some(&p.spec.pod_cidr), &p.spec.alias),
+                (p.spec.pod_cidr6.as_ref(), &p.spec.alias6),
+            ];
+            for (cidr, alias) in nets {
+                let Some(cidr) = cidr else { continue };
+                y += &format!("      - cidr: {cidr}\n");
+                if let Some(a) = alias {
+                    y += &format!("        remapped: {a}\n");
+                }
+            }
         }
         y
     }
 
-    fn start_wireguard_go(&mut self, i: usize, key_file: &std::path::Path) -> anyhow::Result<()> {
+    /// The address by which a pod of cluster `viewer` reaches the pod of cluster `target` (IPv6
+    /// with `v6`): its own address within one cluster, else moved into the prefix by which the
+    /// viewer knows the target (an `auto` one read from the viewer's IPAM state).
+    pub fn ip_of(&self, target: &str, viewer: &str, v6: bool) -> String {
+        let t = self.cluster(target);
+        let (own, cidr, alias) = if v6 {
+            (
+                t.pod_ip6.clone(),
+                t.spec.pod_cidr6.clone(),
+                t.spec.alias6.clone(),
+            )
+        } else {
+            (
+                Some(t.pod_ip.clone()),
+                Some(t.spec.pod_cidr.clone()),
+                t.spec.alias.clone(),
+            )
+        };
+        let own = own.unwrap_or_else(|| panic!("{target} has no IPv6 pod"));
+        let alias = match alias {
+            Some(a) if target != viewer => a,
+            _ => return own,
+        };
+        let cidr: Cidr = cidr.unwrap_or_default().parse().expect("a lab CIDR");
+        let remapped: Cidr = if alias == "auto" {
+            let path = self.dir.join(format!("{viewer}.ipam.yaml"));
+            let text =
+                fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let state: IpamState = serde_yaml::from_str(&text).expect("an IPAM state file");
+            state
+                .get(target, &cidr)
+                .unwrap_or_else(|| panic!("{viewer} chose no prefix for {target}"))
+        } else {
+            alias.parse().expect("a lab CIDR")
+        };
+        let own = own.parse().expect("a pod address");
+        cidr.swap_prefix(own, &remapped)
+            .expect("the pod is in its CIDR")
+            .to_string()
+    }
+
+    fn start_wireguard_go(&mut self, i: usize, key_file: &Path) -> anyhow::Result<()> {
         let c = self.clusters[i].clone();
         let ifname = c.interface.clone();
         let log = format!("{}-wireguard-go", c.spec.name);
@@ -349,52 +433,30 @@ impl Lab {
             &[("LOG_LEVEL", "verbose")],
         )?;
         let sock = format!("/var/run/wireguard/{ifname}.sock");
-        if !wait_for(Duration::from_secs(10), || {
-            std::path::Path::new(&sock).exists()
-        }) {
+        if !wait_for(Duration::from_secs(10), || Path::new(&sock).exists()) {
             bail!("wireguard-go did not start; log:\n{}", self.log(&log));
         }
-        let port = LISTEN_PORT.to_string();
-        let key = key_file.to_str().unwrap_or_default().to_string();
-        let mut wg: Vec<String> = [
-            "wg",
-            "set",
-            &ifname,
-            "listen-port",
-            &port,
-            "private-key",
-            &key,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut routes = Vec::new();
+        let mut wg = format!(
+            "wg set {ifname} listen-port {LISTEN_PORT} private-key {}",
+            key_file.display()
+        );
         for j in self.peers_of(i) {
             let p = &self.clusters[j];
-            wg.extend([
-                "peer".into(),
-                p.public_key.clone(),
-                "allowed-ips".into(),
-                p.spec.pod_cidr.clone(),
-            ]);
+            wg += &format!(" peer {} allowed-ips {}", p.public_key, p.spec.pod_cidr);
             if p.spec.endpoint_known {
-                wg.extend(["endpoint".into(), p.endpoint()]);
+                wg += &format!(" endpoint {}", p.endpoint());
             }
-            routes.push(p.spec.pod_cidr.clone());
         }
-        let wg: Vec<&str> = wg.iter().map(String::as_str).collect();
-        ns_run(&c.gw_ns, &wg)?;
-        ns_run(
-            &c.gw_ns,
-            &["ip", "link", "set", &ifname, "mtu", &MTU.to_string(), "up"],
-        )?;
-        for r in routes {
-            ns_run(&c.gw_ns, &["ip", "route", "add", &r, "dev", &ifname])?;
+        sh(&c.gw_ns, &wg)?;
+        sh(&c.gw_ns, &format!("ip link set {ifname} mtu {MTU} up"))?;
+        for j in self.peers_of(i) {
+            let cidr = self.clusters[j].spec.pod_cidr.clone();
+            sh(&c.gw_ns, &format!("ip route add {cidr} dev {ifname}"))?;
         }
         Ok(())
     }
 
-    /// An HTTP server (its page names the cluster) and an iperf3 server in the pod.
+    /// An HTTP server (its page names the cluster; `big.bin` is large) and an iperf3 server.
     fn start_pod_services(&mut self, i: usize) -> anyhow::Result<()> {
         let c = self.clusters[i].clone();
         let www = self.dir.join(format!("{}-www", c.spec.name));
@@ -403,31 +465,30 @@ impl Lab {
             www.join("index.html"),
             format!("hello from {} pod {}\n", c.spec.name, c.pod_ip),
         )?;
-        self.spawn(
-            &format!("{}-http", c.spec.name),
-            &c.pod_ns,
-            &[
-                "python3",
-                "-m",
-                "http.server",
-                "80",
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-                www.to_str().unwrap_or_default(),
-            ],
-            &[],
-        )?;
+        let big: Vec<u8> = (0..BIG_FILE).map(|i| (i % 251) as u8).collect();
+        fs::write(www.join("big.bin"), big)?;
+        let www = www.to_str().unwrap_or_default().to_string();
+        // Bound to "::", the server takes IPv4 too, and logs each client address it saw.
+        let http = [
+            "python3",
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            "::",
+            "--directory",
+            &www,
+        ];
+        self.spawn(&format!("{}-http", c.spec.name), &c.pod_ns, &http, &[])?;
         self.spawn(
             &format!("{}-iperf3", c.spec.name),
             &c.pod_ns,
             &["iperf3", "-s"],
             &[],
         )?;
-        let ns = c.pod_ns.clone();
-        let ip = c.pod_ip.clone();
+        let url = format!("http://{}/", c.pod_ip);
         if !wait_for(Duration::from_secs(10), || {
-            ns_run(&ns, &["curl", "-sf", &format!("http://{ip}/")]).is_ok()
+            ns_run(&c.pod_ns, &["curl", "-sf", &url]).is_ok()
         }) {
             bail!("HTTP server in {} did not start", c.spec.name);
         }
@@ -478,37 +539,6 @@ impl Lab {
         }
         let _ = child.kill();
         bail!("{name} did not exit within 5 s of SIGTERM")
-    }
-
-    /// Restarts cluster `name`'s liqonet gateway with another config file content.
-    pub fn restart_gateway_with(&mut self, name: &str, config: &str) -> anyhow::Result<()> {
-        let status = self.stop(&format!("{name}-gateway"))?;
-        if !status.success() {
-            bail!("{name}'s gateway exited with {status}");
-        }
-        let path = self.dir.join(format!("{name}.yaml"));
-        fs::write(&path, config)?;
-        let bin = self.bin("liqonet-gateway");
-        let ns = self.cluster(name).gw_ns.clone();
-        let args = [
-            bin.to_str().unwrap_or_default(),
-            "run",
-            "--config",
-            path.to_str().unwrap_or_default(),
-        ];
-        self.spawn(
-            &format!("{name}-gateway"),
-            &ns,
-            &args,
-            &[("RUST_LOG", "info,liqonet_gateway=debug")],
-        )?;
-        if !wait_for(Duration::from_secs(10), || self.metrics(name).is_ok()) {
-            bail!(
-                "{name}'s gateway did not come back; log:\n{}",
-                self.log(&format!("{name}-gateway"))
-            );
-        }
-        Ok(())
     }
 
     /// The gateway's Prometheus metrics (liqonet gateways only).
@@ -566,8 +596,7 @@ impl Drop for Lab {
 }
 
 fn check_root() -> anyhow::Result<()> {
-    let uid = run(&["id", "-u"])?;
-    if uid.trim() != "0" {
+    if run(&["id", "-u"])?.trim() != "0" {
         bail!("the lab needs root (network namespaces, TUN devices)");
     }
     Ok(())
@@ -575,7 +604,7 @@ fn check_root() -> anyhow::Result<()> {
 
 fn add_ns(name: &str) -> anyhow::Result<()> {
     run(&["ip", "netns", "add", name])?;
-    ns_run(name, &["ip", "link", "set", "lo", "up"])?;
+    sh(name, "ip link set lo up")?;
     Ok(())
 }
 

@@ -37,6 +37,12 @@ pub fn ns_run(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     run(&ns_args(ns, args))
 }
 
+/// A command line split on whitespace (no quoting), run inside `ns`: `sh(ns, "ip link set lo up")`.
+pub fn sh(ns: &str, line: &str) -> anyhow::Result<String> {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    ns_run(ns, &args)
+}
+
 pub fn ns_output(ns: &str, args: &[&str]) -> anyhow::Result<Output> {
     output(&ns_args(ns, args))
 }

@@ -135,6 +135,33 @@ pub fn pipe(args: &[&str], input: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A counter of `/proc/net/snmp` in namespace `ns`, e.g. `snmp(ns, "Udp", "InDatagrams")`;
+/// IPv6 ones (`"Icmp6"`, `"Ip6"`, `"Udp6"`) come from `/proc/net/snmp6`.
+pub fn snmp(ns: &str, group: &str, field: &str) -> anyhow::Result<u64> {
+    if group.ends_with('6') {
+        let text = ns_run(ns, &["cat", "/proc/net/snmp6"])?;
+        let name = format!("{group}{field}");
+        let value = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&name)
+                    .filter(|v| v.starts_with(char::is_whitespace))
+            })
+            .with_context(|| format!("no {name}"))?;
+        return Ok(value.trim().parse()?);
+    }
+    let text = ns_run(ns, &["cat", "/proc/net/snmp"])?;
+    let prefix = format!("{group}:");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = rows.next().zip(rows.next()).context("no such group")?;
+    let col = names
+        .split_whitespace()
+        .position(|n| n == field)
+        .with_context(|| format!("no {group} {field}"))?;
+    let value = values.split_whitespace().nth(col).context("short row")?;
+    Ok(value.parse()?)
+}
+
 /// The value of a Prometheus sample, e.g. `liqonet_dropped_packets_total{reason="no_route"}`.
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()

@@ -369,7 +369,7 @@ fn overlapping_pod_cidrs_are_remapped_both_ways() {
     )
     .unwrap();
     let (mut ho, mut fo) = (Recorder::default(), Recorder::default());
-    let mut shuttle =
+    let shuttle =
         |home: &mut Engine, foreign: &mut Engine, ho: &mut Recorder, fo: &mut Recorder| {
             for _ in 0..8 {
                 for (_, d) in std::mem::take(&mut ho.net) {
