@@ -48,23 +48,31 @@ fn spec(name: &str, key: &Key, endpoint: &str, cidr: &str) -> PeerSpec {
     }
 }
 
-/// An IPv4/UDP packet of `len` bytes from 10.244.0.10 to `dst`.
+/// An IPv4/TCP packet of `len` bytes from 10.244.0.10 to `dst` (a data segment: the remapping
+/// fixes its checksum, the MSS clamp looks at its flags).
 pub fn packet(len: usize, dst: [u8; 4]) -> Vec<u8> {
     let mut p = vec![0u8; len];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     p[8] = 64;
-    p[9] = 17;
+    p[9] = 6;
+    p[32] = 0x50;
+    p[33] = 0x18;
     p[12..16].copy_from_slice(&[10, 244, 0, 10]);
     p[16..20].copy_from_slice(&dst);
     p
 }
 
 /// Home and foreign engines after a completed handshake. Home has `extra_peers` more peers
-/// (10.{1..}.x.0/24), to show that cost per packet does not grow with their number.
-pub fn connected_pair(extra_peers: usize) -> (Engine, Engine) {
+/// (10.{1..}.x.0/24), to show that cost per packet does not grow with their number. With
+/// `remapped`, home knows foreign's 10.244.0.0/16 as 10.245.0.0/16 (else foreign is 10.245/16).
+pub fn connected_pair(extra_peers: usize, remapped: bool) -> (Engine, Engine) {
     let (hk, fk) = (Key::clamped([1; 32]), Key::clamped([2; 32]));
-    let mut peers = vec![spec("foreign", &fk, FOREIGN, "10.245.0.0/16")];
+    let mut foreign_spec = spec("foreign", &fk, FOREIGN, "10.245.0.0/16");
+    if remapped {
+        foreign_spec.networks[0].cidr = "10.244.0.0/16".parse().expect("a CIDR");
+    }
+    let mut peers = vec![foreign_spec];
     for i in 0..extra_peers {
         let mut bytes = [9u8; 32];
         bytes[1..3].copy_from_slice(&(i as u16).to_be_bytes());
@@ -73,8 +81,11 @@ pub fn connected_pair(extra_peers: usize) -> (Engine, Engine) {
         peers.push(spec(&format!("p{i}"), &k, "192.0.2.9:1", &cidr));
     }
     let mut home = Engine::new(&hk, peers, 1420).expect("home engine");
-    let mut foreign = Engine::new(&fk, vec![spec("home", &hk, HOME, "10.244.0.0/16")], 1420)
-        .expect("foreign engine");
+    let mut home_spec = spec("home", &hk, HOME, "10.244.0.0/16");
+    if remapped {
+        home_spec.networks[0].remapped = "10.246.0.0/16".parse().expect("a CIDR");
+    }
+    let mut foreign = Engine::new(&fk, vec![home_spec], 1420).expect("foreign engine");
     let mut to_foreign = Capture {
         keep: true,
         ..Default::default()

@@ -36,20 +36,21 @@ fn main() -> ExitCode {
 }
 
 fn demo() -> anyhow::Result<bool> {
-    println!(
-        "Bringing up the lab: two clusters in network namespaces, a liqonet gateway in each..."
-    );
+    println!("Bringing up the lab: two clusters in network namespaces, a liqonet gateway in each,");
+    println!("both numbering their pods from 10.244.0.0/16...");
     let lab = Lab::start(&LabSpec::default())?;
     let (home, foreign) = (lab.home(), lab.cluster("foreign"));
+    let dst = lab.ip_of("foreign", "home", false);
+    let seen_as = lab.ip_of("home", "foreign", false);
     println!(
         "  home    pods {}  gateway node WAN {}\n  foreign pods {}  gateway node WAN {}",
         home.spec.pod_cidr, home.wan_ip, foreign.spec.pod_cidr, foreign.wan_ip
     );
     println!(
-        "From home pod {} to foreign pod {}:",
+        "From home pod {} to foreign pod {} (the same address), reached as {dst}:",
         home.pod_ip, foreign.pod_ip
     );
-    let mut ok = wait_reachable(&home.pod_ns, &foreign.pod_ip, Duration::from_secs(10));
+    let mut ok = wait_reachable(&home.pod_ns, &dst, Duration::from_secs(10));
     if !ok {
         println!(
             "  the tunnel did not come up; gateway log:\n{}",
@@ -58,34 +59,41 @@ fn demo() -> anyhow::Result<bool> {
         return Ok(false);
     }
 
-    let p = ping(&home.pod_ns, &foreign.pod_ip, 10)?;
+    let p = ping(&home.pod_ns, &dst, 10)?;
     ok &= p.received == p.sent;
     let rtt = p.rtt_avg_ms.map_or("-".into(), |r| format!("{r:.3} ms"));
-    let back = ping(&foreign.pod_ns, &home.pod_ip, 5)?;
+    let back = ping(&foreign.pod_ns, &seen_as, 5)?;
     ok &= back.received == back.sent;
 
-    let url = format!("http://{}/", foreign.pod_ip);
+    let url = format!("http://{dst}/");
     let body = curl(&home.pod_ns, &url);
     ok &= body.is_ok();
+    let client = format!("{seen_as} - -");
+    let logged = lab.log("foreign-http").contains(&client);
+    ok &= logged;
 
-    let perf = iperf3(&home.pod_ns, &foreign.pod_ip, 5);
+    let perf = iperf3(&home.pod_ns, &dst, 5);
     ok &= perf.is_ok();
 
     println!("\n================ liqonet demo report ================");
     println!(
-        "ping    {}/{} replies, {:.0}% loss, avg RTT {rtt}",
+        "ping    {dst}: {}/{} replies, {:.0}% loss, avg RTT {rtt}",
         p.received,
         p.sent,
         p.loss_percent()
     );
     println!(
-        "ping    (foreign pod -> home pod) {}/{} replies",
+        "ping    back, foreign pod -> home pod as {seen_as}: {}/{} replies",
         back.received, back.sent
     );
     match &body {
         Ok(b) => println!("curl    {url} -> {:?}", b.trim()),
         Err(e) => println!("curl    {url} failed: {e}"),
     }
+    println!(
+        "seen    the foreign pod's HTTP server logged the client as {seen_as}: {}",
+        if logged { "yes" } else { "NO" }
+    );
     match &perf {
         Ok(r) => println!(
             "iperf3  {:.2} Gbit/s TCP for 5 s ({} retransmits)",
