@@ -141,22 +141,7 @@ fn default_mtu() -> u16 {
 impl GatewayConfig {
     /// Parses and validates a YAML document.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let config: GatewayConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." {
-                "(top level)".into()
-            } else {
-                path
-            };
-            // serde_yaml prefixes its own, coarser path; the precise one is already in `path`.
-            let message = e.into_inner().to_string();
-            let message = match message.split_once(": ") {
-                Some((head, rest)) if path.starts_with(head) => rest.to_string(),
-                _ => message,
-            };
-            ConfigErrors(vec![ConfigError { path, message }])
-        })?;
+        let config: GatewayConfig = parse_yaml(text)?;
         config.validate()?;
         Ok(config)
     }
@@ -361,6 +346,26 @@ impl GatewayConfig {
             Err(ConfigErrors(errs))
         }
     }
+}
+
+/// Deserializes YAML, naming the path of the first value that does not fit `T`.
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            "(top level)".into()
+        } else {
+            path
+        };
+        // serde_yaml prefixes its own, coarser path; the precise one is already in `path`.
+        let message = e.into_inner().to_string();
+        let message = match message.split_once(": ") {
+            Some((head, rest)) if path.starts_with(head) => rest.to_string(),
+            _ => message,
+        };
+        ConfigErrors(vec![ConfigError { path, message }])
+    })
 }
 
 /// A Kubernetes-style name: lowercase letters, digits and '-', 1 to 63, alphanumeric at both ends.

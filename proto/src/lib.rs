@@ -5,6 +5,7 @@
 //! - [`key`]: WireGuard keys in their base64 form.
 //! - [`config`]: the gateway's configuration, validated with errors that name the field.
 
+pub mod agent;
 pub mod cidr;
 pub mod config;
 pub mod ipam;

@@ -1,0 +1,323 @@
+//! The route agent's configuration (standalone YAML file).
+//!
+//! One file describes the node the agent runs on, every node of the cluster (address and pod
+//! CIDR), which of them is the gateway node, and the remote (remapped) networks to route there.
+//! Moving the gateway is changing `gatewayNode` everywhere.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, ConfigErrors, Parsed};
+use crate::Cidr;
+
+pub const DEFAULT_TABLE: u32 = 2741;
+pub const DEFAULT_RULE_PRIORITY: u32 = 2741;
+pub const DEFAULT_VXLAN_DEVICE: &str = "liqo.vxlan";
+pub const DEFAULT_VNI: u32 = 2741;
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// A 1500-byte underlay minus the VXLAN encapsulation (outer IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14).
+pub const DEFAULT_VXLAN_MTU: u16 = 1450;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Next hop = the gateway node's IP: the nodes must share a link.
+    Direct,
+    /// A VXLAN overlay to the gateway node: works across subnets and where the network drops
+    /// packets whose addresses are not the nodes'.
+    Vxlan,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    pub node_name: String,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    pub gateway_node: String,
+    /// The remote networks as this cluster's pods address them (the gateway's `remapped`).
+    #[serde(default)]
+    pub remote_networks: Vec<Cidr>,
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default = "default_table")]
+    pub table: u32,
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+    #[serde(default)]
+    pub vxlan: VxlanConfig,
+    /// Seconds between periodic reconciliations (a config change is picked up within a second).
+    #[serde(default = "default_reconcile_seconds")]
+    pub reconcile_seconds: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    pub ip: Parsed<Ipv4Addr>,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Cidr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VxlanConfig {
+    #[serde(default = "default_vxlan_device")]
+    pub device: String,
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    #[serde(default = "default_vxlan_port")]
+    pub port: u16,
+    #[serde(default = "default_vxlan_mtu")]
+    pub mtu: u16,
+    /// Each node's overlay address is this prefix with the host bits of its node IP.
+    #[serde(default = "default_overlay_cidr")]
+    pub overlay_cidr: Cidr,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            device: default_vxlan_device(),
+            vni: DEFAULT_VNI,
+            port: DEFAULT_VXLAN_PORT,
+            mtu: DEFAULT_VXLAN_MTU,
+            overlay_cidr: default_overlay_cidr(),
+        }
+    }
+}
+
+fn default_mode() -> Mode {
+    Mode::Vxlan
+}
+fn default_table() -> u32 {
+    DEFAULT_TABLE
+}
+fn default_rule_priority() -> u32 {
+    DEFAULT_RULE_PRIORITY
+}
+fn default_reconcile_seconds() -> u32 {
+    10
+}
+fn default_vxlan_device() -> String {
+    DEFAULT_VXLAN_DEVICE.into()
+}
+fn default_vni() -> u32 {
+    DEFAULT_VNI
+}
+fn default_vxlan_port() -> u16 {
+    DEFAULT_VXLAN_PORT
+}
+fn default_vxlan_mtu() -> u16 {
+    DEFAULT_VXLAN_MTU
+}
+fn default_overlay_cidr() -> Cidr {
+    Cidr::new(IpAddr::V4(Ipv4Addr::new(10, 80, 0, 0)), 12).expect("a valid prefix")
+}
+
+impl AgentConfig {
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        let config: AgentConfig = crate::config::parse_yaml(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn is_gateway_node(&self) -> bool {
+        self.node_name == self.gateway_node
+    }
+
+    /// A node's address on the VXLAN overlay.
+    pub fn overlay_ip(&self, node: &NodeConfig) -> Ipv4Addr {
+        let o = &self.vxlan.overlay_cidr;
+        let host_bits = 32 - u32::from(o.prefix_len());
+        let host_mask = u32::MAX.checked_shr(32 - host_bits).unwrap_or(0);
+        let net = match o.addr() {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(_) => 0,
+        };
+        Ipv4Addr::from(net | (u32::from(node.ip.0) & host_mask))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = Vec::new();
+        let mut err = |path: String, message: String| errs.push(ConfigError { path, message });
+        if self.node(&self.node_name).is_none() {
+            err(
+                "nodeName".into(),
+                format!("{:?} is not one of nodes[].name", self.node_name),
+            );
+        }
+        if self.node(&self.gateway_node).is_none() {
+            err(
+                "gatewayNode".into(),
+                format!("{:?} is not one of nodes[].name", self.gateway_node),
+            );
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(j) = self.nodes[..i].iter().position(|m| m.name == n.name) {
+                err(
+                    format!("nodes[{i}].name"),
+                    format!("{:?} is also nodes[{j}].name", n.name),
+                );
+            }
+            if let Some(j) = self.nodes[..i].iter().position(|m| m.ip == n.ip) {
+                err(
+                    format!("nodes[{i}].ip"),
+                    format!("{} is also nodes[{j}].ip", n.ip.0),
+                );
+            }
+            if !n.pod_cidr.is_ipv4() {
+                err(
+                    format!("nodes[{i}].podCIDR"),
+                    format!("\"{}\": IPv4 only", n.pod_cidr),
+                );
+            }
+            if self.mode == Mode::Vxlan {
+                let ip = self.overlay_ip(n);
+                if let Some(j) = self.nodes[..i]
+                    .iter()
+                    .position(|m| self.overlay_ip(m) == ip)
+                {
+                    err(
+                        format!("nodes[{i}].ip"),
+                        format!(
+                            "its overlay address {ip} (vxlan.overlayCIDR with its host bits) is also nodes[{j}]'s; choose a shorter vxlan.overlayCIDR"
+                        ),
+                    );
+                }
+            }
+        }
+        for (i, r) in self.remote_networks.iter().enumerate() {
+            if !r.is_ipv4() {
+                err(
+                    format!("remoteNetworks[{i}]"),
+                    format!("\"{r}\": the route agent routes IPv4 networks only"),
+                );
+            }
+            if let Some(n) = self.nodes.iter().find(|n| n.pod_cidr.overlaps(r)) {
+                err(
+                    format!("remoteNetworks[{i}]"),
+                    format!(
+                        "\"{r}\" overlaps the pod CIDR of node {:?} (\"{}\")",
+                        n.name, n.pod_cidr
+                    ),
+                );
+            }
+        }
+        // Table 0 is unspecified, 253-255 are the kernel's default, main and local tables.
+        if matches!(self.table, 0 | 253..=255) {
+            err(
+                "table".into(),
+                format!("{} is a reserved routing table", self.table),
+            );
+        }
+        // Priority 0 is the local table's rule, 32766 and 32767 main's and default's.
+        if self.rule_priority == 0 || self.rule_priority >= 32766 {
+            err(
+                "rulePriority".into(),
+                format!(
+                    "{} must be between 1 and 32765 (before the main table's rule)",
+                    self.rule_priority
+                ),
+            );
+        }
+        let v = &self.vxlan;
+        if v.vni == 0 || v.vni >= 1 << 24 {
+            err(
+                "vxlan.vni".into(),
+                format!("{} is not a VNI (1-16777215)", v.vni),
+            );
+        }
+        if v.port == 0 {
+            err("vxlan.port".into(), "0 is not a port (1-65535)".into());
+        }
+        if !(576..=9000).contains(&v.mtu) {
+            err(
+                "vxlan.mtu".into(),
+                format!("{} is out of range (576-9000)", v.mtu),
+            );
+        }
+        if v.device.is_empty() || v.device.len() > 15 || v.device.contains(['/', ':', ' ']) {
+            err(
+                "vxlan.device".into(),
+                format!("{:?} is not an interface name (1-15 characters)", v.device),
+            );
+        }
+        if !v.overlay_cidr.is_ipv4() {
+            err(
+                "vxlan.overlayCIDR".into(),
+                format!("\"{}\": IPv4 only", v.overlay_cidr),
+            );
+        }
+        if self.reconcile_seconds == 0 {
+            err("reconcileSeconds".into(), "must be at least 1".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "nodeName: w1\ngatewayNode: gw\nremoteNetworks: [10.245.0.0/16]\nnodes:\n  - {name: gw, ip: 172.20.0.10, podCIDR: 10.244.0.0/24}\n  - {name: w1, ip: 172.20.0.11, podCIDR: 10.244.1.0/24}\n";
+
+    fn first_error(text: &str) -> ConfigError {
+        AgentConfig::from_yaml(text).unwrap_err().0.remove(0)
+    }
+
+    #[test]
+    fn defaults_and_overlay_addresses() {
+        let c = AgentConfig::from_yaml(BASE).unwrap();
+        assert_eq!(c.mode, Mode::Vxlan);
+        assert_eq!(
+            (c.table, c.rule_priority, c.vxlan.vni, c.vxlan.mtu),
+            (2741, 2741, 2741, 1450)
+        );
+        assert!(!c.is_gateway_node());
+        let gw = c.node("gw").unwrap();
+        assert_eq!(c.overlay_ip(gw), Ipv4Addr::new(10, 84, 0, 10));
+    }
+
+    #[test]
+    fn errors_name_their_fields() {
+        assert_eq!(
+            first_error(&BASE.replace("gatewayNode: gw", "gatewayNode: gx")).path,
+            "gatewayNode"
+        );
+        assert_eq!(
+            first_error(&BASE.replace("nodeName: w1", "nodeName: w9")).path,
+            "nodeName"
+        );
+        assert_eq!(
+            first_error(&BASE.replace("172.20.0.11", "172.20.0.10")).path,
+            "nodes[1].ip"
+        );
+        assert_eq!(
+            first_error(&BASE.replace("10.245.0.0/16", "10.244.0.0/16")).path,
+            "remoteNetworks[0]"
+        );
+        assert_eq!(first_error(&format!("{BASE}table: 254\n")).path, "table");
+        assert_eq!(
+            first_error(&format!("{BASE}rulePriority: 32766\n")).path,
+            "rulePriority"
+        );
+        assert_eq!(
+            first_error(&format!("{BASE}vxlan: {{vni: 0}}\n")).path,
+            "vxlan.vni"
+        );
+        assert_eq!(first_error(&format!("{BASE}mode: bgp\n")).path, "mode");
+        let e = first_error(&BASE.replace("172.20.0.11", "172.36.0.10"));
+        assert_eq!(e.path, "nodes[1].ip");
+        assert!(e.message.contains("overlay address 10.84.0.10"), "{e}");
+    }
+}

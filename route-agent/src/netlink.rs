@@ -1,0 +1,421 @@
+//! The kernel side: dump and change routes, rules, the VXLAN device, its address and FDB.
+//! Everything the agent reads back is filtered to what it owns (its table and protocol, its
+//! rule priority and table, its device), so it never touches anything else.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{anyhow, Context};
+use futures_util::{StreamExt, TryStreamExt};
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use tokio::runtime::Runtime;
+
+use crate::desired::{Route, Rule, Selector, Vxlan};
+use crate::ROUTE_PROTOCOL;
+use liqonet_proto::Cidr;
+
+/// A netlink socket and the small runtime that drives it; calls block.
+pub struct Netlink {
+    rt: Runtime,
+    handle: Handle,
+}
+
+/// The VXLAN parameters of an existing device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub index: u32,
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<Ipv4Addr>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+}
+
+impl Netlink {
+    pub fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let (conn, handle, _) = rt.block_on(async { rtnetlink::new_connection() })?;
+        rt.spawn(conn);
+        Ok(Netlink { rt, handle })
+    }
+
+    /// The agent's routes: IPv4, in `table`, with the agent's protocol.
+    pub fn routes(&self, table: u32) -> anyhow::Result<Vec<(RouteMessage, Installed)>> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .build();
+        let all: Vec<RouteMessage> = self
+            .rt
+            .block_on(self.handle.route().get(query).execute().try_collect())
+            .context("cannot list routes")?;
+        Ok(all
+            .into_iter()
+            .filter(|m| {
+                route_table(m) == table && m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+            })
+            .filter_map(|m| parse_route(&m).map(|r| (m, r)))
+            .collect())
+    }
+
+    /// Adds (or replaces, so a changed next hop is fixed in place) a route in `table`.
+    pub fn add_route(
+        &self,
+        r: &Route,
+        table: u32,
+        overlay_index: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let IpAddr::V4(dst) = r.dst.addr() else {
+            return Err(anyhow!("{}: IPv4 only", r.dst));
+        };
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, r.dst.prefix_len())
+            .gateway(r.via)
+            .table_id(table)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        if let Some(i) = overlay_index {
+            b = b.output_interface(i);
+        }
+        self.rt
+            .block_on(self.handle.route().add(b.build()).replace().execute())
+            .with_context(|| format!("cannot add route {} via {} to table {table}", r.dst, r.via))
+    }
+
+    pub fn del_route(&self, m: RouteMessage) -> anyhow::Result<()> {
+        self.rt
+            .block_on(self.handle.route().del(m).execute())
+            .context("cannot delete route")
+    }
+
+    /// The agent's rules: IPv4, at `priority`, looking up `table`.
+    pub fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(RuleMessage, Rule)>> {
+        let all: Vec<RuleMessage> = self
+            .rt
+            .block_on(
+                self.handle
+                    .rule()
+                    .get(IpVersion::V4)
+                    .execute()
+                    .try_collect(),
+            )
+            .context("cannot list rules")?;
+        Ok(all
+            .into_iter()
+            .filter(|m| {
+                m.attributes.contains(&RuleAttribute::Priority(priority)) && rule_table(m) == table
+            })
+            .filter_map(|m| parse_rule(&m).map(|r| (m, r)))
+            .collect())
+    }
+
+    pub fn add_rule(&self, r: &Rule, priority: u32, table: u32) -> anyhow::Result<()> {
+        let IpAddr::V4(a) = r.prefix.addr() else {
+            return Err(anyhow!("{}: IPv4 only", r.prefix));
+        };
+        let req = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .table_id(table)
+            .priority(priority)
+            .action(RuleAction::ToTable);
+        let mut req = match r.selector {
+            Selector::To => req.destination_prefix(a, r.prefix.prefix_len()),
+            Selector::From => req.source_prefix(a, r.prefix.prefix_len()),
+        };
+        req.message_mut()
+            .attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::Other(
+                ROUTE_PROTOCOL,
+            )));
+        self.rt.block_on(req.execute()).with_context(|| {
+            format!(
+                "cannot add rule {:?} {} lookup {table}",
+                r.selector, r.prefix
+            )
+        })
+    }
+
+    pub fn del_rule(&self, m: RuleMessage) -> anyhow::Result<()> {
+        self.rt
+            .block_on(self.handle.rule().del(m).execute())
+            .context("cannot delete rule")
+    }
+
+    /// The device called `name`, if it exists, with its VXLAN parameters (if it is one).
+    pub fn vxlan_link(&self, name: &str) -> anyhow::Result<Option<VxlanLink>> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        let found = self.rt.block_on(s.next());
+        let m: LinkMessage = match found {
+            None => return Ok(None),
+            Some(Err(rtnetlink::Error::NetlinkError(e))) if e.raw_code() == -19 => return Ok(None),
+            Some(Err(e)) => return Err(e).with_context(|| format!("cannot look up {name}")),
+            Some(Ok(m)) => m,
+        };
+        let mut link = VxlanLink {
+            index: m.header.index,
+            vni: None,
+            port: None,
+            local: None,
+            mtu: None,
+            up: m
+                .header
+                .flags
+                .contains(rtnetlink::packet_route::link::LinkFlags::Up),
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(v)) = info {
+                            for x in v {
+                                match x {
+                                    InfoVxlan::Id(id) => link.vni = Some(*id),
+                                    InfoVxlan::Port(p) => link.port = Some(*p),
+                                    InfoVxlan::Local(l) => link.local = Some(*l),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(link))
+    }
+
+    /// Creates the overlay device: no learning (the FDB is the agent's), up.
+    pub fn create_vxlan(&self, v: &Vxlan) -> anyhow::Result<u32> {
+        let msg = LinkVxlan::new(&v.name, v.vni)
+            .port(v.port)
+            .local(v.local)
+            .learning(false)
+            .mtu(u32::from(v.mtu))
+            .up()
+            .build();
+        self.rt
+            .block_on(self.handle.link().add(msg).execute())
+            .with_context(|| format!("cannot create VXLAN device {}", v.name))?;
+        self.vxlan_link(&v.name)?
+            .map(|l| l.index)
+            .with_context(|| format!("{} vanished after creation", v.name))
+    }
+
+    pub fn set_mtu_up(&self, index: u32, mtu: u16) -> anyhow::Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .mtu(u32::from(mtu))
+            .up()
+            .build();
+        self.rt
+            .block_on(self.handle.link().set(msg).execute())
+            .context("cannot set the overlay device's MTU")
+    }
+
+    pub fn del_link(&self, index: u32) -> anyhow::Result<()> {
+        self.rt
+            .block_on(self.handle.link().del(index).execute())
+            .context("cannot delete the overlay device")
+    }
+
+    /// IPv4 addresses of device `index`.
+    pub fn addresses(&self, index: u32) -> anyhow::Result<Vec<(Ipv4Addr, u8)>> {
+        let all: Vec<_> = self
+            .rt
+            .block_on(
+                self.handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute()
+                    .try_collect(),
+            )
+            .context("cannot list addresses")?;
+        Ok(all
+            .into_iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    pub fn add_address(&self, index: u32, ip: Ipv4Addr, len: u8) -> anyhow::Result<()> {
+        self.rt
+            .block_on(
+                self.handle
+                    .address()
+                    .add(index, IpAddr::V4(ip), len)
+                    .execute(),
+            )
+            .with_context(|| format!("cannot add {ip}/{len} to the overlay device"))
+    }
+
+    /// The overlay's flood list: node IPs of all-zero-MAC FDB entries of device `index`.
+    pub fn fdb(&self, index: u32) -> anyhow::Result<Vec<Ipv4Addr>> {
+        let all: Vec<NeighbourMessage> = self
+            .rt
+            .block_on(
+                self.handle
+                    .neighbours()
+                    .get()
+                    .set_address_family(AddressFamily::Bridge)
+                    .execute()
+                    .try_collect(),
+            )
+            .context("cannot list the FDB")?;
+        Ok(all
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter(|m| {
+                m.attributes
+                    .contains(&NeighbourAttribute::LinkLayerAddress(vec![0; 6]))
+            })
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// `bridge fdb append 00:00:00:00:00:00 dev DEVICE dst IP`: ARP and broadcasts reach that node.
+    pub fn add_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
+        let mut req =
+            NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_entry(index, dst)));
+        // Several all-zero entries (one per remote node) need APPEND; rtnetlink's add sends EXCL.
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let mut handle = self.handle.clone();
+        self.rt.block_on(async {
+            let mut resp = handle.request(req)?;
+            while let Some(m) = resp.next().await {
+                if let NetlinkPayload::Error(e) = m.payload {
+                    if e.code.is_some() {
+                        return Err(anyhow!("cannot add FDB entry for {dst}: {e}"));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn del_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
+        self.rt
+            .block_on(
+                self.handle
+                    .neighbours()
+                    .del(fdb_entry(index, dst))
+                    .execute(),
+            )
+            .with_context(|| format!("cannot delete FDB entry for {dst}"))
+    }
+}
+
+fn fdb_entry(index: u32, dst: Ipv4Addr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+    m
+}
+
+fn route_table(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}
+
+/// A route of the agent's as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Installed {
+    pub dst: Cidr,
+    pub via: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+}
+
+impl Installed {
+    /// Does this installed route implement `r` (the overlay device being `overlay_index`)?
+    pub fn is(&self, r: &Route, overlay_index: Option<u32>) -> bool {
+        let on_overlay = self.oif.is_some() && self.oif == overlay_index;
+        self.dst == r.dst && self.via == Some(r.via) && on_overlay == r.overlay
+    }
+}
+
+fn parse_route(m: &RouteMessage) -> Option<Installed> {
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let (mut via, mut oif) = (None, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let dst = Cidr::new(IpAddr::V4(dst), m.header.destination_prefix_length).ok()?;
+    Some(Installed { dst, via, oif })
+}
+
+fn rule_table(m: &RuleMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}
+
+fn parse_rule(m: &RuleMessage) -> Option<Rule> {
+    let find = |want_src: bool| {
+        m.attributes.iter().find_map(|a| match (a, want_src) {
+            (RuleAttribute::Source(ip), true) | (RuleAttribute::Destination(ip), false) => {
+                Some(*ip)
+            }
+            _ => None,
+        })
+    };
+    match (find(false), find(true)) {
+        (Some(d), None) => Some(Rule {
+            selector: Selector::To,
+            prefix: Cidr::new(d, m.header.dst_len).ok()?,
+        }),
+        (None, Some(s)) => Some(Rule {
+            selector: Selector::From,
+            prefix: Cidr::new(s, m.header.src_len).ok()?,
+        }),
+        // Not a shape the agent creates: leave it to whoever did.
+        _ => None,
+    }
+}
