@@ -92,6 +92,7 @@ fn run(path: &Path, keep_on_exit: bool) -> anyhow::Result<()> {
     let mut due = Instant::now();
     let mut last_error: Option<String> = None;
     let mut retry = Duration::from_secs(1);
+    let mut first = true;
     loop {
         let now_mtime = modified(path);
         if now_mtime != mtime {
@@ -118,9 +119,14 @@ fn run(path: &Path, keep_on_exit: bool) -> anyhow::Result<()> {
             let period = Duration::from_secs(u64::from(config.reconcile_seconds));
             match reconcile(&nl, &desired(&config), &owned(&config)) {
                 Ok(ch) => {
-                    if ch.any() {
-                        tracing::info!(added = ch.added, removed = ch.removed, "reconciled");
+                    if ch.any() || first {
+                        tracing::info!(
+                            added = ch.added,
+                            removed = ch.removed,
+                            "reconciled: in sync"
+                        );
                     }
+                    first = false;
                     if last_error.take().is_some() {
                         tracing::info!("reconciliation succeeds again");
                     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use liqonet_lab::netns::{ns_run, wait_for};
+use liqonet_lab::netns::{sh, wait_for};
 use liqonet_lab::probe::{metric, ping, ping_with, wait_reachable};
 use liqonet_lab::{Lab, LabSpec};
 
@@ -10,14 +10,10 @@ use liqonet_lab::{Lab, LabSpec};
 fn wrong_public_key_gets_no_packet_through() {
     // Start a working lab, then restart home's gateway with a key that is not foreign's.
     let mut lab = Lab::start(&LabSpec::default()).unwrap();
-    let wrong = liqonet_lab::probe::pubkey(
-        &lab.bin("liqonet-gateway"),
-        "oK56DE9Ue9zK76rAc8pBl6opph+1v36lm7cXXsQKrQM=",
-    )
-    .unwrap();
-    let config = lab
-        .liqonet_config(0)
-        .replace(&lab.cluster("foreign").public_key, &wrong);
+    let other = "oK56DE9Ue9zK76rAc8pBl6opph+1v36lm7cXXsQKrQM=";
+    let wrong = liqonet_lab::probe::pubkey(&lab.bin("liqonet-gateway"), other).unwrap();
+    let foreign_key = lab.cluster("foreign").public_key.clone();
+    let config = lab.liqonet_config(0).replace(&foreign_key, &wrong);
     lab.restart_gateway_with("home", &config).unwrap();
 
     let (home, foreign) = (lab.home().clone(), lab.cluster("foreign").clone());
@@ -36,30 +32,26 @@ fn wrong_public_key_gets_no_packet_through() {
 fn spoofed_inner_source_is_dropped_and_counted() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
     let foreign = lab.cluster("foreign");
+    let (gw, pod) = (&foreign.gw_ns, &foreign.gw_pod().ns);
     let home_ip = lab.ip_of("home", "foreign", false);
-    assert!(wait_reachable(
-        &foreign.pod_ns,
-        &home_ip,
-        Duration::from_secs(10)
-    ));
+    assert!(wait_reachable(pod, &home_ip, Duration::from_secs(10)));
 
-    // The foreign pod claims an address outside the foreign cluster's networks.
-    ns_run(
-        &foreign.pod_ns,
-        &["ip", "addr", "add", "10.99.0.5/32", "dev", "eth0"],
+    // A misbehaving foreign cluster: its gateway node stops filtering by reverse path, and a pod
+    // claims an address outside the foreign cluster's networks.
+    sh(
+        gw,
+        "sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.pod0.rp_filter=0",
     )
     .unwrap();
-    let p = ping_with(&foreign.pod_ns, &home_ip, 5, &["-I", "10.99.0.5"]).unwrap();
+    sh(pod, "ip addr add 10.99.0.5/32 dev eth0").unwrap();
+    let p = ping_with(pod, &home_ip, 5, &["-I", "10.99.0.5"]).unwrap();
     assert_eq!(p.received, 0, "{p:?}");
     let sample = "liqonet_dropped_packets_total{reason=\"source_not_allowed\"}";
     let counted = wait_for(Duration::from_secs(3), || {
-        lab.metrics("home")
-            .ok()
-            .and_then(|m| metric(&m, sample))
-            .unwrap_or(0.0)
-            >= 5.0
+        let m = lab.metrics("home").unwrap_or_default();
+        metric(&m, sample).unwrap_or(0.0) >= 5.0
     });
     assert!(counted, "{}", lab.metrics("home").unwrap_or_default());
     // Legitimate traffic still flows.
-    assert_eq!(ping(&foreign.pod_ns, &home_ip, 3).unwrap().received, 3);
+    assert_eq!(ping(pod, &home_ip, 3).unwrap().received, 3);
 }

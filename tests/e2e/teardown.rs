@@ -27,7 +27,8 @@ fn lab_leaves_nothing_even_when_a_test_fails() {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let lab = Lab::start(&LabSpec::default()).unwrap();
         prefix = lab.prefix.clone();
-        assert_eq!(lab.namespaces().len(), 5, "{:?}", lab.namespaces());
+        // WAN, and per cluster: the node network, three nodes, three pods.
+        assert_eq!(lab.namespaces().len(), 15, "{:?}", lab.namespaces());
         panic!("a failing test");
     }));
     assert!(result.is_err());

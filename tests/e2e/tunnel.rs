@@ -1,6 +1,7 @@
 //! liqonet ⇄ liqonet through the lab. Both clusters number their pods from the same CIDRs, so
-//! every path below crosses the address remapping. Also: IPv6 underlay, three clusters on one
-//! CIDR, roaming, persistent keepalive.
+//! every path below crosses the address remapping; IPv4 paths run between pods on worker nodes
+//! (through the route agents), IPv6 ones between pods on the gateway nodes. Also: IPv6
+//! underlay, three clusters on one CIDR, roaming, persistent keepalive.
 
 use std::time::Duration;
 
@@ -12,21 +13,24 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Ping and curl from `from`'s pod to `to`'s pod, by the address `from` knows it by.
 fn assert_path(lab: &Lab, from: &str, to: &str, v6: bool) {
-    let (a, b) = (lab.cluster(from), lab.cluster(to));
+    let src = &lab.pod_of(from, v6).ns;
     let dst = lab.ip_of(to, from, v6);
     assert!(
-        wait_reachable(&a.pod_ns, &dst, HANDSHAKE),
+        wait_reachable(src, &dst, HANDSHAKE),
         "{from} pod cannot reach {to} pod at {dst}"
     );
-    let p = ping(&a.pod_ns, &dst, 5).unwrap();
+    let p = ping(src, &dst, 5).unwrap();
     assert_eq!(p.received, 5, "{from} -> {to} ({dst}): {p:?}");
     let url = if v6 {
         format!("http://[{dst}]/")
     } else {
         format!("http://{dst}/")
     };
-    let body = curl(&a.pod_ns, &url).unwrap();
-    assert_eq!(body, format!("hello from {to} pod {}\n", b.pod_ip));
+    let body = curl(src, &url).unwrap();
+    assert_eq!(
+        body,
+        format!("hello from {to} pod {}\n", lab.pod_of(to, v6).ip)
+    );
 }
 
 #[test]
@@ -41,17 +45,18 @@ fn same_pod_cidr_both_ways_ipv4_and_ipv6() {
         assert_path(&lab, "home", "foreign", v6);
         assert_path(&lab, "foreign", "home", v6);
     }
-    // The foreign pod saw the home pod by the alias the foreign cluster gave home.
-    let seen = lab.log("foreign-http");
+    // The foreign pods saw the home pods by the alias the foreign cluster gave home.
+    assert_eq!(lab.ip_of("home", "foreign", false), "10.246.1.10");
+    let seen = lab.http_log("foreign", "w1");
     assert!(
         seen.contains(&format!("{} - -", lab.ip_of("home", "foreign", false))),
         "{seen}"
     );
+    let seen6 = lab.http_log("foreign", "gw");
     assert!(
-        seen.contains(&format!("{} - -", lab.ip_of("home", "foreign", true))),
-        "{seen}"
+        seen6.contains(&format!("{} - -", lab.ip_of("home", "foreign", true))),
+        "{seen6}"
     );
-    assert_eq!(lab.ip_of("home", "foreign", false), "10.246.0.10");
 
     let r = iperf3(&lab.home().pod_ns, &lab.ip_of("foreign", "home", false), 2).unwrap();
     assert!(r.bytes > 1_000_000, "iperf3 moved only {} bytes", r.bytes);
@@ -75,9 +80,15 @@ fn ipv6_underlay() {
 fn three_clusters_on_the_same_pod_cidr() {
     let spec = LabSpec {
         clusters: vec![
-            ClusterSpec::new("home", "10.244.0.0/16").aliased("10.246.0.0/16", None),
-            ClusterSpec::new("east", "10.244.0.0/16").aliased("10.245.0.0/16", None),
-            ClusterSpec::new("west", "10.244.0.0/16").aliased("auto", None),
+            ClusterSpec::new("home", "10.244.0.0/16")
+                .aliased("10.246.0.0/16", None)
+                .gateway_only(),
+            ClusterSpec::new("east", "10.244.0.0/16")
+                .aliased("10.245.0.0/16", None)
+                .gateway_only(),
+            ClusterSpec::new("west", "10.244.0.0/16")
+                .aliased("auto", None)
+                .gateway_only(),
         ],
         underlay: Underlay::V4,
     };
@@ -104,18 +115,8 @@ fn follows_a_peer_that_roams() {
     // foreign's gateway node moves to another WAN address; home still has the old one configured.
     let f = lab.cluster("foreign");
     // (Deleting first: removing a primary address would take a secondary one with it.)
-    ns_run(
-        &f.gw_ns,
-        &[
-            "ip",
-            "addr",
-            "del",
-            &format!("{}/24", f.wan_ip),
-            "dev",
-            "wan0",
-        ],
-    )
-    .unwrap();
+    let old = format!("{}/24", f.wan_ip);
+    ns_run(&f.gw_ns, &["ip", "addr", "del", &old, "dev", "wan0"]).unwrap();
     ns_run(
         &f.gw_ns,
         &["ip", "addr", "add", "192.168.250.99/24", "dev", "wan0"],
@@ -129,15 +130,8 @@ fn follows_a_peer_that_roams() {
     ));
     let p = ping(&lab.home().pod_ns, &lab.ip_of("foreign", "home", false), 5).unwrap();
     assert_eq!(p.received, 5, "{p:?}");
-    assert!(
-        lab.log("home-gateway").contains("192.168.250.99:51840"),
-        "{}",
-        lab.log("home-gateway")
-    );
-}
-
-fn udp_in(ns: &str) -> u64 {
-    snmp(ns, "Udp", "InDatagrams").unwrap()
+    let log = lab.log("home-gateway");
+    assert!(log.contains("192.168.250.99:51840"), "{log}");
 }
 
 #[test]
@@ -151,21 +145,17 @@ fn persistent_keepalive_brings_the_session_up_without_traffic() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(!is_up(&lab), "{}", lab.metrics("home").unwrap());
 
-    let config = lab.liqonet_config(0).replace(
-        "    networks:\n",
-        "    persistentKeepalive: 1\n    networks:\n",
-    );
+    let keepalive = "    persistentKeepalive: 1\n    networks:\n";
+    let config = lab.liqonet_config(0).replace("    networks:\n", keepalive);
     assert!(config.contains("persistentKeepalive: 1"));
     lab.restart_gateway_with("home", &config).unwrap();
-    assert!(
-        wait_for(Duration::from_secs(5), || is_up(&lab)),
-        "{}",
-        lab.metrics("home").unwrap()
-    );
+    let up = wait_for(Duration::from_secs(5), || is_up(&lab));
+    assert!(up, "{}", lab.metrics("home").unwrap());
     // And keepalives keep arriving at foreign, with no pod traffic at all.
     let foreign_gw = lab.cluster("foreign").gw_ns.clone();
-    let before = udp_in(&foreign_gw);
+    let udp_in = || snmp(&foreign_gw, "Udp", "InDatagrams").unwrap();
+    let before = udp_in();
     std::thread::sleep(Duration::from_millis(3500));
-    let arrived = udp_in(&foreign_gw) - before;
+    let arrived = udp_in() - before;
     assert!((2..=6).contains(&arrived), "{arrived} datagrams in 3.5 s");
 }

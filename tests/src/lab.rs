@@ -1,13 +1,19 @@
 //! Building and tearing down the lab.
 //!
 //! ```text
-//!  pod ns ──veth── gateway-node ns ──veth──┐
-//!  (10.244.0.10)   (10.244.0.1, TUN)       │  WAN ns: bridge br0
-//!  pod ns ──veth── gateway-node ns ──veth──┘  (192.168.250.0/24, fd00:250::/64)
+//!            cluster "home"                                   cluster "foreign"
+//!  w1-pod   w2-pod    gw-pod                           gw-pod    w1-pod   w2-pod
+//!    |        |         |                                 |        |        |
+//!   w1       w2        gw ── TUN ══ WAN bridge ══ TUN ── gw       w1       w2
+//!    └────────┴─────────┘ node network                    └────────┴────────┘
 //! ```
-//! Cluster 0 is home; it peers with every other cluster (a star), as a home cluster with
-//! several foreign clusters does. Clusters may number their pods from the same CIDRs; each is
-//! then known to its peers by an alias (`remapped` in their configs).
+//! Each node is a namespace with a pod namespace on a veth and its own pod subnet (node n:
+//! `<pod /16>.n.0/24`); nodes share a node network (172.20.0.0/24), or, in the routed variant,
+//! the workers sit on 172.21.0.0/24 behind a router that drops packets whose source is not a node
+//! address (as clouds do). Static "CNI" routes join the pod subnets of nodes on one link. The
+//! gateway runs on the gateway node, a route agent on every node, `rp_filter=1` everywhere.
+//! Cluster 0 is home; it peers with every other cluster (a star). Clusters may number their
+//! pods from the same CIDRs; each is then known to its peers by an alias.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use liqonet_proto::agent::Mode;
 use liqonet_proto::ipam::IpamState;
 use liqonet_proto::Cidr;
 
@@ -55,6 +62,14 @@ pub struct ClusterSpec {
     pub gateway: GatewayKind,
     /// Whether the other side is told this cluster's endpoint (if not, it only answers).
     pub endpoint_known: bool,
+    /// Worker nodes besides the gateway node.
+    pub workers: usize,
+    /// How the route agents route to the gateway node (`None`: no agents).
+    pub agents: Option<Mode>,
+    /// Workers on another subnet than the gateway node, behind an anti-spoofing router.
+    pub routed: bool,
+    /// More networks this cluster exports (e.g. its service CIDR): (cidr, alias at its peers).
+    pub exports: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
@@ -67,7 +82,35 @@ impl ClusterSpec {
             alias6: None,
             gateway: GatewayKind::Liqonet,
             endpoint_known: true,
+            workers: 2,
+            agents: Some(Mode::Vxlan),
+            routed: false,
+            exports: Vec::new(),
         }
+    }
+
+    /// Only the gateway node and its pod: no workers, no route agents (quicker to build).
+    pub fn gateway_only(mut self) -> Self {
+        self.workers = 0;
+        self.agents = None;
+        self
+    }
+
+    pub fn agents(mut self, mode: Mode) -> Self {
+        self.agents = Some(mode);
+        self
+    }
+
+    /// Workers behind a router on their own subnet.
+    pub fn routed(mut self) -> Self {
+        self.routed = true;
+        self
+    }
+
+    /// Also exports `cidr`, known to peers as `alias`.
+    pub fn exports(mut self, cidr: &str, alias: &str) -> Self {
+        self.exports.push((cidr.into(), alias.into()));
+        self
     }
 
     /// Dual-stack pods on `pod_cidr6`.
@@ -91,9 +134,10 @@ pub struct LabSpec {
 }
 
 impl Default for LabSpec {
-    /// Home and one foreign cluster, both liqonet, IPv4 underlay, both numbering their pods from
-    /// the same CIDRs: home reaches foreign as 10.245.0.0/16 (fd10:245::/64), foreign reaches home
-    /// as 10.246.0.0/16 (fd10:246::/64).
+    /// Home and one foreign cluster, both liqonet, IPv4 underlay, each with a gateway node and
+    /// two workers (VXLAN route agents), both numbering their pods from the same CIDRs: home
+    /// reaches foreign as 10.245.0.0/16 (fd10:245::/64), foreign reaches home as 10.246.0.0/16
+    /// (fd10:246::/64).
     fn default() -> Self {
         LabSpec {
             clusters: vec![
@@ -110,27 +154,47 @@ impl Default for LabSpec {
 }
 
 impl LabSpec {
-    /// Home and foreign on different pod CIDRs, nothing remapped (as stock WireGuard needs).
+    /// Home and foreign on different pod CIDRs, nothing remapped (as stock WireGuard needs),
+    /// gateway nodes only.
     pub fn distinct_cidrs() -> Self {
         LabSpec {
             clusters: vec![
-                ClusterSpec::new("home", "10.244.0.0/16"),
-                ClusterSpec::new("foreign", "10.245.0.0/16"),
+                ClusterSpec::new("home", "10.244.0.0/16").gateway_only(),
+                ClusterSpec::new("foreign", "10.245.0.0/16").gateway_only(),
             ],
             underlay: Underlay::V4,
         }
     }
 }
 
-/// A cluster as built: its namespaces and addresses.
+/// A pod: its namespace and addresses.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub ns: String,
+    pub ip: String,
+    pub ip6: Option<String>,
+}
+
+/// A node: its namespace, node IP, pod subnet and pod.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub ns: String,
+    pub ip: String,
+    pub pod_cidr: String,
+    pub pod: Pod,
+}
+
+/// A cluster as built: its nodes (the gateway node first) and keys.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub spec: ClusterSpec,
+    pub nodes: Vec<Node>,
+    /// The gateway node's namespace.
     pub gw_ns: String,
+    /// The pod tests talk from and to: on the first worker, or on the gateway node if none.
     pub pod_ns: String,
     pub pod_ip: String,
-    pub pod_ip6: Option<String>,
-    pub node_pod_ip: String,
     pub wan_ip: String,
     pub private_key: String,
     pub public_key: String,
@@ -139,6 +203,23 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name:?} in {}", self.spec.name))
+    }
+
+    /// The pod tests use: on the first worker, or on the gateway node.
+    pub fn main_pod(&self) -> &Pod {
+        &self.nodes[if self.nodes.len() > 1 { 1 } else { 0 }].pod
+    }
+
+    /// The pod on the gateway node (IPv6 reaches only these: the route agent is IPv4-only).
+    pub fn gw_pod(&self) -> &Pod {
+        &self.nodes[0].pod
+    }
+
     pub fn endpoint(&self) -> String {
         if self.wan_ip.contains(':') {
             format!("[{}]:{LISTEN_PORT}", self.wan_ip)
@@ -209,28 +290,94 @@ impl Lab {
             self.start_gateway(i)?;
         }
         for i in 0..self.clusters.len() {
+            self.start_agents(i)?;
+        }
+        let big: Vec<u8> = (0..BIG_FILE).map(|i| (i % 251) as u8).collect();
+        fs::write(self.dir.join("big.bin"), big)?;
+        for i in 0..self.clusters.len() {
             self.start_pod_services(i)?;
         }
         Ok(())
     }
 
     fn build_cluster(&mut self, i: usize, cs: &ClusterSpec, wan: &str) -> anyhow::Result<Cluster> {
-        let gw = format!("{}{}-gw", self.prefix, cs.name);
-        let pod = format!("{}{}-pod", self.prefix, cs.name);
         let base = pod_base(&cs.pod_cidr)?;
-        let (node_pod_ip, pod_ip) = (format!("{base}.0.1"), format!("{base}.0.10"));
+        let net = format!("{}{}-net", self.prefix, cs.name);
+        add_ns(&net)?;
+        sh(&net, "ip link add br0 type bridge")?;
+        sh(&net, "ip link set br0 up")?;
+        if cs.routed {
+            // The router between the gateway node's subnet (br0) and the workers' (br1).
+            sh(&net, "ip link add br1 type bridge")?;
+            sh(&net, "ip link set br1 up")?;
+            sh(&net, "ip addr add 172.20.0.1/24 dev br0")?;
+            sh(&net, "ip addr add 172.21.0.1/24 dev br1")?;
+            sh(&net, "sysctl -qw net.ipv4.ip_forward=1")?;
+            // Like a cloud network: forward only packets whose source is a node address.
+            sh(&net, "nft add table ip antispoof")?;
+            sh(&net, "nft add chain ip antispoof fwd { type filter hook forward priority 0 ; policy drop ; }")?;
+            sh(
+                &net,
+                "nft add rule ip antispoof fwd ip saddr { 172.20.0.0/24, 172.21.0.0/24 } accept",
+            )?;
+        }
+
+        let mut nodes = Vec::new();
+        for n in 0..=cs.workers {
+            let name = if n == 0 {
+                "gw".to_string()
+            } else {
+                format!("w{n}")
+            };
+            let ns = format!("{}{}-{name}", self.prefix, cs.name);
+            let subnet = if cs.routed && n > 0 { 21 } else { 20 };
+            let ip = format!("172.{subnet}.0.{}", 10 + n);
+            add_ns(&ns)?;
+            sh(
+                &ns,
+                "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+            )?;
+            sh(
+                &ns,
+                "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1",
+            )?;
+            let bridge = if subnet == 21 { "br1" } else { "br0" };
+            let port = format!("{}{n}", short(&cs.name));
+            sh(
+                &net,
+                &format!("ip link add {port} type veth peer name eth0 netns {ns}"),
+            )?;
+            sh(&net, &format!("ip link set {port} master {bridge} up"))?;
+            sh(&ns, &format!("ip addr add {ip}/24 dev eth0"))?;
+            sh(&ns, "ip link set eth0 up")?;
+            if cs.routed {
+                sh(&ns, &format!("ip route add default via 172.{subnet}.0.1"))?;
+            }
+            let pod = self.build_pod(&ns, &format!("{ns}-pod"), &format!("{base}.{n}"), cs, n)?;
+            nodes.push(Node {
+                name,
+                ns,
+                ip,
+                pod_cidr: format!("{base}.{n}.0/24"),
+                pod,
+            });
+        }
+        // Static "CNI" routes between the pod subnets of nodes that share a link.
+        for a in &nodes {
+            for b in nodes.iter().filter(|b| b.name != a.name) {
+                let same_link = !cs.routed || (a.name == "gw") == (b.name == "gw");
+                if same_link {
+                    sh(&a.ns, &format!("ip route add {} via {}", b.pod_cidr, b.ip))?;
+                }
+            }
+        }
+
+        // WAN link: gateway node <-> bridge.
+        let gw = nodes[0].ns.clone();
         let (wan_addr, nodad) = match self.underlay {
             Underlay::V4 => (format!("192.168.250.{}/24", 10 + i), ""),
             Underlay::V6 => (format!("fd00:250::{}/64", 10 + i), "nodad"),
         };
-        add_ns(&gw)?;
-        add_ns(&pod)?;
-        sh(
-            &gw,
-            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
-        )?;
-
-        // WAN link: gateway node <-> bridge.
         let port = format!("{}-wan", short(&cs.name));
         sh(
             wan,
@@ -239,29 +386,6 @@ impl Lab {
         sh(wan, &format!("ip link set {port} master br0 up"))?;
         sh(&gw, &format!("ip addr add {wan_addr} dev wan0 {nodad}"))?;
         sh(&gw, "ip link set wan0 up")?;
-
-        // Pod link: gateway node <-> pod, the pod's default routes via its node.
-        sh(
-            &gw,
-            &format!("ip link add pod0 type veth peer name eth0 netns {pod}"),
-        )?;
-        sh(&gw, &format!("ip addr add {node_pod_ip}/24 dev pod0"))?;
-        sh(&gw, "ip link set pod0 up")?;
-        sh(&pod, &format!("ip addr add {pod_ip}/24 dev eth0"))?;
-        sh(&pod, "ip link set eth0 up")?;
-        sh(&pod, &format!("ip route add default via {node_pod_ip}"))?;
-        let pod_ip6 = match &cs.pod_cidr6 {
-            None => None,
-            Some(cidr6) => {
-                let base6 = cidr6
-                    .strip_suffix("::/64")
-                    .with_context(|| format!("lab IPv6 pod CIDRs end in ::/64, not {cidr6:?}"))?;
-                sh(&gw, &format!("ip addr add {base6}::1/64 dev pod0 nodad"))?;
-                sh(&pod, &format!("ip addr add {base6}::10/64 dev eth0 nodad"))?;
-                sh(&pod, &format!("ip -6 route add default via {base6}::1"))?;
-                Some(format!("{base6}::10"))
-            }
-        };
 
         let gateway = self.bin("liqonet-gateway");
         let private_key = run(&[gateway.to_str().unwrap_or_default(), "genkey"])?
@@ -273,17 +397,61 @@ impl Lab {
             // wireguard-go's control socket path is global (/var/run/wireguard/NAME.sock).
             GatewayKind::WireguardGo => format!("wg{}c{i}", &self.prefix[2..self.prefix.len() - 1]),
         };
+        let main = &nodes[if nodes.len() > 1 { 1 } else { 0 }].pod;
         Ok(Cluster {
             spec: cs.clone(),
-            gw_ns: gw,
-            pod_ns: pod,
-            pod_ip,
-            pod_ip6,
-            node_pod_ip,
+            gw_ns: gw.clone(),
+            pod_ns: main.ns.clone(),
+            pod_ip: main.ip.clone(),
+            nodes,
             wan_ip: wan_addr.split('/').next().unwrap_or_default().to_string(),
             private_key,
             public_key,
             interface,
+        })
+    }
+
+    /// A pod on node `node_ns` at `<base>.10` in the node's subnet `<base>.0/24`; in a
+    /// dual-stack cluster the gateway node's pod also gets the first IPv6 /64 (only it: the
+    /// route agent routes IPv4).
+    fn build_pod(
+        &mut self,
+        node_ns: &str,
+        ns: &str,
+        base: &str,
+        cs: &ClusterSpec,
+        n: usize,
+    ) -> anyhow::Result<Pod> {
+        add_ns(ns)?;
+        let (node_ip, pod_ip) = (format!("{base}.1"), format!("{base}.10"));
+        sh(
+            node_ns,
+            &format!("ip link add pod0 type veth peer name eth0 netns {ns}"),
+        )?;
+        sh(node_ns, &format!("ip addr add {node_ip}/24 dev pod0"))?;
+        sh(node_ns, "ip link set pod0 up")?;
+        sh(ns, &format!("ip addr add {pod_ip}/24 dev eth0"))?;
+        sh(ns, "ip link set eth0 up")?;
+        sh(ns, &format!("ip route add default via {node_ip}"))?;
+        let ip6 = match (&cs.pod_cidr6, n) {
+            (Some(cidr6), 0) => {
+                let base6 = cidr6
+                    .strip_suffix("::/64")
+                    .with_context(|| format!("lab IPv6 pod CIDRs end in ::/64, not {cidr6:?}"))?;
+                sh(
+                    node_ns,
+                    &format!("ip addr add {base6}::1/64 dev pod0 nodad"),
+                )?;
+                sh(ns, &format!("ip addr add {base6}::10/64 dev eth0 nodad"))?;
+                sh(ns, &format!("ip -6 route add default via {base6}::1"))?;
+                Some(format!("{base6}::10"))
+            }
+            _ => None,
+        };
+        Ok(Pod {
+            ns: ns.to_string(),
+            ip: pod_ip,
+            ip6,
         })
     }
 
@@ -377,49 +545,189 @@ impl Lab {
                     y += &format!("        remapped: {a}\n");
                 }
             }
+            for (cidr, alias) in &p.spec.exports {
+                y += &format!("      - cidr: {cidr}\n        remapped: {alias}\n");
+            }
         }
         y
     }
 
-    /// The address by which a pod of cluster `viewer` reaches the pod of cluster `target` (IPv6
-    /// with `v6`): its own address within one cluster, else moved into the prefix by which the
-    /// viewer knows the target (an `auto` one read from the viewer's IPAM state).
+    /// The address by which pods of cluster `viewer` reach the main pod of cluster `target` (for
+    /// IPv6, the gateway node's pod: the route agent routes IPv4 only).
     pub fn ip_of(&self, target: &str, viewer: &str, v6: bool) -> String {
         let t = self.cluster(target);
-        let (own, cidr, alias) = if v6 {
-            (
-                t.pod_ip6.clone(),
-                t.spec.pod_cidr6.clone(),
-                t.spec.alias6.clone(),
-            )
+        let pod = if v6 { t.gw_pod() } else { t.main_pod() };
+        self.addr_of(target, pod, viewer, v6)
+    }
+
+    /// The pod `ip_of` points at.
+    pub fn pod_of(&self, target: &str, v6: bool) -> &Pod {
+        let t = self.cluster(target);
+        if v6 {
+            t.gw_pod()
         } else {
-            (
-                Some(t.pod_ip.clone()),
-                Some(t.spec.pod_cidr.clone()),
-                t.spec.alias.clone(),
-            )
-        };
-        let own = own.unwrap_or_else(|| panic!("{target} has no IPv6 pod"));
-        let alias = match alias {
-            Some(a) if target != viewer => a,
-            _ => return own,
-        };
-        let cidr: Cidr = cidr.unwrap_or_default().parse().expect("a lab CIDR");
-        let remapped: Cidr = if alias == "auto" {
-            let path = self.dir.join(format!("{viewer}.ipam.yaml"));
-            let text =
-                fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let state: IpamState = serde_yaml::from_str(&text).expect("an IPAM state file");
-            state
-                .get(target, &cidr)
-                .unwrap_or_else(|| panic!("{viewer} chose no prefix for {target}"))
+            t.main_pod()
+        }
+    }
+
+    /// The address by which pods of cluster `viewer` reach `pod` of cluster `target`: its own
+    /// within one cluster, else moved into the prefix the viewer knows the target's pods by.
+    pub fn addr_of(&self, target: &str, pod: &Pod, viewer: &str, v6: bool) -> String {
+        let own = if v6 {
+            pod.ip6
+                .clone()
+                .unwrap_or_else(|| panic!("{} has no IPv6", pod.ns))
         } else {
-            alias.parse().expect("a lab CIDR")
+            pod.ip.clone()
         };
+        if target == viewer {
+            return own;
+        }
+        let t = self.cluster(target);
+        let cidr = if v6 {
+            t.spec.pod_cidr6.clone().unwrap_or_default()
+        } else {
+            t.spec.pod_cidr.clone()
+        };
+        let cidr: Cidr = cidr.parse().expect("a lab CIDR");
+        let remapped = self.remapped(target, viewer, cidr);
         let own = own.parse().expect("a pod address");
         cidr.swap_prefix(own, &remapped)
             .expect("the pod is in its CIDR")
             .to_string()
+    }
+
+    /// The prefix by which cluster `viewer` knows `cidr` of cluster `target` (an `auto` one is
+    /// read from the viewer's IPAM state).
+    pub fn remapped(&self, target: &str, viewer: &str, cidr: Cidr) -> Cidr {
+        let t = self.cluster(target);
+        let cidr_s = cidr.to_string();
+        let alias = if cidr_s == t.spec.pod_cidr {
+            t.spec.alias.clone()
+        } else if Some(&cidr_s) == t.spec.pod_cidr6.as_ref() {
+            t.spec.alias6.clone()
+        } else {
+            t.spec
+                .exports
+                .iter()
+                .find(|(c, _)| *c == cidr_s)
+                .map(|(_, a)| a.clone())
+        };
+        match alias.as_deref() {
+            None => cidr,
+            Some("auto") => {
+                let path = self.dir.join(format!("{viewer}.ipam.yaml"));
+                let text =
+                    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let state: IpamState = serde_yaml::from_str(&text).expect("an IPAM state file");
+                state
+                    .get(target, &cidr)
+                    .unwrap_or_else(|| panic!("{viewer} chose no prefix for {target}"))
+            }
+            Some(a) => a.parse().expect("a lab CIDR"),
+        }
+    }
+
+    /// The IPv4 networks cluster `viewer`'s route agents send to its gateway node: every network
+    /// its peers export, as the viewer knows them.
+    pub fn remote_networks(&self, i: usize) -> Vec<Cidr> {
+        let viewer = &self.clusters[i].spec.name;
+        let mut nets = Vec::new();
+        for j in self.peers_of(i) {
+            let p = &self.clusters[j].spec;
+            let exported =
+                std::iter::once(p.pod_cidr.clone()).chain(p.exports.iter().map(|(c, _)| c.clone()));
+            for cidr in exported {
+                let cidr: Cidr = cidr.parse().expect("a lab CIDR");
+                if cidr.is_ipv4() {
+                    nets.push(self.remapped(&p.name, viewer, cidr));
+                }
+            }
+        }
+        nets
+    }
+
+    /// The route agent config of node `n` of cluster `i`, the gateway being on `gateway_node`.
+    pub fn agent_config(&self, i: usize, n: usize, gateway_node: &str) -> String {
+        let c = &self.clusters[i];
+        let mode = match c.spec.agents {
+            Some(Mode::Direct) => "direct",
+            _ => "vxlan",
+        };
+        let remote: Vec<String> = self
+            .remote_networks(i)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let mut y = format!(
+            "nodeName: {}\nmode: {mode}\ngatewayNode: {gateway_node}\nremoteNetworks: [{}]\nnodes:\n",
+            c.nodes[n].name,
+            remote.join(", ")
+        );
+        for node in &c.nodes {
+            y += &format!(
+                "  - {{name: {}, ip: {}, podCIDR: {}}}\n",
+                node.name, node.ip, node.pod_cidr
+            );
+        }
+        y
+    }
+
+    fn start_agents(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.clusters[i].spec.agents.is_none() {
+            return Ok(());
+        }
+        for n in 0..self.clusters[i].nodes.len() {
+            let config = self.agent_config(i, n, "gw");
+            self.start_agent(i, n, &config, &[])?;
+        }
+        Ok(())
+    }
+
+    /// The log name of node `n`'s route agent in cluster `i`.
+    pub fn agent_log(&self, i: usize, n: usize) -> String {
+        format!(
+            "{}-{}-agent",
+            self.clusters[i].spec.name, self.clusters[i].nodes[n].name
+        )
+    }
+
+    /// The path of node `n`'s route agent config in cluster `i`.
+    pub fn agent_config_path(&self, i: usize, n: usize) -> PathBuf {
+        self.dir.join(format!("{}.yaml", self.agent_log(i, n)))
+    }
+
+    /// Writes node `n`'s agent config and starts the agent; waits until it is in sync.
+    pub fn start_agent(
+        &mut self,
+        i: usize,
+        n: usize,
+        config: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let path = self.agent_config_path(i, n);
+        fs::write(&path, config)?;
+        let log = self.agent_log(i, n);
+        let bin = self.bin("liqonet-route-agent");
+        let ns = self.clusters[i].nodes[n].ns.clone();
+        let mut args = vec![
+            bin.to_str().unwrap_or_default(),
+            "run",
+            "--config",
+            path.to_str().unwrap_or_default(),
+        ];
+        args.extend_from_slice(extra);
+        let before = self.log(&log).matches("in sync").count();
+        self.spawn(&log, &ns, &args, &[("RUST_LOG", "info")])?;
+        if !wait_for(Duration::from_secs(10), || {
+            self.log(&log).matches("in sync").count() > before
+        }) {
+            bail!(
+                "route agent {log} did not get in sync; log:\n{}",
+                self.log(&log)
+            );
+        }
+        Ok(())
     }
 
     fn start_wireguard_go(&mut self, i: usize, key_file: &Path) -> anyhow::Result<()> {
@@ -456,43 +764,62 @@ impl Lab {
         Ok(())
     }
 
-    /// An HTTP server (its page names the cluster; `big.bin` is large) and an iperf3 server.
+    /// In every pod: an HTTP server (its page names the cluster and pod; `big.bin` is large) and
+    /// an iperf3 server.
     fn start_pod_services(&mut self, i: usize) -> anyhow::Result<()> {
         let c = self.clusters[i].clone();
-        let www = self.dir.join(format!("{}-www", c.spec.name));
-        fs::create_dir_all(&www)?;
-        fs::write(
-            www.join("index.html"),
-            format!("hello from {} pod {}\n", c.spec.name, c.pod_ip),
-        )?;
-        let big: Vec<u8> = (0..BIG_FILE).map(|i| (i % 251) as u8).collect();
-        fs::write(www.join("big.bin"), big)?;
-        let www = www.to_str().unwrap_or_default().to_string();
-        // Bound to "::", the server takes IPv4 too, and logs each client address it saw.
-        let http = [
-            "python3",
-            "-m",
-            "http.server",
-            "80",
-            "--bind",
-            "::",
-            "--directory",
-            &www,
-        ];
-        self.spawn(&format!("{}-http", c.spec.name), &c.pod_ns, &http, &[])?;
-        self.spawn(
-            &format!("{}-iperf3", c.spec.name),
-            &c.pod_ns,
-            &["iperf3", "-s"],
-            &[],
-        )?;
-        let url = format!("http://{}/", c.pod_ip);
-        if !wait_for(Duration::from_secs(10), || {
-            ns_run(&c.pod_ns, &["curl", "-sf", &url]).is_ok()
-        }) {
-            bail!("HTTP server in {} did not start", c.spec.name);
+        for node in &c.nodes {
+            let pod = &node.pod;
+            let www = self.dir.join(format!("{}-{}-www", c.spec.name, node.name));
+            fs::create_dir_all(&www)?;
+            fs::write(
+                www.join("index.html"),
+                format!("hello from {} pod {}\n", c.spec.name, pod.ip),
+            )?;
+            std::os::unix::fs::symlink(self.dir.join("big.bin"), www.join("big.bin"))?;
+            let www = www.to_str().unwrap_or_default().to_string();
+            // Bound to "::", the server takes IPv4 too, and logs each client address it saw.
+            let http = [
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "::",
+                "--directory",
+                &www,
+            ];
+            self.spawn(
+                &format!("{}-{}-http", c.spec.name, node.name),
+                &pod.ns,
+                &http,
+                &[],
+            )?;
+            self.spawn(
+                &format!("{}-{}-iperf3", c.spec.name, node.name),
+                &pod.ns,
+                &["iperf3", "-s"],
+                &[],
+            )?;
+        }
+        for node in &c.nodes {
+            let url = format!("http://{}/", node.pod.ip);
+            if !wait_for(Duration::from_secs(10), || {
+                ns_run(&node.pod.ns, &["curl", "-sf", &url]).is_ok()
+            }) {
+                bail!(
+                    "the HTTP server of {} {} did not start",
+                    c.spec.name,
+                    node.name
+                );
+            }
         }
         Ok(())
+    }
+
+    /// The log of the HTTP server in `cluster`'s pod on `node`.
+    pub fn http_log(&self, cluster: &str, node: &str) -> String {
+        self.log(&format!("{cluster}-{node}-http"))
     }
 
     /// Starts a process inside `ns`, logging to `<dir>/<name>.log`.

@@ -36,8 +36,8 @@ fn main() -> ExitCode {
 }
 
 fn demo() -> anyhow::Result<bool> {
-    println!("Bringing up the lab: two clusters in network namespaces, a liqonet gateway in each,");
-    println!("both numbering their pods from 10.244.0.0/16...");
+    println!("Bringing up the lab: two clusters in network namespaces (a gateway node and two workers each),");
+    println!("a liqonet gateway and route agents in each, both numbering their pods from 10.244.0.0/16...");
     let lab = Lab::start(&LabSpec::default())?;
     let (home, foreign) = (lab.home(), lab.cluster("foreign"));
     let dst = lab.ip_of("foreign", "home", false);
@@ -47,7 +47,7 @@ fn demo() -> anyhow::Result<bool> {
         home.spec.pod_cidr, home.wan_ip, foreign.spec.pod_cidr, foreign.wan_ip
     );
     println!(
-        "From home pod {} to foreign pod {} (the same address), reached as {dst}:",
+        "From the home pod on worker w1 ({}) to the foreign pod on worker w1 ({}, the same address), reached as {dst}:",
         home.pod_ip, foreign.pod_ip
     );
     let mut ok = wait_reachable(&home.pod_ns, &dst, Duration::from_secs(10));
@@ -69,7 +69,7 @@ fn demo() -> anyhow::Result<bool> {
     let body = curl(&home.pod_ns, &url);
     ok &= body.is_ok();
     let client = format!("{seen_as} - -");
-    let logged = lab.log("foreign-http").contains(&client);
+    let logged = lab.http_log("foreign", "w1").contains(&client);
     ok &= logged;
 
     let perf = iperf3(&home.pod_ns, &dst, 5);
