@@ -295,6 +295,10 @@ impl Netlink {
             .filter_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    // In a bridge-family message the parser cannot tell the address family.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                    }
                     _ => None,
                 })
             })

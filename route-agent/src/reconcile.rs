@@ -58,6 +58,7 @@ pub fn reconcile(nl: &Netlink, d: &Desired, owned: &Owned) -> anyhow::Result<Cha
         }
     }
     for r in d.routes.iter().filter(|r| !present.contains(r)) {
+        tracing::debug!(?r, "adding a route");
         nl.add_route(r, owned.table, overlay.filter(|_| r.overlay))?;
         ch.added += 1;
     }
@@ -72,6 +73,7 @@ pub fn reconcile(nl: &Netlink, d: &Desired, owned: &Owned) -> anyhow::Result<Cha
         }
     }
     for r in d.rules.iter().filter(|r| !kept.contains(r)) {
+        tracing::debug!(?r, "adding a rule");
         nl.add_rule(r, owned.priority, owned.table)?;
         ch.added += 1;
     }
@@ -83,6 +85,7 @@ fn reconcile_vxlan(nl: &Netlink, v: &Vxlan, ch: &mut Changes) -> anyhow::Result<
     let index = match nl.vxlan_link(&v.name)? {
         Some(l) if l.vni == Some(v.vni) && l.port == Some(v.port) && l.local == Some(v.local) => {
             if l.mtu != Some(u32::from(v.mtu)) || !l.up {
+                tracing::debug!(mtu = ?l.mtu, up = l.up, "setting the overlay device's MTU and state");
                 nl.set_mtu_up(l.index, v.mtu)?;
                 ch.added += 1;
             }
@@ -90,6 +93,7 @@ fn reconcile_vxlan(nl: &Netlink, v: &Vxlan, ch: &mut Changes) -> anyhow::Result<
         }
         existing => {
             if let Some(l) = existing {
+                tracing::debug!(?l, "recreating the overlay device");
                 nl.del_link(l.index)?;
                 ch.removed += 1;
             }
@@ -99,6 +103,7 @@ fn reconcile_vxlan(nl: &Netlink, v: &Vxlan, ch: &mut Changes) -> anyhow::Result<
     };
     let addrs = nl.addresses(index)?;
     if !addrs.contains(&(v.address, v.prefix_len)) {
+        tracing::debug!(?addrs, "adding the overlay address");
         nl.add_address(index, v.address, v.prefix_len)?;
         ch.added += 1;
     }
@@ -112,6 +117,7 @@ fn reconcile_vxlan(nl: &Netlink, v: &Vxlan, ch: &mut Changes) -> anyhow::Result<
         ch.removed += 1;
     }
     for missing in v.remotes.iter().filter(|ip| !fdb.contains(ip)) {
+        tracing::debug!(%missing, ?fdb, "adding an FDB entry");
         nl.add_fdb(index, *missing)?;
         ch.added += 1;
     }

@@ -315,10 +315,10 @@ impl Lab {
             sh(&net, "sysctl -qw net.ipv4.ip_forward=1")?;
             // Like a cloud network: forward only packets whose source is a node address.
             sh(&net, "nft add table ip antispoof")?;
-            sh(&net, "nft add chain ip antispoof fwd { type filter hook forward priority 0 ; policy drop ; }")?;
+            sh(&net, "nft add chain ip antispoof forward { type filter hook forward priority 0 ; policy drop ; }")?;
             sh(
                 &net,
-                "nft add rule ip antispoof fwd ip saddr { 172.20.0.0/24, 172.21.0.0/24 } accept",
+                "nft add rule ip antispoof forward ip saddr { 172.20.0.0/24, 172.21.0.0/24 } accept",
             )?;
         }
 
@@ -717,10 +717,10 @@ impl Lab {
             path.to_str().unwrap_or_default(),
         ];
         args.extend_from_slice(extra);
-        let before = self.log(&log).matches("in sync").count();
+        // (spawn starts the log afresh)
         self.spawn(&log, &ns, &args, &[("RUST_LOG", "info")])?;
         if !wait_for(Duration::from_secs(10), || {
-            self.log(&log).matches("in sync").count() > before
+            self.log(&log).contains("in sync")
         }) {
             bail!(
                 "route agent {log} did not get in sync; log:\n{}",

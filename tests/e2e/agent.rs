@@ -1,0 +1,349 @@
+//! The route agents: pod on a home worker ⇄ pod on a foreign worker in both modes and across a
+//! routed (anti-spoofing) node network, service traffic, and reconciliation — config changes,
+//! a moving gateway, restarts, SIGTERM — never touching what the agent does not own.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use liqonet_lab::netns::{ns_output, sh, wait_for};
+use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
+use liqonet_lab::{ClusterSpec, Lab, LabSpec};
+use liqonet_proto::agent::Mode;
+
+const HANDSHAKE: Duration = Duration::from_secs(10);
+const TABLE: &str = "2741";
+
+/// Ping and curl between the pods on worker `node` of home and foreign, both ways; iperf3 once.
+fn worker_to_worker(lab: &Lab, node: &str) {
+    for (from, to) in [("home", "foreign"), ("foreign", "home")] {
+        let src = &lab.cluster(from).node(node).pod;
+        let target = &lab.cluster(to).node(node).pod;
+        let dst = lab.addr_of(to, target, from, false);
+        assert!(
+            wait_reachable(&src.ns, &dst, HANDSHAKE),
+            "{from} {node} cannot reach {to} {node} at {dst}"
+        );
+        assert_eq!(ping(&src.ns, &dst, 3).unwrap().received, 3);
+        let body = curl(&src.ns, &format!("http://{dst}/")).unwrap();
+        assert_eq!(body, format!("hello from {to} pod {}\n", target.ip));
+    }
+    let src = &lab.home().node(node).pod;
+    let dst = lab.addr_of(
+        "foreign",
+        &lab.cluster("foreign").node(node).pod,
+        "home",
+        false,
+    );
+    let r = iperf3(&src.ns, &dst, 1).unwrap();
+    assert!(r.bytes > 100_000, "iperf3 moved {} bytes", r.bytes);
+}
+
+fn both(spec: ClusterSpec) -> [ClusterSpec; 2] {
+    let home = ClusterSpec {
+        name: "home".into(),
+        alias: Some("10.246.0.0/16".into()),
+        ..spec.clone()
+    };
+    let foreign = ClusterSpec {
+        name: "foreign".into(),
+        alias: Some("10.245.0.0/16".into()),
+        ..spec
+    };
+    [home, foreign]
+}
+
+fn table(ns: &str) -> String {
+    sh(ns, &format!("ip route show table {TABLE}")).unwrap_or_default()
+}
+
+/// The agent's rules (priority 2741) on a node.
+fn rules(ns: &str) -> String {
+    let all = sh(ns, "ip rule show").unwrap_or_default();
+    all.lines()
+        .filter(|l| l.starts_with("2741:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn has_overlay(ns: &str) -> bool {
+    ns_output(ns, &["ip", "link", "show", "liqo.vxlan"])
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn vxlan_mode_worker_to_worker() {
+    let lab = Lab::start(&LabSpec::default()).unwrap();
+    worker_to_worker(&lab, "w1");
+    worker_to_worker(&lab, "w2");
+    for n in &lab.home().nodes {
+        assert!(has_overlay(&n.ns), "{} has no overlay device", n.name);
+    }
+}
+
+#[test]
+fn direct_mode_worker_to_worker() {
+    let spec = LabSpec {
+        clusters: both(ClusterSpec::new("x", "10.244.0.0/16").agents(Mode::Direct)).to_vec(),
+        ..LabSpec::default()
+    };
+    let lab = Lab::start(&spec).unwrap();
+    worker_to_worker(&lab, "w1");
+    let w1 = &lab.home().node("w1").ns;
+    assert!(
+        table(w1).contains("10.245.0.0/16 via 172.20.0.10 dev eth0 proto 202"),
+        "{}",
+        table(w1)
+    );
+    assert!(!has_overlay(w1));
+}
+
+#[test]
+fn routed_workers_reach_the_gateway_through_the_overlay() {
+    let spec = LabSpec {
+        clusters: both(ClusterSpec::new("x", "10.244.0.0/16").routed()).to_vec(),
+        ..LabSpec::default()
+    };
+    let mut lab = Lab::start(&spec).unwrap();
+    worker_to_worker(&lab, "w1");
+
+    // Direct mode cannot work there: the gateway node is not on the worker's link. The agent
+    // says so once and keeps retrying quietly.
+    let log = lab.agent_log(0, 1);
+    assert!(lab.stop(&log).unwrap().success());
+    let config = lab
+        .agent_config(0, 1, "gw")
+        .replace("mode: vxlan", "mode: direct");
+    let path = lab.agent_config_path(0, 1);
+    fs::write(&path, config).unwrap();
+    let bin = lab.bin("liqonet-route-agent");
+    let ns = lab.home().node("w1").ns.clone();
+    let args = [
+        bin.to_str().unwrap(),
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+    ];
+    lab.spawn("home-w1-direct-agent", &ns, &args, &[]).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let text = lab.log("home-w1-direct-agent");
+    assert_eq!(text.matches("reconciliation failed").count(), 1, "{text}");
+    assert!(text.contains("10.245.0.0/16 via 172.20.0.10"), "{text}");
+    assert!(!table(&ns).contains("10.245.0.0/16"), "{}", table(&ns));
+}
+
+#[test]
+fn service_traffic() {
+    let mut spec = LabSpec::default();
+    // foreign also exports its service CIDR — the same as home's — which home knows as 10.97/16.
+    spec.clusters[1] = spec.clusters[1]
+        .clone()
+        .exports("10.96.0.0/16", "10.97.0.0/16");
+    let lab = Lab::start(&spec).unwrap();
+    let (home, foreign) = (lab.home(), lab.cluster("foreign"));
+    let client = &home.node("w1").pod.ns;
+    let remote_pod = lab.addr_of("foreign", &foreign.node("w1").pod, "home", false);
+    assert!(wait_reachable(client, &remote_pod, HANDSHAKE));
+    let expected = format!("hello from foreign pod {}\n", foreign.node("w1").pod.ip);
+
+    // A home Service whose endpoint is the remote pod: kube-proxy-style DNAT on the client's node.
+    let node = &home.node("w1").ns;
+    sh(node, "nft add table ip kubeproxy").unwrap();
+    sh(
+        node,
+        "nft add chain ip kubeproxy pre { type nat hook prerouting priority -100 ; }",
+    )
+    .unwrap();
+    sh(node, &format!("nft add rule ip kubeproxy pre ip daddr 10.96.0.50 tcp dport 80 dnat to {remote_pod}:80")).unwrap();
+    assert_eq!(curl(client, "http://10.96.0.50/").unwrap(), expected);
+
+    // A foreign Service, reached through the exported service CIDR: DNAT on the foreign side.
+    let fgw = &foreign.gw_ns;
+    let backend = &foreign.node("w1").pod.ip;
+    sh(fgw, "nft add table ip kubeproxy").unwrap();
+    sh(
+        fgw,
+        "nft add chain ip kubeproxy pre { type nat hook prerouting priority -100 ; }",
+    )
+    .unwrap();
+    sh(
+        fgw,
+        &format!(
+            "nft add rule ip kubeproxy pre ip daddr 10.96.0.80 tcp dport 80 dnat to {backend}:80"
+        ),
+    )
+    .unwrap();
+    assert_eq!(curl(client, "http://10.97.0.80/").unwrap(), expected);
+}
+
+/// Rewrites every home agent's config with `edit`; returns when `done` holds on every home node,
+/// with the time it took (the agents look at their config file every second).
+fn change_and_wait(
+    lab: &Lab,
+    edit: impl Fn(String) -> String,
+    done: impl Fn(&str, &str) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    for n in 0..lab.home().nodes.len() {
+        let path = lab.agent_config_path(0, n);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, edit(text)).unwrap();
+    }
+    let converged = wait_for(Duration::from_secs(10), || {
+        lab.home().nodes.iter().all(|n| done(&n.name, &n.ns))
+    });
+    let took = start.elapsed();
+    let state: Vec<String> = lab
+        .home()
+        .nodes
+        .iter()
+        .map(|n| format!("{}:\n{}\n{}", n.name, table(&n.ns), rules(&n.ns)))
+        .collect();
+    assert!(converged, "no convergence:\n{}", state.join("\n"));
+    took
+}
+
+#[test]
+fn reconcile_follows_config_changes() {
+    let lab = Lab::start(&LabSpec::default()).unwrap();
+    let overlay = |n: u8| format!("via 10.84.0.1{n} dev liqo.vxlan proto 202");
+
+    // A new remote network appears on every node...
+    let added = change_and_wait(
+        &lab,
+        |t| {
+            t.replace(
+                "remoteNetworks: [10.245.0.0/16]",
+                "remoteNetworks: [10.245.0.0/16, 10.99.0.0/16]",
+            )
+        },
+        |name, ns| match name {
+            "gw" => rules(ns).contains("from 10.99.0.0/16 lookup 2741"),
+            _ => {
+                table(ns).contains(&format!("10.99.0.0/16 {}", overlay(0)))
+                    && rules(ns).contains("to 10.99.0.0/16")
+            }
+        },
+    );
+    // ...and goes away again.
+    let removed = change_and_wait(
+        &lab,
+        |t| {
+            t.replace(
+                "remoteNetworks: [10.245.0.0/16, 10.99.0.0/16]",
+                "remoteNetworks: [10.245.0.0/16]",
+            )
+        },
+        |_, ns| !table(ns).contains("10.99.0.0/16") && !rules(ns).contains("10.99.0.0/16"),
+    );
+    // The gateway moves to w2: next hops follow, the old gateway node becomes a worker.
+    let moved = change_and_wait(
+        &lab,
+        |t| t.replace("gatewayNode: gw", "gatewayNode: w2"),
+        |name, ns| match name {
+            "w2" => {
+                table(ns).contains(&format!("10.244.0.0/24 {}", overlay(0)))
+                    && table(ns).contains(&format!("10.244.1.0/24 {}", overlay(1)))
+                    && rules(ns).contains("from 10.245.0.0/16")
+            }
+            _ => {
+                table(ns).contains(&format!("10.245.0.0/16 {}", overlay(2)))
+                    && rules(ns).contains("to 10.245.0.0/16")
+                    && !rules(ns).contains("from 10.")
+            }
+        },
+    );
+    eprintln!("convergence after a config change: add {added:?}, remove {removed:?}, gateway move {moved:?}");
+    for (what, took) in [("add", added), ("remove", removed), ("move", moved)] {
+        assert!(took < Duration::from_secs(3), "{what} took {took:?}");
+    }
+    // Back to the real gateway node: traffic flows again.
+    change_and_wait(
+        &lab,
+        |t| t.replace("gatewayNode: w2", "gatewayNode: gw"),
+        |name, ns| name == "gw" || table(ns).contains(&format!("10.245.0.0/16 {}", overlay(0))),
+    );
+    worker_to_worker(&lab, "w1");
+}
+
+#[test]
+fn restarts_create_no_duplicates_and_sigterm_leaves_nothing() {
+    let mut lab = Lab::start(&LabSpec::default()).unwrap();
+    let w1 = lab.home().node("w1").ns.clone();
+    let log = lab.agent_log(0, 1);
+    let before = (table(&w1), rules(&w1));
+    assert_eq!(before.0.lines().count(), 1, "{}", before.0);
+    assert_eq!(before.1.lines().count(), 1, "{}", before.1);
+
+    // A hitless restart: the state stays while the agent is away, and a new agent over it
+    // changes nothing and reports nothing wrong.
+    let config = fs::read_to_string(lab.agent_config_path(0, 1)).unwrap();
+    assert!(lab.stop(&log).unwrap().success());
+    lab.start_agent(0, 1, &config, &["--keep-on-exit"]).unwrap();
+    assert!(lab.stop(&log).unwrap().success());
+    assert_eq!((table(&w1), rules(&w1)), before);
+    assert!(has_overlay(&w1));
+    lab.start_agent(0, 1, &config, &[]).unwrap();
+    assert_eq!((table(&w1), rules(&w1)), before);
+    let text = lab.log(&log);
+    assert!(text.contains("added=0 removed=0"), "{text}");
+    assert!(!text.contains("WARN") && !text.contains("ERROR"), "{text}");
+    worker_to_worker(&lab, "w1");
+
+    // SIGTERM: nothing of the agent's is left.
+    assert!(lab.stop(&log).unwrap().success());
+    assert_eq!(table(&w1), "");
+    assert_eq!(rules(&w1), "");
+    assert!(!has_overlay(&w1));
+    assert!(lab.log(&log).contains("overlay device removed"));
+}
+
+#[test]
+fn routes_and_rules_the_agent_does_not_own_survive() {
+    let mut lab = Lab::start(&LabSpec::default()).unwrap();
+    let w1 = lab.home().node("w1").ns.clone();
+    let planted = [
+        "ip route add 10.77.0.0/16 via 172.20.0.10 table 2741 proto static",
+        "ip route add 10.78.0.0/16 via 172.20.0.10 table 2742 proto 202",
+        "ip rule add pref 2741 to 10.79.0.0/16 lookup 100",
+        "ip rule add pref 2742 to 10.80.0.0/16 lookup 2741",
+    ];
+    for p in planted {
+        sh(&w1, p).unwrap();
+    }
+    let present = |ns: &str| {
+        let all = format!(
+            "{}{}{}",
+            table(ns),
+            sh(ns, "ip route show table 2742").unwrap(),
+            sh(ns, "ip rule show").unwrap()
+        );
+        [
+            "10.77.0.0/16",
+            "10.78.0.0/16",
+            "10.79.0.0/16",
+            "10.80.0.0/16",
+        ]
+        .iter()
+        .all(|p| all.contains(p))
+    };
+    // A reload and a full reconciliation pass, then the agent's exit: all planted state remains.
+    let path = lab.agent_config_path(0, 1);
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(&path, format!("{text}# touched\n")).unwrap();
+    let log = lab.agent_log(0, 1);
+    assert!(wait_for(Duration::from_secs(5), || lab
+        .log(&log)
+        .contains("configuration reloaded")));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(present(&w1));
+    assert!(lab.stop(&log).unwrap().success());
+    assert!(
+        present(&w1),
+        "{}\n{}",
+        table(&w1),
+        sh(&w1, "ip rule show").unwrap()
+    );
+    assert!(!table(&w1).contains("10.245.0.0/16"));
+}
