@@ -289,6 +289,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = AgentConfig::from_yaml(include_str!("../../deploy/standalone/route-agent.yaml"))
+            .unwrap();
+        assert_eq!(c.nodes.len(), 3);
+    }
+
+    #[test]
     fn errors_name_their_fields() {
         assert_eq!(
             first_error(&BASE.replace("gatewayNode: gw", "gatewayNode: gx")).path,

@@ -35,6 +35,9 @@ fn every_bad_config_names_its_field() {
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{field}: ")))
             .unwrap_or_else(|| panic!("{name}: no error for {field}:\n{stderr}"));
-        assert!(line.contains(&message), "{name}: {line:?} lacks {message:?}");
+        assert!(
+            line.contains(&message),
+            "{name}: {line:?} lacks {message:?}"
+        );
     }
 }
