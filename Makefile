@@ -27,7 +27,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench:
+# End to end (plain routing, liqonet, wireguard-go, boringtun-cli on one lab; results also in
+# target/bench/e2e.json), then the engine's micro-benchmarks.
+bench: deps build
+	@test -x target/tools/bin/boringtun-cli || $(CARGO) install boringtun-cli --locked --root target/tools
+	./target/release/liqonet-bench
 	$(CARGO) bench -p liqonet-benches
 
 clean:

@@ -42,9 +42,9 @@ fn wireguard_go_initiates_to_liqonet() {
     let lab = wg_go_lab();
     both_ways(&lab, "foreign", "home");
     assert!(
-        lab.log("foreign-wireguard-go")
+        lab.log("foreign-wireguard")
             .contains("Received handshake response"),
         "{}",
-        lab.log("foreign-wireguard-go")
+        lab.log("foreign-wireguard")
     );
 }

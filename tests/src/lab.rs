@@ -40,6 +40,18 @@ pub enum GatewayKind {
     Liqonet,
     /// Debian's wireguard-go, configured with `wg`, for interoperability.
     WireguardGo,
+    /// boringtun-cli (crates.io), configured with `wg`: a peer to measure against.
+    BoringtunCli,
+    /// No tunnel: the gateway nodes route the peers' pod CIDRs to each other over the WAN
+    /// (the baseline of the benchmarks; IPv4 underlay, distinct pod CIDRs).
+    Plain,
+}
+
+impl GatewayKind {
+    /// The userspace WireGuard implementations driven through `wg` and a UAPI socket.
+    fn is_stock_wireguard(self) -> bool {
+        matches!(self, GatewayKind::WireguardGo | GatewayKind::BoringtunCli)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +289,23 @@ impl Lab {
         self.bin_dir.join(name)
     }
 
+    /// A tool installed for the benchmarks: `$TOOL` (upper case, `-` as `_`), then
+    /// `target/tools/bin/` (where `make bench` installs them), then the PATH.
+    pub fn tool(&self, name: &str) -> anyhow::Result<PathBuf> {
+        if let Some(p) = std::env::var_os(name.to_uppercase().replace('-', "_")) {
+            return Ok(PathBuf::from(p));
+        }
+        let local = self.bin_dir.join("../tools/bin").join(name);
+        if local.exists() {
+            return Ok(local);
+        }
+        let which = run(&["sh", "-c", &format!("command -v {name}")]).unwrap_or_default();
+        if which.trim().is_empty() {
+            bail!("{name} is not installed (make bench installs it into target/tools)");
+        }
+        Ok(PathBuf::from(which.trim()))
+    }
+
     fn build(&mut self, spec: &LabSpec) -> anyhow::Result<()> {
         let wan = format!("{}wan", self.prefix);
         add_ns(&wan)?;
@@ -395,7 +424,10 @@ impl Lab {
         let interface = match cs.gateway {
             GatewayKind::Liqonet => LIQONET_IF.to_string(),
             // wireguard-go's control socket path is global (/var/run/wireguard/NAME.sock).
-            GatewayKind::WireguardGo => format!("wg{}c{i}", &self.prefix[2..self.prefix.len() - 1]),
+            GatewayKind::WireguardGo | GatewayKind::BoringtunCli => {
+                format!("wg{}c{i}", &self.prefix[2..self.prefix.len() - 1])
+            }
+            GatewayKind::Plain => String::new(),
         };
         let main = &nodes[if nodes.len() > 1 { 1 } else { 0 }].pod;
         Ok(Cluster {
@@ -470,7 +502,19 @@ impl Lab {
         fs::write(&key_file, format!("{}\n", c.private_key))?;
         match c.spec.gateway {
             GatewayKind::Liqonet => self.run_liqonet(&c.spec.name, &self.liqonet_config(i)),
-            GatewayKind::WireguardGo => self.start_wireguard_go(i, &key_file),
+            GatewayKind::WireguardGo | GatewayKind::BoringtunCli => {
+                self.start_wireguard_go(i, &key_file)
+            }
+            GatewayKind::Plain => {
+                for j in self.peers_of(i) {
+                    let p = &self.clusters[j];
+                    sh(
+                        &c.gw_ns,
+                        &format!("ip route add {} via {}", p.spec.pod_cidr, p.wan_ip),
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -733,13 +777,28 @@ impl Lab {
     fn start_wireguard_go(&mut self, i: usize, key_file: &Path) -> anyhow::Result<()> {
         let c = self.clusters[i].clone();
         let ifname = c.interface.clone();
-        let log = format!("{}-wireguard-go", c.spec.name);
-        self.spawn(
-            &log,
-            &c.gw_ns,
-            &["wireguard-go", "-f", &ifname],
-            &[("LOG_LEVEL", "verbose")],
-        )?;
+        let log = format!("{}-wireguard", c.spec.name);
+        if c.spec.gateway == GatewayKind::BoringtunCli {
+            let bin = self.tool("boringtun-cli")?;
+            let out = self.dir.join(format!("{log}.out"));
+            let out = out.to_str().unwrap_or_default();
+            let args = [
+                bin.to_str().unwrap_or_default(),
+                "-f",
+                "--disable-drop-privileges",
+                "-l",
+                out,
+                &ifname,
+            ];
+            self.spawn(&log, &c.gw_ns, &args, &[])?;
+        } else {
+            self.spawn(
+                &log,
+                &c.gw_ns,
+                &["wireguard-go", "-f", &ifname],
+                &[("LOG_LEVEL", "verbose")],
+            )?;
+        }
         let sock = format!("/var/run/wireguard/{ifname}.sock");
         if !wait_for(Duration::from_secs(10), || Path::new(&sock).exists()) {
             bail!("wireguard-go did not start; log:\n{}", self.log(&log));
@@ -906,7 +965,7 @@ impl Lab {
         self.procs.clear();
         netns::remove_prefixed(&self.prefix);
         for c in &self.clusters {
-            if c.spec.gateway == GatewayKind::WireguardGo {
+            if c.spec.gateway.is_stock_wireguard() {
                 let _ = fs::remove_file(format!("/var/run/wireguard/{}.sock", c.interface));
             }
         }

@@ -83,26 +83,64 @@ pub struct Iperf {
     pub bits_per_second: f64,
     pub bytes: u64,
     pub retransmits: u64,
+    /// UDP runs: datagrams lost, in percent.
+    pub lost_percent: f64,
 }
 
 /// A TCP iperf3 run of `seconds` from namespace `ns` to the server at `dst`.
 pub fn iperf3(ns: &str, dst: &str, seconds: u32) -> anyhow::Result<Iperf> {
+    iperf3_with(ns, dst, seconds, &[])
+}
+
+/// An iperf3 run with extra options (`-P 4`, `-R`, `-u -b 1G`...); figures as received.
+pub fn iperf3_with(ns: &str, dst: &str, seconds: u32, extra: &[&str]) -> anyhow::Result<Iperf> {
     let secs = seconds.to_string();
-    let out = ns_output(ns, &["iperf3", "-c", dst, "-t", &secs, "-J"])?;
+    let mut args = vec!["iperf3", "-c", dst, "-t", &secs, "-J"];
+    args.extend_from_slice(extra);
+    let out = ns_output(ns, &args)?;
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
     if let Some(e) = json.get("error") {
         bail!("iperf3: {e}");
     }
-    let sent = &json["end"]["sum_sent"];
-    let received = &json["end"]["sum_received"];
+    let end = &json["end"];
+    if extra.contains(&"-u") {
+        let sum = &end["sum"];
+        return Ok(Iperf {
+            bits_per_second: sum["bits_per_second"]
+                .as_f64()
+                .context("no bits_per_second")?
+                * (1.0 - sum["lost_percent"].as_f64().unwrap_or(0.0) / 100.0),
+            bytes: sum["bytes"].as_u64().unwrap_or(0),
+            retransmits: 0,
+            lost_percent: sum["lost_percent"].as_f64().unwrap_or(100.0),
+        });
+    }
+    let received = &end["sum_received"];
     Ok(Iperf {
         bits_per_second: received["bits_per_second"]
             .as_f64()
             .context("no bits_per_second")?,
         bytes: received["bytes"].as_u64().unwrap_or(0),
-        retransmits: sent["retransmits"].as_u64().unwrap_or(0),
+        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        lost_percent: 0.0,
     })
+}
+
+/// Busy CPU time of the whole machine so far, in seconds (`/proc/stat`: all but idle and iowait).
+pub fn cpu_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: f64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (total - idle) / 100.0
 }
 
 /// The public key of a private key, computed by the gateway binary (`pubkey`).
