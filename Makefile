@@ -16,11 +16,14 @@ build:
 demo: deps build
 	./target/release/liqonet-demo
 
-# Unit tests, config tests, and the lab tests (need root). The lab finds the debug binaries
-# that `cargo build --bins` leaves next to the test executables.
+# Unit tests, config tests, and the lab tests (need root); the lab tests twice, with
+# segmentation offloads and without. The lab finds the debug binaries `cargo build --bins`
+# leaves next to the test executables.
 test: deps
 	$(CARGO) build --bins
 	$(CARGO) $(TEST_RUNNER)
+	@echo "== the lab tests again, with segmentation offloads forced off"
+	LIQONET_LAB_OFFLOAD=0 $(CARGO) $(TEST_RUNNER) -p liqonet-lab
 
 lint:
 	rustup component add rustfmt clippy >/dev/null 2>&1 || true

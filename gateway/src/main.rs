@@ -102,14 +102,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         signal_hook::low_level::pipe::register(sig, signals_tx.try_clone()?)?;
     }
 
-    let dev = tun::create(&config.interface, config.mtu)
+    let (dev, tun_offload) = tun::create(&config.interface, config.mtu, config.offload)
         .with_context(|| format!("cannot create TUN device {:?}", config.interface))?;
     let mut routes = Routes::new(dev.if_index()?)?;
     let result = (|| -> anyhow::Result<()> {
         for net in &networks {
             routes.add(*net)?;
         }
-        let sockets = Sockets::bind(config.listen_port)?;
+        let sockets = Sockets::bind(config.listen_port, config.offload)?;
         let metrics = match config.metrics_address {
             Some(addr) => Some(metrics_http::spawn(addr.0)?),
             None => None,
@@ -120,7 +120,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             mtu = config.mtu,
             "tunnel up"
         );
-        event_loop::run(&mut engine, &dev, &sockets, signals_rx, metrics)?;
+        event_loop::run(
+            &mut engine,
+            &dev,
+            tun_offload,
+            &sockets,
+            signals_rx,
+            metrics,
+        )?;
         Ok(())
     })();
     routes.remove_all();

@@ -42,6 +42,13 @@ pub struct GatewayConfig {
     /// Where `remapped: auto` prefixes come from.
     #[serde(default)]
     pub ipam: IpamConfig,
+    /// Segmentation offloads (TUN TSO/GRO, UDP GSO/GRO); off forces one packet per syscall.
+    #[serde(default = "default_offload")]
+    pub offload: bool,
+}
+
+fn default_offload() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -62,6 +62,10 @@ fn same_pod_cidr_both_ways_ipv4_and_ipv6() {
     assert!(r.bytes > 1_000_000, "iperf3 moved only {} bytes", r.bytes);
     let m = lab.metrics("home").unwrap();
     assert!(m.contains("liqonet_peer_up{peer=\"foreign\"} 1"), "{m}");
+    // The offloads are on unless the run forces them off.
+    let log = lab.log("home-gateway");
+    let on = log.contains("TUN segmentation offloads on");
+    assert_eq!(on, liqonet_lab::lab::offload_enabled(), "{log}");
 }
 
 #[test]

@@ -568,6 +568,9 @@ impl Lab {
             local.join(", "),
             name = c.spec.name,
         );
+        if !offload_enabled() {
+            y = y.replace("peers:\n", "offload: false\npeers:\n");
+        }
         for j in self.peers_of(i) {
             let p = &self.clusters[j];
             y += &format!(
@@ -979,6 +982,12 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Whether the lab's liqonet gateways use segmentation offloads: yes, unless
+/// `LIQONET_LAB_OFFLOAD=0` forces them off (`make test` runs the lab tests both ways).
+pub fn offload_enabled() -> bool {
+    std::env::var("LIQONET_LAB_OFFLOAD").map_or(true, |v| v != "0")
 }
 
 fn check_root() -> anyhow::Result<()> {

@@ -1,73 +1,115 @@
 //! One thread, one engine: poll the TUN, the UDP sockets and a signal pipe; drain whatever is
-//! readable through the engine; run the engine's timers. No locks on the data path.
+//! readable through the engine in batches; run the engine's timers. No locks on the data path.
+//!
+//! With offloads, one TUN read yields a TCP super-packet that tun-rs splits into MTU-sized
+//! packets, one UDP receive yields a run of coalesced datagrams, and what the engine emits is
+//! gathered into one GSO send per endpoint and one coalesced TUN write per burst.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tun_rs::SyncDevice;
+use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use super::batch::{TunBatch, UdpBatch};
 use super::metrics_http::Snapshot;
-use super::udp::Sockets;
+use super::udp::{self, Sockets};
 use crate::engine::{Engine, Sink, MAX_PACKET};
 
 const TICK: Duration = Duration::from_millis(250);
 const METRICS_EVERY: Duration = Duration::from_secs(1);
-/// Packets read from one source before looking at the others again (fairness).
+/// Reads from one source before looking at the others again (fairness).
 const BURST: usize = 64;
 
-/// The engine's [`Sink`]: writes to the devices. Counts what the kernel refuses.
+/// The engine's [`Sink`]: gathers its output into batches for the devices.
 struct Shell<'a> {
     tun: &'a SyncDevice,
     sockets: &'a Sockets,
-    send_errors: u64,
-    tun_write_errors: u64,
+    to_network: UdpBatch,
+    to_tun: TunBatch,
 }
 
 impl Sink for Shell<'_> {
     fn send_to_network(&mut self, dst: SocketAddr, datagram: &[u8]) {
-        let Some(sock) = self.sockets.for_dst(&dst) else {
-            self.send_errors += 1;
-            return;
-        };
-        if let Err(e) = retry_when_full(sock.as_fd(), || sock.send_to(datagram, dst)) {
-            self.send_errors += 1;
-            tracing::debug!(%dst, "send failed: {e}");
-        }
+        self.to_network.push(self.sockets, dst, datagram);
     }
 
     fn write_to_tun(&mut self, packet: &[u8]) {
-        if let Err(e) = retry_when_full(self.tun.as_fd(), || self.tun.send(packet)) {
-            self.tun_write_errors += 1;
-            tracing::debug!("TUN write failed: {e}");
-        }
+        self.to_tun.push(self.tun, packet);
     }
 }
 
-/// Non-blocking write that waits (briefly) for room instead of dropping when a buffer is full.
-fn retry_when_full(
-    fd: BorrowedFd<'_>,
-    mut write: impl FnMut() -> io::Result<usize>,
-) -> io::Result<()> {
-    for _ in 0..2 {
-        match write() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-                poll(&mut fds, PollTimeout::from(100u16))?;
-            }
-            other => return other.map(|_| ()),
+impl Shell<'_> {
+    fn flush(&mut self) {
+        self.to_network.flush(self.sockets);
+        self.to_tun.flush(self.tun);
+    }
+}
+
+/// Buffers for reading from the TUN: one super-packet, and the packets it splits into.
+struct TunReader {
+    offload: bool,
+    original: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+}
+
+impl TunReader {
+    fn new(offload: bool) -> Self {
+        TunReader {
+            offload,
+            original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
+            bufs: (0..if offload { IDEAL_BATCH_SIZE } else { 1 })
+                .map(|_| vec![0; MAX_PACKET])
+                .collect(),
+            sizes: vec![0; IDEAL_BATCH_SIZE],
         }
     }
-    Err(io::ErrorKind::WouldBlock.into())
+
+    /// Reads what is there, handing each packet to the engine. Returns false when drained.
+    fn read(
+        &mut self,
+        tun: &SyncDevice,
+        engine: &mut Engine,
+        shell: &mut Shell<'_>,
+    ) -> io::Result<bool> {
+        let n = if self.offload {
+            tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0)
+        } else {
+            tun.recv(&mut self.bufs[0]).map(|n| {
+                self.sizes[0] = n;
+                1
+            })
+        };
+        match n {
+            Ok(n) => {
+                for (buf, &size) in self.bufs.iter_mut().zip(&self.sizes).take(n) {
+                    engine.from_tun(&mut buf[..size], shell);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            // A super-packet tun-rs cannot split is one bad packet, not a dead device.
+            Err(e)
+                if e.kind() == io::ErrorKind::InvalidData
+                    || e.kind() == io::ErrorKind::InvalidInput =>
+            {
+                tracing::debug!("TUN read dropped: {e}");
+                Ok(true)
+            }
+            Err(e) => Err(io::Error::new(e.kind(), format!("TUN read: {e}"))),
+        }
+    }
 }
 
 /// Runs until SIGINT or SIGTERM arrives on `signals`.
 pub fn run(
     engine: &mut Engine,
     tun: &SyncDevice,
+    tun_offload: bool,
     sockets: &Sockets,
     mut signals: UnixStream,
     metrics: Option<Snapshot>,
@@ -75,10 +117,11 @@ pub fn run(
     let mut shell = Shell {
         tun,
         sockets,
-        send_errors: 0,
-        tun_write_errors: 0,
+        to_network: UdpBatch::new(sockets.gso),
+        to_tun: TunBatch::new(tun_offload),
     };
-    let mut buf = vec![0u8; MAX_PACKET];
+    let mut reader = TunReader::new(tun_offload);
+    let mut buf = vec![0u8; 65536];
     let mut next_tick = Instant::now();
     let mut next_metrics = Instant::now();
     let v6 = sockets.v6.as_ref();
@@ -86,6 +129,7 @@ pub fn run(
         let now = Instant::now();
         if now >= next_tick {
             engine.tick(&mut shell);
+            shell.flush();
             next_tick = now + TICK;
         }
         if let Some(snapshot) = &metrics {
@@ -124,12 +168,11 @@ pub fn run(
         }
         if ready[1] {
             for _ in 0..BURST {
-                match tun.recv(&mut buf) {
-                    Ok(n) => engine.from_tun(&mut buf[..n], &mut shell),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(io::Error::new(e.kind(), format!("TUN read: {e}"))),
+                if !reader.read(tun, engine, &mut shell)? {
+                    break;
                 }
             }
+            shell.flush();
         }
         if ready[2] {
             drain_udp(&sockets.v4, engine, &mut shell, &mut buf);
@@ -142,8 +185,12 @@ pub fn run(
 
 fn drain_udp(sock: &UdpSocket, engine: &mut Engine, shell: &mut Shell<'_>, buf: &mut [u8]) {
     for _ in 0..BURST {
-        match sock.recv_from(buf) {
-            Ok((n, src)) => engine.from_network(src, &buf[..n], shell),
+        match udp::recv(sock, buf) {
+            Ok((n, segment, src)) => {
+                for datagram in buf[..n].chunks(segment.max(1)) {
+                    engine.from_network(src, datagram, shell);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             // ICMP errors for earlier sends surface here (ECONNREFUSED...); they are not fatal.
             Err(e) => {
@@ -152,6 +199,7 @@ fn drain_udp(sock: &UdpSocket, engine: &mut Engine, shell: &mut Shell<'_>, buf: 
             }
         }
     }
+    shell.flush();
 }
 
 fn publish(engine: &Engine, shell: &Shell<'_>, snapshot: &Snapshot) {
@@ -161,12 +209,12 @@ fn publish(engine: &Engine, shell: &Shell<'_>, snapshot: &Snapshot) {
     let _ = writeln!(
         text,
         "liqonet_underlay_send_errors_total {}",
-        shell.send_errors
+        shell.to_network.errors
     );
     let _ = writeln!(
         text,
         "liqonet_tun_write_errors_total {}",
-        shell.tun_write_errors
+        shell.to_tun.errors
     );
     if let Ok(mut s) = snapshot.lock() {
         *s = text;

@@ -3,16 +3,22 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub struct Sockets {
     pub v4: UdpSocket,
     /// Absent when the node has IPv6 disabled.
     pub v6: Option<UdpSocket>,
+    /// Whether the kernel coalesces received datagrams (UDP GRO) on both sockets.
+    pub gro: bool,
+    /// Whether to send runs of datagrams as one (UDP GSO); turned off if the kernel refuses.
+    pub gso: bool,
 }
 
 impl Sockets {
-    pub fn bind(port: u16) -> io::Result<Self> {
+    /// Binds both sockets; with `offload`, asks for UDP GRO (said once if refused).
+    pub fn bind(port: u16, offload: bool) -> io::Result<Self> {
         let v4 = open(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
         let v6 = match open(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
             Ok(s) => Some(s),
@@ -22,7 +28,21 @@ impl Sockets {
             }
             Err(e) => return Err(e),
         };
-        Ok(Sockets { v4, v6 })
+        let mut gro = offload;
+        for s in std::iter::once(&v4).chain(v6.as_ref()) {
+            if gro {
+                if let Err(e) = setsockopt(s, sockopt::UdpGroSegment, &true) {
+                    tracing::warn!("UDP GRO unavailable ({e}); one datagram per receive");
+                    gro = false;
+                }
+            }
+        }
+        Ok(Sockets {
+            v4,
+            v6,
+            gro,
+            gso: offload,
+        })
     }
 
     /// The socket of `dst`'s family.
@@ -53,11 +73,56 @@ fn open(addr: SocketAddr) -> io::Result<UdpSocket> {
 const SOCKET_BUFFER: usize = 4 << 20;
 
 fn set_buffers(socket: &Socket) {
-    use nix::sys::socket::{setsockopt, sockopt};
     if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
         let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     }
     if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+}
+
+/// Receives one datagram, or with GRO a run of coalesced ones from one sender: returns the
+/// bytes read, the segment size (the length of each but the last), and the sender.
+pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, usize, SocketAddr)> {
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+
+    let mut cmsg = nix::cmsg_space!(i32);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let n = msg.bytes;
+    let segment = msg
+        .cmsgs()
+        .ok()
+        .and_then(|mut c| {
+            c.find_map(|m| match m {
+                ControlMessageOwned::UdpGroSegments(s) => Some(s as usize),
+                _ => None,
+            })
+        })
+        .filter(|s| *s > 0)
+        .unwrap_or(n);
+    let src = msg.address.and_then(|a: SockaddrStorage| {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+        } else {
+            a.as_sockaddr_in6()
+                .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+        }
+    });
+    match src {
+        Some(src) => Ok((n, segment, src)),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "datagram without a source address",
+        )),
     }
 }
