@@ -122,6 +122,7 @@ pub fn run(
     };
     let mut reader = TunReader::new(tun_offload);
     let mut buf = vec![0u8; 65536];
+    let mut cmsg = udp::cmsg_buffer();
     let mut next_tick = Instant::now();
     let mut next_metrics = Instant::now();
     let v6 = sockets.v6.as_ref();
@@ -175,17 +176,23 @@ pub fn run(
             shell.flush();
         }
         if ready[2] {
-            drain_udp(&sockets.v4, engine, &mut shell, &mut buf);
+            drain_udp(&sockets.v4, engine, &mut shell, &mut buf, &mut cmsg);
         }
         if let (Some(s), true) = (v6, ready[3]) {
-            drain_udp(s, engine, &mut shell, &mut buf);
+            drain_udp(s, engine, &mut shell, &mut buf, &mut cmsg);
         }
     }
 }
 
-fn drain_udp(sock: &UdpSocket, engine: &mut Engine, shell: &mut Shell<'_>, buf: &mut [u8]) {
+fn drain_udp(
+    sock: &UdpSocket,
+    engine: &mut Engine,
+    shell: &mut Shell<'_>,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) {
     for _ in 0..BURST {
-        match udp::recv(sock, buf) {
+        match udp::recv(sock, buf, cmsg) {
             Ok((n, segment, src)) => {
                 for datagram in buf[..n].chunks(segment.max(1)) {
                     engine.from_network(src, datagram, shell);

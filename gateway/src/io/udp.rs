@@ -83,18 +83,25 @@ fn set_buffers(socket: &Socket) {
 
 /// Receives one datagram, or with GRO a run of coalesced ones from one sender: returns the
 /// bytes read, the segment size (the length of each but the last), and the sender.
-pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, usize, SocketAddr)> {
+/// `cmsg` is the caller's buffer for the GRO control message ([`cmsg_buffer`]), reused across
+/// calls so that receiving allocates nothing.
+// nix's recvmsg takes the control buffer as a Vec.
+#[allow(clippy::ptr_arg)]
+pub fn recv(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> io::Result<(usize, usize, SocketAddr)> {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
 
-    let mut cmsg = nix::cmsg_space!(i32);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<SockaddrStorage>(
         sock.as_raw_fd(),
         &mut iov,
-        Some(&mut cmsg),
+        Some(cmsg),
         MsgFlags::MSG_DONTWAIT,
     )
     .map_err(io::Error::from)?;
@@ -125,4 +132,9 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, usize, Socke
             "datagram without a source address",
         )),
     }
+}
+
+/// A buffer large enough for the UDP GRO control message.
+pub fn cmsg_buffer() -> Vec<u8> {
+    nix::cmsg_space!(i32)
 }

@@ -116,8 +116,11 @@ fn main() -> ExitCode {
         ("wireguard-go", GatewayKind::WireguardGo),
         ("boringtun-cli", GatewayKind::BoringtunCli),
     ];
+    // LIQONET_BENCH_ONLY=liqonet (comma-separated names) measures a subset, e.g. under a profiler.
+    let only = std::env::var("LIQONET_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut rows = Vec::new();
-    for (name, kind) in configs {
+    for (name, kind) in configs.into_iter().filter(|(n, _)| wanted(n)) {
         match measure(name, kind, secs, runs) {
             Ok(r) => rows.push(r),
             Err(e) => {
