@@ -5,8 +5,29 @@
 //! torn down when dropped (also while a failing test unwinds); labs left by killed processes are
 //! swept when the next lab starts.
 
+pub mod bad_configs;
 pub mod lab;
 pub mod netns;
 pub mod probe;
 
 pub use lab::{Cluster, ClusterSpec, GatewayKind, Lab, LabSpec, Underlay};
+
+/// Removes this process's labs and exits when SIGINT or SIGTERM arrives (for the binaries;
+/// tests rely on `Drop`).
+pub fn teardown_on_signal() {
+    use std::io::Read;
+    let Ok((mut rx, tx)) = std::os::unix::net::UnixStream::pair() else {
+        return;
+    };
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Ok(tx) = tx.try_clone() {
+            let _ = signal_hook::low_level::pipe::register(sig, tx);
+        }
+    }
+    std::thread::spawn(move || {
+        let _ = rx.read(&mut [0u8; 1]);
+        eprintln!("\ninterrupted: tearing the lab down");
+        netns::remove_prefixed(&format!("lq{}x", std::process::id()));
+        std::process::exit(130);
+    });
+}

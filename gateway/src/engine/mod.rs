@@ -151,8 +151,10 @@ impl Engine {
     /// A packet a local pod sent towards a foreign cluster: encrypt it for the peer that owns the
     /// destination. The packet is mutable so that address rewriting can happen in place.
     pub fn from_tun(&mut self, packet: &mut [u8], sink: &mut impl Sink) {
-        let dst = match IpPacket::new_checked(packet) {
-            Ok(p) => p.dst_addr(),
+        // Parsed once: the destination for routing, the transport header for the MSS clamp
+        // (remapping changes addresses, not where the headers are).
+        let (dst, transport, end) = match IpPacket::new_checked(packet) {
+            Ok(p) => (p.dst_addr(), p.transport(), p.present_len()),
             Err(_) => return self.counters.count(DropReason::TunMalformed),
         };
         let Some(&idx) = self.routes.lookup(dst) else {
@@ -165,7 +167,9 @@ impl Engine {
         if peer.remaps && remap::rewrite(packet, Field::Dst, &|a| peer.to_cidr(a)).is_err() {
             return self.counters.count(DropReason::TunMalformed);
         }
-        mss::clamp(packet, self.mtu);
+        if let Some(t) = transport {
+            mss::clamp_at(packet, t, end, self.mtu);
+        }
         // Without an endpoint nothing can be sent, not even a handshake: drop rather than queue.
         let Some(endpoint) = peer.endpoint else {
             return self.counters.count(DropReason::NoEndpoint);
@@ -189,50 +193,43 @@ impl Engine {
             return;
         };
         let peer = &mut self.peers[idx];
-        match peer
-            .tunn
-            .decapsulate(Some(src.ip()), datagram, &mut self.buf)
-        {
-            TunnResult::Done => peer.roam(src),
-            TunnResult::Err(e) => {
-                tracing::debug!(peer = %peer.spec.name, %src, error = ?e, "datagram rejected");
-                self.counters.count(drop_reason(&e));
-            }
-            TunnResult::WriteToNetwork(reply) => {
-                if reply.first() != Some(&COOKIE_REPLY) {
-                    peer.roam(src);
+        let (packet, inner_src) =
+            match peer
+                .tunn
+                .decapsulate(Some(src.ip()), datagram, &mut self.buf)
+            {
+                TunnResult::WriteToTunnelV4(packet, inner) => (packet, IpAddr::from(inner)),
+                TunnResult::WriteToTunnelV6(packet, inner) => (packet, IpAddr::from(inner)),
+                TunnResult::Done => return peer.roam(src),
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = %peer.spec.name, %src, error = ?e, "datagram rejected");
+                    return self.counters.count(drop_reason(&e));
                 }
-                sink.send_to_network(src, reply);
-                // A completed handshake releases the packets queued while it was pending.
-                while let TunnResult::WriteToNetwork(queued) =
-                    peer.tunn.decapsulate(None, &[], &mut self.buf)
-                {
-                    sink.send_to_network(src, queued);
+                TunnResult::WriteToNetwork(reply) => {
+                    if reply.first() != Some(&COOKIE_REPLY) {
+                        peer.roam(src);
+                    }
+                    sink.send_to_network(src, reply);
+                    // A completed handshake releases the packets queued while it was pending.
+                    while let TunnResult::WriteToNetwork(queued) =
+                        peer.tunn.decapsulate(None, &[], &mut self.buf)
+                    {
+                        sink.send_to_network(src, queued);
+                    }
+                    return;
                 }
-            }
-            TunnResult::WriteToTunnelV4(packet, inner_src) => {
-                peer.roam(src);
-                deliver(
-                    peer,
-                    &mut self.counters,
-                    self.mtu,
-                    packet,
-                    inner_src.into(),
-                    sink,
-                );
-            }
-            TunnResult::WriteToTunnelV6(packet, inner_src) => {
-                peer.roam(src);
-                deliver(
-                    peer,
-                    &mut self.counters,
-                    self.mtu,
-                    packet,
-                    inner_src.into(),
-                    sink,
-                );
-            }
+            };
+        peer.roam(src);
+        // Cryptokey routing: only packets from the peer's own networks reach the TUN; their
+        // source then becomes the address home pods know.
+        if !peer.allows_source(inner_src) {
+            return self.counters.count(DropReason::SourceNotAllowed);
         }
+        if peer.remaps && remap::rewrite(packet, Field::Src, &|a| peer.to_remapped(a)).is_err() {
+            return self.counters.count(DropReason::Malformed);
+        }
+        mss::clamp(packet, self.mtu);
+        sink.write_to_tun(packet);
     }
 
     /// Which peer a datagram belongs to: by the sender's static key for a handshake initiation, by
@@ -353,26 +350,6 @@ impl Engine {
         }
         self.counters.render(out);
     }
-}
-
-/// Ingress: cryptokey routing (only packets from the peer's own networks), then the source
-/// swapped to the address home pods know, MSS clamped, and the packet handed to the TUN.
-fn deliver(
-    peer: &Peer,
-    counters: &mut Counters,
-    mtu: u16,
-    packet: &mut [u8],
-    inner_src: IpAddr,
-    sink: &mut impl Sink,
-) {
-    if !peer.allows_source(inner_src) {
-        return counters.count(DropReason::SourceNotAllowed);
-    }
-    if peer.remaps && remap::rewrite(packet, Field::Src, &|a| peer.to_remapped(a)).is_err() {
-        return counters.count(DropReason::Malformed);
-    }
-    mss::clamp(packet, mtu);
-    sink.write_to_tun(packet);
 }
 
 fn drop_reason(e: &WireGuardError) -> DropReason {

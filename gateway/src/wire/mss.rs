@@ -2,7 +2,7 @@
 //! MTU never send segments that would need fragmenting.
 
 use super::checksum;
-use super::ip::IpPacket;
+use super::ip::{IpPacket, Transport};
 use super::proto::TCP;
 
 const SYN: u8 = 0x02;
@@ -13,10 +13,17 @@ pub fn clamp(packet: &mut [u8], mtu: u16) -> bool {
     let Ok(v) = IpPacket::new_checked(packet) else {
         return false;
     };
-    let Some(t) = v.transport().filter(|t| t.protocol == TCP) else {
+    match v.transport() {
+        Some(t) => clamp_at(packet, t, v.present_len(), mtu),
+        None => false,
+    }
+}
+
+/// [`clamp`] for a packet already parsed: its transport header `t`, the packet ending at `end`.
+pub fn clamp_at(packet: &mut [u8], t: Transport, end: usize, mtu: u16) -> bool {
+    if t.protocol != TCP || end > packet.len() || t.offset > end {
         return false;
-    };
-    let end = v.present_len();
+    }
     let tcp = &mut packet[t.offset..end];
     if tcp.len() < 20 || tcp[13] & SYN == 0 {
         return false;

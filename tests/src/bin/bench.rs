@@ -2,12 +2,9 @@
 //! and boringtun-cli, measured in one run; one table, liqonet's ratio to each, and a JSON file
 //! to compare across commits. Ratios matter more than absolute figures: machines drift.
 
-use std::io::Read;
-use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use liqonet_lab::netns::remove_prefixed;
 use liqonet_lab::probe::{cpu_busy_seconds, iperf3_with, ping, wait_reachable};
 use liqonet_lab::{ClusterSpec, GatewayKind, Lab, LabSpec, Underlay};
 
@@ -89,18 +86,7 @@ fn measure(name: &str, kind: GatewayKind, secs: u32, runs: usize) -> anyhow::Res
 }
 
 fn main() -> ExitCode {
-    if let Ok((mut rx, tx)) = UnixStream::pair() {
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            if let Ok(tx) = tx.try_clone() {
-                let _ = signal_hook::low_level::pipe::register(sig, tx);
-            }
-        }
-        std::thread::spawn(move || {
-            let _ = rx.read(&mut [0u8; 1]);
-            remove_prefixed(&format!("lq{}x", std::process::id()));
-            std::process::exit(130);
-        });
-    }
+    liqonet_lab::teardown_on_signal();
     let secs: u32 = std::env::var("LIQONET_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -1,30 +1,14 @@
 //! `make demo`: bring up the two-cluster lab, reach a foreign pod from a home pod with ping, curl
 //! and iperf3, print a short report, tear everything down (also on Ctrl-C).
 
-use std::io::Read;
-use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use liqonet_lab::netns::remove_prefixed;
 use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
 use liqonet_lab::{Lab, LabSpec};
 
 fn main() -> ExitCode {
-    // Ctrl-C or SIGTERM: remove this process's labs before exiting.
-    if let Ok((mut rx, tx)) = UnixStream::pair() {
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            if let Ok(tx) = tx.try_clone() {
-                let _ = signal_hook::low_level::pipe::register(sig, tx);
-            }
-        }
-        std::thread::spawn(move || {
-            let _ = rx.read(&mut [0u8; 1]);
-            eprintln!("\ninterrupted: tearing the lab down");
-            remove_prefixed(&format!("lq{}x", std::process::id()));
-            std::process::exit(130);
-        });
-    }
+    liqonet_lab::teardown_on_signal();
     match demo() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
