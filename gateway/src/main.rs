@@ -106,6 +106,9 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create TUN device {:?}", config.interface))?;
     let mut routes = Routes::new(dev.if_index()?)?;
     let result = (|| -> anyhow::Result<()> {
+        for address in &config.interface_addresses {
+            routes.add_address(*address)?;
+        }
         for net in &networks {
             routes.add(*net)?;
         }

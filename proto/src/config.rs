@@ -34,6 +34,11 @@ pub struct GatewayConfig {
     /// This cluster's own networks: no peer network may be routed over them.
     #[serde(default)]
     pub local_networks: Vec<Cidr>,
+    /// Host addresses (/32, /128) for the TUN device, each inside a local network. ICMP errors
+    /// this node sends through the tunnel (fragmentation needed, time exceeded) take them as
+    /// source; without one the kernel picks some other address, which the peer drops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interface_addresses: Vec<Cidr>,
     /// Where `/metrics` and `/healthz` are served; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<Parsed<SocketAddr>>,
@@ -180,6 +185,20 @@ impl GatewayConfig {
         }
         if self.private_key_file.as_os_str().is_empty() {
             err("privateKeyFile".into(), "must name a file".into());
+        }
+        for (i, a) in self.interface_addresses.iter().enumerate() {
+            let host = if a.is_ipv4() { 32 } else { 128 };
+            if a.prefix_len() != host {
+                err(
+                    format!("interfaceAddresses[{i}]"),
+                    format!("\"{a}\" is not a single address (/{host})"),
+                );
+            } else if !self.local_networks.iter().any(|l| l.contains(a.addr())) {
+                err(
+                    format!("interfaceAddresses[{i}]"),
+                    format!("\"{a}\" is in no local network: peers would drop what it sends"),
+                );
+            }
         }
 
         // Every routed prefix with the path of the field it comes from, to name both sides of a clash.

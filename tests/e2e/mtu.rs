@@ -107,3 +107,39 @@ fn icmp_errors_from_the_far_side_reach_the_sender() {
         assert_eq!(out.trim(), "refused", "IPv{}", if v6 { 6 } else { 4 });
     }
 }
+
+/// A smaller MTU inside the foreign cluster: the foreign gateway node itself answers
+/// "fragmentation needed" across the tunnel, from its TUN address (inside its pod CIDR, so home
+/// accepts and remaps it), and the home pod learns the smaller MTU.
+#[test]
+fn path_mtu_inside_the_foreign_cluster_reaches_the_sender() {
+    let lab = Lab::start(&LabSpec::default()).unwrap();
+    let (home, foreign) = (lab.home(), lab.cluster("foreign"));
+    let from = &home.gw_pod().ns;
+    let target = foreign.gw_pod();
+    let dst = lab.addr_of("foreign", target, "home", false);
+    assert!(wait_reachable(from, &dst, HANDSHAKE));
+    ns_run(
+        &foreign.gw_ns,
+        &["ip", "link", "set", "pod0", "mtu", "1300"],
+    )
+    .unwrap();
+    let args = [
+        "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", "1350", &dst,
+    ];
+    let out = ns_output(from, &args).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("mtu = 1300") || text.contains("mtu=1300"),
+        "{text}"
+    );
+    // The error came from the foreign gateway node, by its remapped TUN address.
+    assert!(
+        text.contains("From 10.245.0.1 icmp_seq=1 Frag needed and DF set (mtu = 1300)"),
+        "{text}"
+    );
+}

@@ -568,6 +568,22 @@ impl Lab {
             local.join(", "),
             name = c.spec.name,
         );
+        // The TUN takes the gateway node's pod-side addresses, so that the ICMP errors the node
+        // sends through the tunnel have a source the peer accepts.
+        let base = pod_base(&c.spec.pod_cidr).unwrap_or_default();
+        let mut addrs = vec![format!("{base}.0.1/32")];
+        if let Some(b6) = c
+            .spec
+            .pod_cidr6
+            .as_deref()
+            .and_then(|c6| c6.strip_suffix("::/64"))
+        {
+            addrs.push(format!("{b6}::1/128"));
+        }
+        y = y.replace(
+            "peers:\n",
+            &format!("interfaceAddresses: [{}]\npeers:\n", addrs.join(", ")),
+        );
         if !offload_enabled() {
             y = y.replace("peers:\n", "offload: false\npeers:\n");
         }

@@ -44,6 +44,17 @@ impl Routes {
         Ok(())
     }
 
+    /// Gives the TUN device a host address (it goes away with the device).
+    pub fn add_address(&mut self, address: Cidr) -> anyhow::Result<()> {
+        let req = self
+            .handle
+            .address()
+            .add(self.ifindex, address.addr(), address.prefix_len());
+        self.rt
+            .block_on(req.execute())
+            .map_err(|e| anyhow::anyhow!("cannot add {address} to the TUN device: {e}"))
+    }
+
     /// Removes every route this gateway installed; reports but survives individual failures.
     pub fn remove_all(&mut self) {
         for cidr in std::mem::take(&mut self.installed) {
