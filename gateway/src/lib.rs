@@ -3,5 +3,6 @@
 pub mod engine;
 pub mod io;
 pub mod keys;
+pub mod peering;
 pub mod settings;
 pub mod wire;

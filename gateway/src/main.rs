@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use liqonet_gateway::engine::Engine;
 use liqonet_gateway::io::{event_loop, metrics_http, routes::Routes, tun, udp::Sockets};
-use liqonet_gateway::{keys, settings};
+use liqonet_gateway::{keys, peering, settings};
 use liqonet_proto::Key;
 
 #[derive(Parser)]
@@ -34,6 +34,36 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print this cluster's peering information (key, endpoint, exported networks) as YAML.
+    PeeringInfo {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// How the other cluster reaches this gateway (HOST:PORT); without it, it only answers.
+        #[arg(long, value_name = "HOST:PORT")]
+        endpoint: Option<String>,
+    },
+    /// Add or remove a peer in a standalone config file (restart the gateway to apply).
+    Peer {
+        #[command(subcommand)]
+        action: PeerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerAction {
+    /// Add the cluster whose `peering-info` is in INFO; overlapping networks get `remapped: auto`.
+    Add {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(value_name = "INFO")]
+        info: PathBuf,
+    },
+    /// Remove peer CLUSTER_ID.
+    Remove {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        cluster_id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +74,19 @@ fn main() -> ExitCode {
             .context("cannot read random bytes"),
         Command::Pubkey => pubkey(),
         Command::Run { config } => run(config),
+        Command::PeeringInfo { config, endpoint } => {
+            peering::info(&config, endpoint.as_deref()).map(|text| print!("{text}"))
+        }
+        Command::Peer {
+            action: PeerAction::Add { config, info },
+        } => peering::add(&config, &info).map(|summary| {
+            println!("{summary}; restart the gateway to apply");
+        }),
+        Command::Peer {
+            action: PeerAction::Remove { config, cluster_id },
+        } => peering::remove(&config, &cluster_id).map(|()| {
+            println!("removed peer {cluster_id:?}; restart the gateway to apply");
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,25 @@ pub enum LoadError {
     State { path: PathBuf, message: String },
 }
 
+/// The private key `config` names, read relative to the config file at `path`.
+pub fn read_private_key(path: &Path, config: &GatewayConfig) -> Result<Key, ConfigError> {
+    let key_path = match path.parent() {
+        Some(dir) => dir.join(&config.private_key_file),
+        None => config.private_key_file.clone(),
+    };
+    let err = |message: String| ConfigError {
+        path: "privateKeyFile".into(),
+        message,
+    };
+    let text = std::fs::read_to_string(&key_path)
+        .map_err(|e| err(format!("cannot read {key_path:?}: {e}")))?;
+    text.parse::<Key>().map_err(|e| {
+        err(format!(
+            "{key_path:?} does not hold a WireGuard private key: {e}"
+        ))
+    })
+}
+
 /// Where the prefixes IPAM chose are kept: next to the config, `NAME.yaml` → `NAME.ipam.yaml`.
 pub fn ipam_state_path(config: &Path) -> PathBuf {
     config.with_extension("ipam.yaml")
@@ -81,25 +100,7 @@ pub fn load(path: &Path) -> Result<Settings, LoadError> {
     let mut errs = Vec::new();
     let mut err = |path: String, message: String| errs.push(ConfigError { path, message });
 
-    let key_path = match path.parent() {
-        Some(dir) => dir.join(&config.private_key_file),
-        None => config.private_key_file.clone(),
-    };
-    let private_key = match std::fs::read_to_string(&key_path) {
-        Ok(s) => s.parse::<Key>().map_err(|e| {
-            err(
-                "privateKeyFile".into(),
-                format!("{key_path:?} does not hold a WireGuard private key: {e}"),
-            )
-        }),
-        Err(e) => {
-            err(
-                "privateKeyFile".into(),
-                format!("cannot read {key_path:?}: {e}"),
-            );
-            Err(())
-        }
-    };
+    let private_key = read_private_key(path, &config).map_err(|e| err(e.path, e.message));
 
     let mut peers = Vec::with_capacity(config.peers.len());
     for (i, p) in config.peers.iter().enumerate() {

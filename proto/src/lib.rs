@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod config;
 pub mod ipam;
 pub mod key;
+pub mod peering;
 pub mod prefix_table;
 
 pub use cidr::Cidr;
