@@ -4,7 +4,7 @@
 //! CIDR), which of them is the gateway node, and the remote (remapped) networks to route there.
 //! Moving the gateway is changing `gatewayNode` everywhere.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,12 @@ pub struct NodeConfig {
     pub ip: Parsed<Ipv4Addr>,
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Cidr,
+    /// The node's IPv6 address: the next hop for IPv6 remote networks in `direct` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Parsed<Ipv6Addr>>,
+    /// The node's IPv6 pod subnet, for the overlay's return routes to dual-stack pods.
+    #[serde(default, rename = "podCIDR6", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Cidr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +80,9 @@ pub struct VxlanConfig {
     /// Each node's overlay address is this prefix with the host bits of its node IP.
     #[serde(default = "default_overlay_cidr")]
     pub overlay_cidr: Cidr,
+    /// Each node's IPv6 overlay address is this prefix with the host bits of its (IPv4) node IP.
+    #[serde(default = "default_overlay_cidr6", rename = "overlayCIDR6")]
+    pub overlay_cidr6: Cidr,
 }
 
 impl Default for VxlanConfig {
@@ -84,6 +93,7 @@ impl Default for VxlanConfig {
             port: DEFAULT_VXLAN_PORT,
             mtu: DEFAULT_VXLAN_MTU,
             overlay_cidr: default_overlay_cidr(),
+            overlay_cidr6: default_overlay_cidr6(),
         }
     }
 }
@@ -112,6 +122,14 @@ fn default_vxlan_port() -> u16 {
 fn default_vxlan_mtu() -> u16 {
     DEFAULT_VXLAN_MTU
 }
+fn default_overlay_cidr6() -> Cidr {
+    Cidr::new(
+        IpAddr::V6(Ipv6Addr::new(0xfdff, 0x2741, 0, 0, 0, 0, 0, 0)),
+        96,
+    )
+    .expect("a valid prefix")
+}
+
 fn default_overlay_cidr() -> Cidr {
     Cidr::new(IpAddr::V4(Ipv4Addr::new(10, 80, 0, 0)), 12).expect("a valid prefix")
 }
@@ -132,6 +150,18 @@ impl AgentConfig {
     }
 
     /// A node's address on the VXLAN overlay.
+    /// A node's IPv6 address on the VXLAN overlay.
+    pub fn overlay_ip6(&self, node: &NodeConfig) -> Ipv6Addr {
+        let o = &self.vxlan.overlay_cidr6;
+        let host_bits = (128 - u32::from(o.prefix_len())).min(32);
+        let host_mask = u32::MAX.checked_shr(32 - host_bits).unwrap_or(0);
+        let net = match o.addr() {
+            IpAddr::V6(a) => u128::from(a),
+            IpAddr::V4(_) => 0,
+        };
+        Ipv6Addr::from(net | u128::from(u32::from(node.ip.0) & host_mask))
+    }
+
     pub fn overlay_ip(&self, node: &NodeConfig) -> Ipv4Addr {
         let o = &self.vxlan.overlay_cidr;
         let host_bits = 32 - u32::from(o.prefix_len());
@@ -193,13 +223,17 @@ impl AgentConfig {
             }
         }
         for (i, r) in self.remote_networks.iter().enumerate() {
-            if !r.is_ipv4() {
+            let gateway_ip6 = self.node(&self.gateway_node).and_then(|g| g.ip6);
+            if !r.is_ipv4() && self.mode == Mode::Direct && gateway_ip6.is_none() {
                 err(
                     format!("remoteNetworks[{i}]"),
-                    format!("\"{r}\": the route agent routes IPv4 networks only"),
+                    format!("\"{r}\": IPv6 in direct mode needs the gateway node's ip6"),
                 );
             }
-            if let Some(n) = self.nodes.iter().find(|n| n.pod_cidr.overlaps(r)) {
+            let pods = |n: &&NodeConfig| {
+                n.pod_cidr.overlaps(r) || n.pod_cidr6.is_some_and(|p| p.overlaps(r))
+            };
+            if let Some(n) = self.nodes.iter().find(pods) {
                 err(
                     format!("remoteNetworks[{i}]"),
                     format!(
@@ -246,6 +280,12 @@ impl AgentConfig {
             err(
                 "vxlan.device".into(),
                 format!("{:?} is not an interface name (1-15 characters)", v.device),
+            );
+        }
+        if v.overlay_cidr6.is_ipv4() || v.overlay_cidr6.prefix_len() < 96 {
+            err(
+                "vxlan.overlayCIDR6".into(),
+                format!("\"{}\": an IPv6 prefix of /96 or longer", v.overlay_cidr6),
             );
         }
         if !v.overlay_cidr.is_ipv4() {

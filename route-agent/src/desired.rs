@@ -1,16 +1,16 @@
 //! The state a node should have, derived from the config alone.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use liqonet_proto::agent::{AgentConfig, Mode};
+use liqonet_proto::agent::{AgentConfig, Mode, NodeConfig};
 use liqonet_proto::Cidr;
 
-/// A route in the agent's table: `dst via via [dev <vxlan device>]`.
+/// A route in the agent's table: `dst via via [dev <vxlan device>]` (IPv4 or IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
     pub dst: Cidr,
-    pub via: Ipv4Addr,
+    pub via: IpAddr,
     /// Through the overlay device (else through whatever link reaches `via`).
     pub overlay: bool,
 }
@@ -38,10 +38,9 @@ pub struct Vxlan {
     pub port: u16,
     pub local: Ipv4Addr,
     pub mtu: u16,
-    /// This node's overlay address and the overlay's prefix length.
-    pub address: Ipv4Addr,
-    pub prefix_len: u8,
-    /// The node IPs that broadcasts (ARP) are sent to: the peers on the overlay.
+    /// This node's overlay addresses (IPv4 and IPv6) with their prefix lengths.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// The node IPs that broadcasts (ARP, neighbour discovery) are sent to.
     pub remotes: BTreeSet<Ipv4Addr>,
 }
 
@@ -73,61 +72,66 @@ pub fn desired(c: &AgentConfig) -> Desired {
     } else {
         Selector::To
     };
-    match (c.mode, gateway_here) {
-        (Mode::Direct, true) => {}
-        (Mode::Direct, false) => {
-            for &dst in &c.remote_networks {
-                d.routes.insert(Route {
-                    dst,
-                    via: gw.ip.0,
-                    overlay: false,
-                });
-                d.rules.insert(Rule {
-                    selector,
-                    prefix: dst,
-                });
+    let overlay = c.mode == Mode::Vxlan;
+    // The next hop towards `node` for a prefix of `dst`'s family.
+    let via = |node: &NodeConfig, dst: &Cidr| -> Option<IpAddr> {
+        match (overlay, dst.is_ipv4()) {
+            (true, true) => Some(IpAddr::V4(c.overlay_ip(node))),
+            (true, false) => Some(IpAddr::V6(c.overlay_ip6(node))),
+            (false, true) => Some(IpAddr::V4(node.ip.0)),
+            (false, false) => node.ip6.map(|ip| IpAddr::V6(ip.0)),
+        }
+    };
+    if overlay {
+        let remotes = if gateway_here {
+            c.nodes
+                .iter()
+                .filter(|n| n.name != me.name)
+                .map(|n| n.ip.0)
+                .collect()
+        } else {
+            BTreeSet::from([gw.ip.0])
+        };
+        let v6 = c.overlay_ip6(me);
+        d.vxlan = Some(Vxlan {
+            name: c.vxlan.device.clone(),
+            vni: c.vxlan.vni,
+            port: c.vxlan.port,
+            local: me.ip.0,
+            mtu: c.vxlan.mtu,
+            addresses: vec![
+                (
+                    IpAddr::V4(c.overlay_ip(me)),
+                    c.vxlan.overlay_cidr.prefix_len(),
+                ),
+                (IpAddr::V6(v6), c.vxlan.overlay_cidr6.prefix_len()),
+            ],
+            remotes,
+        });
+    }
+    match (overlay, gateway_here) {
+        // Direct mode: the gateway node's own routes (the TUN's) do it all.
+        (false, true) => {}
+        (true, true) => {
+            for n in c.nodes.iter().filter(|n| n.name != me.name) {
+                for dst in std::iter::once(n.pod_cidr).chain(n.pod_cidr6) {
+                    if let Some(via) = via(n, &dst) {
+                        d.routes.insert(Route { dst, via, overlay });
+                    }
+                }
             }
         }
-        (Mode::Vxlan, _) => {
-            let remotes = if gateway_here {
-                c.nodes
-                    .iter()
-                    .filter(|n| n.name != me.name)
-                    .map(|n| n.ip.0)
-                    .collect()
-            } else {
-                BTreeSet::from([gw.ip.0])
-            };
-            d.vxlan = Some(Vxlan {
-                name: c.vxlan.device.clone(),
-                vni: c.vxlan.vni,
-                port: c.vxlan.port,
-                local: me.ip.0,
-                mtu: c.vxlan.mtu,
-                address: c.overlay_ip(me),
-                prefix_len: c.vxlan.overlay_cidr.prefix_len(),
-                remotes,
-            });
-            if gateway_here {
-                for n in c.nodes.iter().filter(|n| n.name != me.name) {
-                    d.routes.insert(Route {
-                        dst: n.pod_cidr,
-                        via: c.overlay_ip(n),
-                        overlay: true,
-                    });
-                }
-            } else {
-                for &dst in &c.remote_networks {
-                    d.routes.insert(Route {
-                        dst,
-                        via: c.overlay_ip(gw),
-                        overlay: true,
-                    });
+        (_, false) => {
+            for &dst in &c.remote_networks {
+                if let Some(via) = via(gw, &dst) {
+                    d.routes.insert(Route { dst, via, overlay });
                 }
             }
-            for &prefix in &c.remote_networks {
-                d.rules.insert(Rule { selector, prefix });
-            }
+        }
+    }
+    if overlay || !gateway_here {
+        for &prefix in &c.remote_networks {
+            d.rules.insert(Rule { selector, prefix });
         }
     }
     d
@@ -139,12 +143,16 @@ mod tests {
 
     fn config(node: &str, mode: &str) -> AgentConfig {
         AgentConfig::from_yaml(&format!(
-            "nodeName: {node}\nmode: {mode}\ngatewayNode: gw\nremoteNetworks: [10.245.0.0/16, 10.97.0.0/16]\nnodes:\n  - {{name: gw, ip: 172.20.0.10, podCIDR: 10.244.0.0/24}}\n  - {{name: w1, ip: 172.20.0.11, podCIDR: 10.244.1.0/24}}\n  - {{name: w2, ip: 172.21.0.12, podCIDR: 10.244.2.0/24}}\n"
+            "nodeName: {node}\nmode: {mode}\ngatewayNode: gw\nremoteNetworks: [10.245.0.0/16, 10.97.0.0/16, fd10:245::/56]\nnodes:\n  - {{name: gw, ip: 172.20.0.10, podCIDR: 10.244.0.0/24, ip6: 'fd00:172:20::10', podCIDR6: 'fd10:244::/64'}}\n  - {{name: w1, ip: 172.20.0.11, podCIDR: 10.244.1.0/24, podCIDR6: 'fd10:244:0:1::/64'}}\n  - {{name: w2, ip: 172.21.0.12, podCIDR: 10.244.2.0/24}}\n"
         ))
         .unwrap()
     }
 
     fn c(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -154,16 +162,17 @@ mod tests {
         assert_eq!(d.vxlan, None);
         assert!(!d.forwarding);
         let via: Vec<_> = d.routes.iter().map(|r| (r.dst, r.via, r.overlay)).collect();
-        let gw = Ipv4Addr::new(172, 20, 0, 10);
+        let gw = ip("172.20.0.10");
         assert_eq!(
             via,
             [
                 (c("10.97.0.0/16"), gw, false),
-                (c("10.245.0.0/16"), gw, false)
+                (c("10.245.0.0/16"), gw, false),
+                (c("fd10:245::/56"), ip("fd00:172:20::10"), false)
             ]
         );
         assert!(d.rules.iter().all(|r| r.selector == Selector::To));
-        assert_eq!(d.rules.len(), 2);
+        assert_eq!(d.rules.len(), 3);
     }
 
     #[test]
@@ -173,22 +182,21 @@ mod tests {
     }
 
     #[test]
-    fn vxlan_worker_goes_through_the_gateway_overlay_address() {
+    fn vxlan_worker_goes_through_the_gateway_overlay_addresses() {
         let d = desired(&config("w2", "vxlan"));
         let v = d.vxlan.unwrap();
+        assert_eq!(v.local, Ipv4Addr::new(172, 21, 0, 12));
         assert_eq!(
-            (v.local, v.address, v.prefix_len),
-            (
-                Ipv4Addr::new(172, 21, 0, 12),
-                Ipv4Addr::new(10, 85, 0, 12),
-                12
-            )
+            v.addresses,
+            [(ip("10.85.0.12"), 12), (ip("fdff:2741::ac15:c"), 96)]
         );
         assert_eq!(v.remotes, BTreeSet::from([Ipv4Addr::new(172, 20, 0, 10)]));
-        assert!(d
-            .routes
-            .iter()
-            .all(|r| r.via == Ipv4Addr::new(10, 84, 0, 10) && r.overlay));
+        let via: Vec<_> = d.routes.iter().map(|r| r.via).collect();
+        assert_eq!(
+            via,
+            [ip("10.84.0.10"), ip("10.84.0.10"), ip("fdff:2741::ac14:a")]
+        );
+        assert!(d.routes.iter().all(|r| r.overlay));
     }
 
     #[test]
@@ -200,8 +208,9 @@ mod tests {
         assert_eq!(
             routes,
             [
-                (c("10.244.1.0/24"), Ipv4Addr::new(10, 84, 0, 11)),
-                (c("10.244.2.0/24"), Ipv4Addr::new(10, 85, 0, 12))
+                (c("10.244.1.0/24"), ip("10.84.0.11")),
+                (c("10.244.2.0/24"), ip("10.85.0.12")),
+                (c("fd10:244:0:1::/64"), ip("fdff:2741::ac14:b")),
             ]
         );
         assert!(d.rules.iter().all(|r| r.selector == Selector::From));

@@ -2,14 +2,14 @@
 //! Everything the agent reads back is filtered to what it owns (its table and protocol, its
 //! rule priority and table, its device), so it never touches anything else.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{anyhow, Context};
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
 };
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -53,13 +53,22 @@ impl Netlink {
 
     /// The agent's routes: IPv4, in `table`, with the agent's protocol.
     pub fn routes(&self, table: u32) -> anyhow::Result<Vec<(RouteMessage, Installed)>> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(table)
-            .build();
-        let all: Vec<RouteMessage> = self
-            .rt
-            .block_on(self.handle.route().get(query).execute().try_collect())
-            .context("cannot list routes")?;
+        let queries = [
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(table)
+                .build(),
+            RouteMessageBuilder::<Ipv6Addr>::new()
+                .table_id(table)
+                .build(),
+        ];
+        let mut all: Vec<RouteMessage> = Vec::new();
+        for q in queries {
+            let mut part: Vec<RouteMessage> = self
+                .rt
+                .block_on(self.handle.route().get(q).execute().try_collect())
+                .context("cannot list routes")?;
+            all.append(&mut part);
+        }
         Ok(all
             .into_iter()
             .filter(|m| {
@@ -76,19 +85,34 @@ impl Netlink {
         table: u32,
         overlay_index: Option<u32>,
     ) -> anyhow::Result<()> {
-        let IpAddr::V4(dst) = r.dst.addr() else {
-            return Err(anyhow!("{}: IPv4 only", r.dst));
+        let proto = RouteProtocol::Other(ROUTE_PROTOCOL);
+        let msg = match (r.dst.addr(), r.via) {
+            (IpAddr::V4(dst), IpAddr::V4(via)) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst, r.dst.prefix_len())
+                    .gateway(via)
+                    .table_id(table)
+                    .protocol(proto);
+                if let Some(i) = overlay_index {
+                    b = b.output_interface(i);
+                }
+                b.build()
+            }
+            (IpAddr::V6(dst), IpAddr::V6(via)) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(dst, r.dst.prefix_len())
+                    .gateway(via)
+                    .table_id(table)
+                    .protocol(proto);
+                if let Some(i) = overlay_index {
+                    b = b.output_interface(i);
+                }
+                b.build()
+            }
+            _ => return Err(anyhow!("{} via {}: mixed address families", r.dst, r.via)),
         };
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, r.dst.prefix_len())
-            .gateway(r.via)
-            .table_id(table)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-        if let Some(i) = overlay_index {
-            b = b.output_interface(i);
-        }
         self.rt
-            .block_on(self.handle.route().add(b.build()).replace().execute())
+            .block_on(self.handle.route().add(msg).replace().execute())
             .with_context(|| format!("cannot add route {} via {} to table {table}", r.dst, r.via))
     }
 
@@ -98,18 +122,16 @@ impl Netlink {
             .context("cannot delete route")
     }
 
-    /// The agent's rules: IPv4, at `priority`, looking up `table`.
+    /// The agent's rules (both families) at `priority`, looking up `table`.
     pub fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(RuleMessage, Rule)>> {
-        let all: Vec<RuleMessage> = self
-            .rt
-            .block_on(
-                self.handle
-                    .rule()
-                    .get(IpVersion::V4)
-                    .execute()
-                    .try_collect(),
-            )
-            .context("cannot list rules")?;
+        let mut all: Vec<RuleMessage> = Vec::new();
+        for family in [IpVersion::V4, IpVersion::V6] {
+            let mut part: Vec<RuleMessage> = self
+                .rt
+                .block_on(self.handle.rule().get(family).execute().try_collect())
+                .context("cannot list rules")?;
+            all.append(&mut part);
+        }
         Ok(all
             .into_iter()
             .filter(|m| {
@@ -120,26 +142,34 @@ impl Netlink {
     }
 
     pub fn add_rule(&self, r: &Rule, priority: u32, table: u32) -> anyhow::Result<()> {
-        let IpAddr::V4(a) = r.prefix.addr() else {
-            return Err(anyhow!("{}: IPv4 only", r.prefix));
-        };
-        let req = self
+        let base = self
             .handle
             .rule()
             .add()
-            .v4()
             .table_id(table)
             .priority(priority)
             .action(RuleAction::ToTable);
-        let mut req = match r.selector {
-            Selector::To => req.destination_prefix(a, r.prefix.prefix_len()),
-            Selector::From => req.source_prefix(a, r.prefix.prefix_len()),
+        let len = r.prefix.prefix_len();
+        let mut msg = match (r.prefix.addr(), r.selector) {
+            (IpAddr::V4(a), Selector::To) => {
+                base.v4().destination_prefix(a, len).message_mut().clone()
+            }
+            (IpAddr::V4(a), Selector::From) => {
+                base.v4().source_prefix(a, len).message_mut().clone()
+            }
+            (IpAddr::V6(a), Selector::To) => {
+                base.v6().destination_prefix(a, len).message_mut().clone()
+            }
+            (IpAddr::V6(a), Selector::From) => {
+                base.v6().source_prefix(a, len).message_mut().clone()
+            }
         };
-        req.message_mut()
-            .attributes
+        msg.attributes
             .push(RuleAttribute::Protocol(RouteProtocol::Other(
                 ROUTE_PROTOCOL,
             )));
+        let mut req = self.handle.rule().add();
+        *req.message_mut() = msg;
         self.rt.block_on(req.execute()).with_context(|| {
             format!(
                 "cannot add rule {:?} {} lookup {table}",
@@ -236,39 +266,43 @@ impl Netlink {
             .context("cannot delete the overlay device")
     }
 
-    /// IPv4 addresses of device `index`.
-    pub fn addresses(&self, index: u32) -> anyhow::Result<Vec<(Ipv4Addr, u8)>> {
+    /// Addresses of device `index` (both families).
+    pub fn addresses(&self, index: u32) -> anyhow::Result<Vec<(IpAddr, u8)>> {
+        let req = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         let all: Vec<_> = self
             .rt
-            .block_on(
-                self.handle
-                    .address()
-                    .get()
-                    .set_link_index_filter(index)
-                    .execute()
-                    .try_collect(),
-            )
+            .block_on(req.try_collect())
             .context("cannot list addresses")?;
         Ok(all
             .into_iter()
             .filter(|m| m.header.index == index)
             .filter_map(|m| {
+                // IPv4 reports the interface's own address as Local, IPv6 as Address.
                 m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
+                    AddressAttribute::Local(ip @ IpAddr::V4(_)) => Some((*ip, m.header.prefix_len)),
+                    AddressAttribute::Address(ip @ IpAddr::V6(_)) => {
+                        Some((*ip, m.header.prefix_len))
+                    }
                     _ => None,
                 })
             })
             .collect())
     }
 
-    pub fn add_address(&self, index: u32, ip: Ipv4Addr, len: u8) -> anyhow::Result<()> {
+    /// Adds an address to device `index`; an IPv6 one skips duplicate address detection, as the
+    /// overlay's addresses are derived from node IPs and usable at once.
+    pub fn add_address(&self, index: u32, ip: IpAddr, len: u8) -> anyhow::Result<()> {
+        let mut req = self.handle.address().add(index, ip, len);
+        if ip.is_ipv6() {
+            req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
         self.rt
-            .block_on(
-                self.handle
-                    .address()
-                    .add(index, IpAddr::V4(ip), len)
-                    .execute(),
-            )
+            .block_on(req.execute())
             .with_context(|| format!("cannot add {ip}/{len} to the overlay device"))
     }
 
@@ -364,7 +398,7 @@ fn route_table(m: &RouteMessage) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Installed {
     pub dst: Cidr,
-    pub via: Option<Ipv4Addr>,
+    pub via: Option<IpAddr>,
     pub oif: Option<u32>,
 }
 
@@ -377,17 +411,22 @@ impl Installed {
 }
 
 fn parse_route(m: &RouteMessage) -> Option<Installed> {
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut dst = match m.header.address_family {
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
     let (mut via, mut oif) = (None, None);
     for a in &m.attributes {
         match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = IpAddr::V4(*d),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = IpAddr::V6(*d),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => via = Some(IpAddr::V6(*g)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             _ => {}
         }
     }
-    let dst = Cidr::new(IpAddr::V4(dst), m.header.destination_prefix_length).ok()?;
+    let dst = Cidr::new(dst, m.header.destination_prefix_length).ok()?;
     Some(Installed { dst, via, oif })
 }
 

@@ -33,6 +33,7 @@ pub fn reconcile(nl: &Netlink, d: &Desired, owned: &Owned) -> anyhow::Result<Cha
     let mut ch = Changes::default();
     if d.forwarding {
         ensure_sysctl("net/ipv4/ip_forward", "1")?;
+        ensure_sysctl("net/ipv6/conf/all/forwarding", "1")?;
     }
     let overlay = match &d.vxlan {
         Some(v) => Some(reconcile_vxlan(nl, v, &mut ch)?),
@@ -102,10 +103,12 @@ fn reconcile_vxlan(nl: &Netlink, v: &Vxlan, ch: &mut Changes) -> anyhow::Result<
         }
     };
     let addrs = nl.addresses(index)?;
-    if !addrs.contains(&(v.address, v.prefix_len)) {
-        tracing::debug!(?addrs, "adding the overlay address");
-        nl.add_address(index, v.address, v.prefix_len)?;
-        ch.added += 1;
+    for &(ip, len) in &v.addresses {
+        if !addrs.contains(&(ip, len)) {
+            tracing::debug!(?addrs, %ip, "adding an overlay address");
+            nl.add_address(index, ip, len)?;
+            ch.added += 1;
+        }
     }
     // Return traffic from the overlay has a source whose route is elsewhere (the TUN, or the
     // node network): strict reverse-path filtering would drop it. Loose (2) still requires a route.
