@@ -38,15 +38,20 @@ fn worker_to_worker(lab: &Lab, node: &str) {
     assert!(r.bytes > 100_000, "iperf3 moved {} bytes", r.bytes);
 }
 
+/// Home and foreign built alike from `spec`, each known to the other by an alias (IPv6 too
+/// when `spec` is dual-stack).
 fn both(spec: ClusterSpec) -> [ClusterSpec; 2] {
+    let alias6 = |a: &str| spec.pod_cidr6.as_ref().map(|_| a.to_string());
     let home = ClusterSpec {
         name: "home".into(),
         alias: Some("10.246.0.0/16".into()),
+        alias6: alias6("fd10:246::/56"),
         ..spec.clone()
     };
     let foreign = ClusterSpec {
         name: "foreign".into(),
         alias: Some("10.245.0.0/16".into()),
+        alias6: alias6("fd10:245::/56"),
         ..spec
     };
     [home, foreign]
@@ -80,12 +85,22 @@ fn vxlan_mode_worker_to_worker() {
     for n in &lab.home().nodes {
         assert!(has_overlay(&n.ns), "{} has no overlay device", n.name);
     }
+    // IPv6 goes the same way, through the overlay's IPv6 addresses (derived from node IPs).
+    let w1 = &lab.home().node("w1").ns;
+    let t6 = sh(w1, &format!("ip -6 route show table {TABLE}")).unwrap();
+    assert!(
+        t6.contains("fd10:245::/56 via fdff:2741::ac14:a dev liqo.vxlan proto 202"),
+        "{t6}"
+    );
 }
 
 #[test]
 fn direct_mode_worker_to_worker() {
+    let x = ClusterSpec::new("x", "10.244.0.0/16")
+        .dual_stack("fd10:244::/56")
+        .agents(Mode::Direct);
     let spec = LabSpec {
-        clusters: both(ClusterSpec::new("x", "10.244.0.0/16").agents(Mode::Direct)).to_vec(),
+        clusters: both(x).to_vec(),
         ..LabSpec::default()
     };
     let lab = Lab::start(&spec).unwrap();
@@ -97,6 +112,17 @@ fn direct_mode_worker_to_worker() {
         table(w1)
     );
     assert!(!has_overlay(w1));
+    // IPv6 via the gateway node's IPv6 address, worker pod to worker pod.
+    let t6 = sh(w1, &format!("ip -6 route show table {TABLE}")).unwrap();
+    assert!(
+        t6.contains("fd10:245::/56 via fd00:172:20::10 dev eth0 proto 202"),
+        "{t6}"
+    );
+    let dst = lab.ip_of("foreign", "home", true);
+    assert!(
+        wait_reachable(&lab.home().pod_ns, &dst, HANDSHAKE),
+        "no IPv6 path to {dst}"
+    );
 }
 
 #[test]
@@ -214,8 +240,8 @@ fn reconcile_follows_config_changes() {
         &lab,
         |t| {
             t.replace(
-                "remoteNetworks: [10.245.0.0/16]",
-                "remoteNetworks: [10.245.0.0/16, 10.99.0.0/16]",
+                "remoteNetworks: [10.245.0.0/16,",
+                "remoteNetworks: [10.245.0.0/16, 10.99.0.0/16,",
             )
         },
         |name, ns| match name {
@@ -231,8 +257,8 @@ fn reconcile_follows_config_changes() {
         &lab,
         |t| {
             t.replace(
-                "remoteNetworks: [10.245.0.0/16, 10.99.0.0/16]",
-                "remoteNetworks: [10.245.0.0/16]",
+                "remoteNetworks: [10.245.0.0/16, 10.99.0.0/16,",
+                "remoteNetworks: [10.245.0.0/16,",
             )
         },
         |_, ns| !table(ns).contains("10.99.0.0/16") && !rules(ns).contains("10.99.0.0/16"),

@@ -52,7 +52,7 @@ fn same_pod_cidr_both_ways_ipv4_and_ipv6() {
         seen.contains(&format!("{} - -", lab.ip_of("home", "foreign", false))),
         "{seen}"
     );
-    let seen6 = lab.http_log("foreign", "gw");
+    let seen6 = lab.http_log("foreign", "w1");
     assert!(
         seen6.contains(&format!("{} - -", lab.ip_of("home", "foreign", true))),
         "{seen6}"

@@ -65,7 +65,8 @@ pub struct ClusterSpec {
     pub name: String,
     /// The pod CIDR, a /16 (`10.244.0.0/16`); the gateway node's pod subnet is its first /24.
     pub pod_cidr: String,
-    /// An IPv6 pod CIDR, a /64 ending in `::` (`fd10:244::/64`), for dual-stack pods.
+    /// An IPv6 pod CIDR, a /56 ending in `::` (`fd10:244::/56`), for dual-stack pods; node n
+    /// gets the /64 `fd10:244:0:n::/64`.
     pub pod_cidr6: Option<String>,
     /// How peers address this cluster's pods (`remapped` in their configs, "auto" lets their
     /// IPAM choose); `None` when they use the pod CIDR as it is.
@@ -148,17 +149,17 @@ pub struct LabSpec {
 impl Default for LabSpec {
     /// Home and one foreign cluster, both liqonet, IPv4 underlay, each with a gateway node and
     /// two workers (VXLAN route agents), both numbering their pods from the same CIDRs: home
-    /// reaches foreign as 10.245.0.0/16 (fd10:245::/64), foreign reaches home as 10.246.0.0/16
-    /// (fd10:246::/64).
+    /// reaches foreign as 10.245.0.0/16 (fd10:245::/56), foreign reaches home as 10.246.0.0/16
+    /// (fd10:246::/56).
     fn default() -> Self {
         LabSpec {
             clusters: vec![
                 ClusterSpec::new("home", "10.244.0.0/16")
-                    .dual_stack("fd10:244::/64")
-                    .aliased("10.246.0.0/16", Some("fd10:246::/64")),
+                    .dual_stack("fd10:244::/56")
+                    .aliased("10.246.0.0/16", Some("fd10:246::/56")),
                 ClusterSpec::new("foreign", "10.244.0.0/16")
-                    .dual_stack("fd10:244::/64")
-                    .aliased("10.245.0.0/16", Some("fd10:245::/64")),
+                    .dual_stack("fd10:244::/56")
+                    .aliased("10.245.0.0/16", Some("fd10:245::/56")),
             ],
             underlay: Underlay::V4,
         }
@@ -194,6 +195,9 @@ pub struct Node {
     pub ns: String,
     pub ip: String,
     pub pod_cidr: String,
+    /// In dual-stack clusters on a flat node network: the node's IPv6 address and pod /64.
+    pub ip6: Option<String>,
+    pub pod_cidr6: Option<String>,
     pub pod: Pod,
 }
 
@@ -382,12 +386,32 @@ impl Lab {
             if cs.routed {
                 sh(&ns, &format!("ip route add default via 172.{subnet}.0.1"))?;
             }
-            let pod = self.build_pod(&ns, &format!("{ns}-pod"), &format!("{base}.{n}"), cs, n)?;
+            let pod_cidr6 = cs
+                .pod_cidr6
+                .as_deref()
+                .map(|c6| node_subnet6(c6, n))
+                .transpose()?;
+            let ip6 = match (&pod_cidr6, cs.routed) {
+                (Some(_), false) => {
+                    let ip6 = format!("fd00:172:20::{}", 10 + n);
+                    sh(&ns, &format!("ip addr add {ip6}/64 dev eth0 nodad"))?;
+                    Some(ip6)
+                }
+                _ => None,
+            };
+            let pod = self.build_pod(
+                &ns,
+                &format!("{ns}-pod"),
+                &format!("{base}.{n}"),
+                pod_cidr6.as_deref(),
+            )?;
             nodes.push(Node {
                 name,
                 ns,
                 ip,
                 pod_cidr: format!("{base}.{n}.0/24"),
+                ip6,
+                pod_cidr6,
                 pod,
             });
         }
@@ -397,6 +421,9 @@ impl Lab {
                 let same_link = !cs.routed || (a.name == "gw") == (b.name == "gw");
                 if same_link {
                     sh(&a.ns, &format!("ip route add {} via {}", b.pod_cidr, b.ip))?;
+                    if let (Some(cidr6), Some(ip6)) = (&b.pod_cidr6, &b.ip6) {
+                        sh(&a.ns, &format!("ip -6 route add {cidr6} via {ip6}"))?;
+                    }
                 }
             }
         }
@@ -443,16 +470,14 @@ impl Lab {
         })
     }
 
-    /// A pod on node `node_ns` at `<base>.10` in the node's subnet `<base>.0/24`; in a
-    /// dual-stack cluster the gateway node's pod also gets the first IPv6 /64 (only it: the
-    /// route agent routes IPv4).
+    /// A pod on node `node_ns` at `<base>.10` in the node's subnet `<base>.0/24`, and at `::10`
+    /// in the node's IPv6 /64 when the cluster is dual-stack.
     fn build_pod(
         &mut self,
         node_ns: &str,
         ns: &str,
         base: &str,
-        cs: &ClusterSpec,
-        n: usize,
+        subnet6: Option<&str>,
     ) -> anyhow::Result<Pod> {
         add_ns(ns)?;
         let (node_ip, pod_ip) = (format!("{base}.1"), format!("{base}.10"));
@@ -465,11 +490,9 @@ impl Lab {
         sh(ns, &format!("ip addr add {pod_ip}/24 dev eth0"))?;
         sh(ns, "ip link set eth0 up")?;
         sh(ns, &format!("ip route add default via {node_ip}"))?;
-        let ip6 = match (&cs.pod_cidr6, n) {
-            (Some(cidr6), 0) => {
-                let base6 = cidr6
-                    .strip_suffix("::/64")
-                    .with_context(|| format!("lab IPv6 pod CIDRs end in ::/64, not {cidr6:?}"))?;
+        let ip6 = match subnet6 {
+            Some(subnet6) => {
+                let base6 = subnet6.trim_end_matches("::/64");
                 sh(
                     node_ns,
                     &format!("ip addr add {base6}::1/64 dev pod0 nodad"),
@@ -478,7 +501,7 @@ impl Lab {
                 sh(ns, &format!("ip -6 route add default via {base6}::1"))?;
                 Some(format!("{base6}::10"))
             }
-            _ => None,
+            None => None,
         };
         Ok(Pod {
             ns: ns.to_string(),
@@ -572,13 +595,8 @@ impl Lab {
         // sends through the tunnel have a source the peer accepts.
         let base = pod_base(&c.spec.pod_cidr).unwrap_or_default();
         let mut addrs = vec![format!("{base}.0.1/32")];
-        if let Some(b6) = c
-            .spec
-            .pod_cidr6
-            .as_deref()
-            .and_then(|c6| c6.strip_suffix("::/64"))
-        {
-            addrs.push(format!("{b6}::1/128"));
+        if let Some(subnet6) = &c.nodes[0].pod_cidr6 {
+            addrs.push(format!("{}::1/128", subnet6.trim_end_matches("::/64")));
         }
         y = y.replace(
             "peers:\n",
@@ -615,22 +633,14 @@ impl Lab {
         y
     }
 
-    /// The address by which pods of cluster `viewer` reach the main pod of cluster `target` (for
-    /// IPv6, the gateway node's pod: the route agent routes IPv4 only).
+    /// The address by which pods of cluster `viewer` reach the main pod of cluster `target`.
     pub fn ip_of(&self, target: &str, viewer: &str, v6: bool) -> String {
-        let t = self.cluster(target);
-        let pod = if v6 { t.gw_pod() } else { t.main_pod() };
-        self.addr_of(target, pod, viewer, v6)
+        self.addr_of(target, self.cluster(target).main_pod(), viewer, v6)
     }
 
     /// The pod `ip_of` points at.
-    pub fn pod_of(&self, target: &str, v6: bool) -> &Pod {
-        let t = self.cluster(target);
-        if v6 {
-            t.gw_pod()
-        } else {
-            t.main_pod()
-        }
+    pub fn pod_of(&self, target: &str, _v6: bool) -> &Pod {
+        self.cluster(target).main_pod()
     }
 
     /// The address by which pods of cluster `viewer` reach `pod` of cluster `target`: its own
@@ -698,13 +708,12 @@ impl Lab {
         let mut nets = Vec::new();
         for j in self.peers_of(i) {
             let p = &self.clusters[j].spec;
-            let exported =
-                std::iter::once(p.pod_cidr.clone()).chain(p.exports.iter().map(|(c, _)| c.clone()));
+            let exported = std::iter::once(p.pod_cidr.clone())
+                .chain(p.pod_cidr6.clone())
+                .chain(p.exports.iter().map(|(c, _)| c.clone()));
             for cidr in exported {
                 let cidr: Cidr = cidr.parse().expect("a lab CIDR");
-                if cidr.is_ipv4() {
-                    nets.push(self.remapped(&p.name, viewer, cidr));
-                }
+                nets.push(self.remapped(&p.name, viewer, cidr));
             }
         }
         nets
@@ -729,9 +738,16 @@ impl Lab {
         );
         for node in &c.nodes {
             y += &format!(
-                "  - {{name: {}, ip: {}, podCIDR: {}}}\n",
+                "  - {{name: {}, ip: {}, podCIDR: {}",
                 node.name, node.ip, node.pod_cidr
             );
+            if let Some(ip6) = &node.ip6 {
+                y += &format!(", ip6: '{ip6}'");
+            }
+            if let Some(c6) = &node.pod_cidr6 {
+                y += &format!(", podCIDR6: '{c6}'");
+            }
+            y += "}\n";
         }
         y
     }
@@ -1017,6 +1033,14 @@ fn add_ns(name: &str) -> anyhow::Result<()> {
     run(&["ip", "netns", "add", name])?;
     sh(name, "ip link set lo up")?;
     Ok(())
+}
+
+/// Node `n`'s IPv6 pod subnet in a cluster /56: `fd10:244::/56`, 1 → `fd10:244:0:1::/64`.
+fn node_subnet6(cidr6: &str, n: usize) -> anyhow::Result<String> {
+    let base = cidr6
+        .strip_suffix("::/56")
+        .with_context(|| format!("lab IPv6 pod CIDRs are /56s ending in ::, not {cidr6:?}"))?;
+    Ok(format!("{base}:0:{n:x}::/64"))
 }
 
 /// `10.244.0.0/16` → `10.244`.
