@@ -21,6 +21,12 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Offline validation of the Kubernetes manifests in deploy/ (PyPI).
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "deps: installing kubernetes-validate (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate 2>&1 | grep -v "Running pip as the 'root' user" || true
+  command -v kubernetes-validate >/dev/null 2>&1 || { echo "deps: kubernetes-validate did not install" >&2; exit 1; }
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
   exit 1

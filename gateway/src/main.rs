@@ -42,6 +42,8 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         endpoint: Option<String>,
     },
+    /// Print the TunnelEndpoint CustomResourceDefinition (as deploy/crds/ holds it).
+    Crd,
     /// Add or remove a peer in a standalone config file (restart the gateway to apply).
     Peer {
         #[command(subcommand)]
@@ -74,6 +76,10 @@ fn main() -> ExitCode {
             .context("cannot read random bytes"),
         Command::Pubkey => pubkey(),
         Command::Run { config } => run(config),
+        Command::Crd => {
+            print!("{}", liqonet_proto::crd::crd_yaml());
+            Ok(())
+        }
         Command::PeeringInfo { config, endpoint } => {
             peering::info(&config, endpoint.as_deref()).map(|text| print!("{text}"))
         }

@@ -75,9 +75,21 @@ impl Default for IpamConfig {
     }
 }
 
-/// One foreign cluster. Also the spec of a `TunnelEndpoint` in Kubernetes mode.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One foreign cluster. Also the spec of a `TunnelEndpoint` in Kubernetes mode (one per foreign
+/// cluster): the same type, so both modes accept exactly the same peers.
+#[derive(Debug, Clone, Serialize, Deserialize, kube::CustomResource, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[kube(
+    group = "net.liqo.io",
+    version = "v1alpha1",
+    kind = "TunnelEndpoint",
+    namespaced,
+    shortname = "tep",
+    status = "crate::crd::TunnelEndpointStatus",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterID"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".status.gateway.nodeName"}"#
+)]
 pub struct PeerConfig {
     #[serde(rename = "clusterID")]
     pub cluster_id: String,
@@ -92,7 +104,7 @@ pub struct PeerConfig {
 }
 
 /// A network the peer exports: `cidr` as the peer numbers it, `remapped` as home pods address it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkConfig {
     pub cidr: Cidr,

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cidr;
 pub mod config;
+pub mod crd;
 pub mod ipam;
 pub mod key;
 pub mod peering;
