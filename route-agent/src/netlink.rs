@@ -85,30 +85,22 @@ impl Netlink {
         table: u32,
         overlay_index: Option<u32>,
     ) -> anyhow::Result<()> {
-        let proto = RouteProtocol::Other(ROUTE_PROTOCOL);
+        let len = r.dst.prefix_len();
         let msg = match (r.dst.addr(), r.via) {
-            (IpAddr::V4(dst), IpAddr::V4(via)) => {
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(dst, r.dst.prefix_len())
-                    .gateway(via)
-                    .table_id(table)
-                    .protocol(proto);
-                if let Some(i) = overlay_index {
-                    b = b.output_interface(i);
-                }
-                b.build()
-            }
-            (IpAddr::V6(dst), IpAddr::V6(via)) => {
-                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(dst, r.dst.prefix_len())
-                    .gateway(via)
-                    .table_id(table)
-                    .protocol(proto);
-                if let Some(i) = overlay_index {
-                    b = b.output_interface(i);
-                }
-                b.build()
-            }
+            (IpAddr::V4(dst), IpAddr::V4(via)) => owned_route(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst, len)
+                    .gateway(via),
+                table,
+                overlay_index,
+            ),
+            (IpAddr::V6(dst), IpAddr::V6(via)) => owned_route(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(dst, len)
+                    .gateway(via),
+                table,
+                overlay_index,
+            ),
             _ => return Err(anyhow!("{} via {}: mixed address families", r.dst, r.via)),
         };
         self.rt
@@ -368,6 +360,17 @@ impl Netlink {
                     .execute(),
             )
             .with_context(|| format!("cannot delete FDB entry for {dst}"))
+    }
+}
+
+/// A route of either family in the agent's table, with its protocol, through `oif` if given.
+fn owned_route<T>(b: RouteMessageBuilder<T>, table: u32, oif: Option<u32>) -> RouteMessage {
+    let b = b
+        .table_id(table)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+    match oif {
+        Some(i) => b.output_interface(i).build(),
+        None => b.build(),
     }
 }
 

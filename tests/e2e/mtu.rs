@@ -20,6 +20,22 @@ fn too_big_errors(lab: &Lab) -> u64 {
     nodes.map(|n| errors(&n.ns)).sum()
 }
 
+/// `count` pings of `size` bytes with Don't Fragment from `ns`: whether all came back, and what
+/// ping printed (stdout and stderr, where it reports the MTU it learned).
+fn ping_df(ns: &str, dst: &str, size: u16, count: u8) -> (bool, String) {
+    let (size, count) = (size.to_string(), count.to_string());
+    let args = [
+        "ping", "-n", "-c", &count, "-i", "0.3", "-W", "1", "-M", "do", "-s", &size, dst,
+    ];
+    let out = ns_output(ns, &args).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 #[test]
 fn large_downloads_fit_the_tunnel() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
@@ -64,29 +80,14 @@ fn dont_fragment_packets_learn_the_tunnel_mtu() {
     let dst = lab.ip_of("foreign", "home", false);
     assert!(wait_reachable(from, &dst, HANDSHAKE));
     // 1438 bytes: fits the overlay to the gateway node (1450), not the tunnel (1420).
-    let args = [
-        "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1410", &dst,
-    ];
-    let out = ns_output(from, &args).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, text) = ping_df(from, &dst, 1410, 3);
     assert!(
         text.contains("mtu = 1420") || text.contains("mtu=1420"),
         "{text}"
     );
     // A DF ping that fits goes through.
-    let args = [
-        "ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1392", &dst,
-    ];
-    let out = ns_output(from, &args).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (ok, text) = ping_df(from, &dst, 1392, 2);
+    assert!(ok, "{text}");
 }
 
 /// A UDP datagram to a closed port of the remote pod comes back as "port unreachable", generated
@@ -124,15 +125,7 @@ fn path_mtu_inside_the_foreign_cluster_reaches_the_sender() {
         &["ip", "link", "set", "pod0", "mtu", "1300"],
     )
     .unwrap();
-    let args = [
-        "ping", "-n", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", "1350", &dst,
-    ];
-    let out = ns_output(from, &args).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_, text) = ping_df(from, &dst, 1350, 3);
     assert!(
         text.contains("mtu = 1300") || text.contains("mtu=1300"),
         "{text}"

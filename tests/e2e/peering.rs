@@ -55,30 +55,16 @@ fn peering_info_then_peer_add_brings_the_tunnel_up() {
     for (me, other) in [("home", "foreign"), ("foreign", "home")] {
         let config = lab.dir.join(format!("{me}.yaml"));
         let info = lab.dir.join(format!("{other}.info.yaml"));
-        let out = run(&[
-            gateway,
-            "peer",
-            "add",
-            "--config",
-            config.to_str().unwrap(),
-            info.to_str().unwrap(),
-        ])
-        .unwrap();
+        let (config_arg, info_arg) = (config.to_str().unwrap(), info.to_str().unwrap());
+        let add = [gateway, "peer", "add", "--config", config_arg, info_arg];
+        let out = run(&add).unwrap();
         assert!(
             out.contains("10.244.0.0/16 (overlaps: remapped by IPAM)"),
             "{out}"
         );
         // Adding it twice is refused, and the file is left as it was.
         let before = fs::read_to_string(&config).unwrap();
-        let again = liqonet_lab::netns::output(&[
-            gateway,
-            "peer",
-            "add",
-            "--config",
-            config.to_str().unwrap(),
-            info.to_str().unwrap(),
-        ])
-        .unwrap();
+        let again = liqonet_lab::netns::output(&add).unwrap();
         assert!(!again.status.success());
         assert!(String::from_utf8_lossy(&again.stderr).contains("already a peer"));
         assert_eq!(fs::read_to_string(&config).unwrap(), before);
