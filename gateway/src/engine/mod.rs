@@ -46,14 +46,24 @@ pub struct Engine {
     secret: StaticSecret,
     public: PublicKey,
     limiter: Arc<RateLimiter>,
-    peers: Vec<Peer>,
+    /// Peers in stable slots: a slot's index is in its sessions' indices, so a peer keeps its
+    /// slot for as long as it exists; removed peers leave a hole for the next one.
+    peers: Vec<Option<Peer>>,
     by_key: HashMap<[u8; 32], usize>,
-    /// Remapped network → index into `peers`: the egress longest-prefix match.
+    /// Remapped network → slot in `peers`: the egress longest-prefix match.
     routes: PrefixTable<usize>,
     counters: Counters,
     /// Tunnel MTU, for MSS clamping.
     mtu: u16,
     buf: Box<[u8]>,
+}
+
+/// What [`Engine::apply_peers`] changed, by peer name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PeerChanges {
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +82,6 @@ pub enum EngineError {
 
 impl Engine {
     pub fn new(private_key: &Key, peers: Vec<PeerSpec>, mtu: u16) -> Result<Self, EngineError> {
-        // Session indices carry the peer's position in their top 24 bits.
-        const MAX_PEERS: usize = 1 << 24;
-        if peers.len() > MAX_PEERS {
-            return Err(EngineError::TooManyPeers(MAX_PEERS));
-        }
         let secret = StaticSecret::from(private_key.0);
         let public = PublicKey::from(&secret);
         let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
@@ -91,53 +96,89 @@ impl Engine {
             mtu,
             buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
         };
-        for spec in peers {
-            engine.add_peer(spec)?;
-        }
+        engine.apply_peers(peers)?;
         Ok(engine)
     }
 
-    fn add_peer(&mut self, spec: PeerSpec) -> Result<(), EngineError> {
-        let idx = self.peers.len();
-        if let Some(&other) = self.by_key.get(&spec.public_key.0) {
-            return Err(EngineError::DuplicateKey {
-                peer: spec.name,
-                other: self.peers[other].spec.name.clone(),
-            });
+    /// Makes `specs` the peers, live. A peer whose name and key stay keeps its slot and its
+    /// session (its networks and endpoint are updated in place); a new or re-keyed peer starts
+    /// afresh; a peer not in `specs` goes. Nothing changes if `specs` is inconsistent.
+    pub fn apply_peers(&mut self, specs: Vec<PeerSpec>) -> Result<PeerChanges, EngineError> {
+        check_unique(&specs)?;
+        // Session indices carry the slot in their top 24 bits.
+        const MAX_PEERS: usize = 1 << 24;
+        if specs.len() > MAX_PEERS {
+            return Err(EngineError::TooManyPeers(MAX_PEERS));
         }
-        for net in &spec.networks {
-            let taken = self
-                .peers
-                .iter()
-                .find(|p| p.spec.networks.iter().any(|n| n.remapped == net.remapped));
-            if let Some(other) = taken {
-                return Err(EngineError::DuplicateNetwork {
-                    peer: spec.name,
-                    network: net.remapped.to_string(),
-                    other: other.spec.name.clone(),
-                });
+        let mut old = std::mem::take(&mut self.peers);
+        let mut slots: Vec<Option<Peer>> = (0..old.len()).map(|_| None).collect();
+        let mut changes = PeerChanges::default();
+        let mut fresh = Vec::new();
+        for spec in specs {
+            let kept = old.iter().position(|p| {
+                p.as_ref().is_some_and(|p| {
+                    p.spec.name == spec.name
+                        && p.spec.public_key == spec.public_key
+                        && p.spec.persistent_keepalive == spec.persistent_keepalive
+                })
+            });
+            match kept.and_then(|i| old[i].take().map(|p| (i, p))) {
+                Some((i, mut peer)) => {
+                    if peer.spec.networks != spec.networks || peer.spec.endpoint != spec.endpoint {
+                        changes.updated.push(spec.name.clone());
+                    }
+                    if peer.spec.endpoint != spec.endpoint && spec.endpoint.is_some() {
+                        peer.endpoint = spec.endpoint;
+                    }
+                    peer.remaps = spec.networks.iter().any(|n| n.cidr != n.remapped);
+                    peer.spec = spec;
+                    slots[i] = Some(peer);
+                }
+                None => fresh.push(spec),
             }
         }
+        changes.removed = old.into_iter().flatten().map(|p| p.spec.name).collect();
+        for spec in fresh {
+            let i = match slots.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    slots.push(None);
+                    slots.len() - 1
+                }
+            };
+            changes.added.push(spec.name.clone());
+            slots[i] = Some(self.new_peer(i, spec));
+        }
+        self.peers = slots;
+        self.routes = PrefixTable::new();
+        self.by_key.clear();
+        for (i, p) in self.peers.iter().enumerate() {
+            if let Some(p) = p {
+                for net in &p.spec.networks {
+                    self.routes.insert(net.remapped, i);
+                }
+                self.by_key.insert(p.spec.public_key.0, i);
+            }
+        }
+        Ok(changes)
+    }
+
+    fn new_peer(&self, slot: usize, spec: PeerSpec) -> Peer {
         let tunn = Tunn::new(
             self.secret.clone(),
             PublicKey::from(spec.public_key.0),
             None,
             spec.persistent_keepalive.filter(|&k| k > 0),
-            idx as u32,
+            slot as u32,
             Some(self.limiter.clone()),
         );
-        for net in &spec.networks {
-            self.routes.insert(net.remapped, idx);
-        }
-        self.by_key.insert(spec.public_key.0, idx);
-        self.peers.push(Peer {
+        Peer {
             remaps: spec.networks.iter().any(|n| n.cidr != n.remapped),
             endpoint: spec.endpoint,
             spec,
             tunn,
             session_age: None,
-        });
-        Ok(())
+        }
     }
 
     pub fn public_key(&self) -> Key {
@@ -163,7 +204,9 @@ impl Engine {
         if packet.len() + 32 > self.buf.len() {
             return self.counters.count(DropReason::TooBig);
         }
-        let peer = &mut self.peers[idx];
+        let Some(peer) = self.peers.get_mut(idx).and_then(Option::as_mut) else {
+            return self.counters.count(DropReason::NoRoute);
+        };
         if peer.remaps && remap::rewrite(packet, Field::Dst, &|a| peer.to_cidr(a)).is_err() {
             return self.counters.count(DropReason::TunMalformed);
         }
@@ -192,7 +235,9 @@ impl Engine {
         let Some(idx) = self.identify(src, datagram, sink) else {
             return;
         };
-        let peer = &mut self.peers[idx];
+        let Some(peer) = self.peers.get_mut(idx).and_then(Option::as_mut) else {
+            return self.counters.count(DropReason::UnknownPeer);
+        };
         let (packet, inner_src) =
             match peer
                 .tunn
@@ -279,7 +324,7 @@ impl Engine {
             Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx >> 8) as usize,
             Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8) as usize,
         };
-        if idx < self.peers.len() {
+        if self.peers.get(idx).is_some_and(Option::is_some) {
             Some(idx)
         } else {
             self.counters.count(DropReason::UnknownPeer);
@@ -290,7 +335,7 @@ impl Engine {
     /// Runs WireGuard's timers (handshake retries, rekeys, keepalives); call every ~250 ms.
     pub fn tick(&mut self, sink: &mut impl Sink) {
         self.limiter.reset_count();
-        for peer in &mut self.peers {
+        for peer in self.peers.iter_mut().flatten() {
             match peer.tunn.update_timers(&mut self.buf) {
                 TunnResult::WriteToNetwork(datagram) => {
                     if let Some(ep) = peer.endpoint {
@@ -324,13 +369,14 @@ impl Engine {
     pub fn peer_is_up(&self, name: &str) -> bool {
         self.peers
             .iter()
+            .flatten()
             .any(|p| p.spec.name == name && p.tunn.stats().0.is_some())
     }
 
     /// Prometheus text exposition of peer state and drop counters.
     pub fn render_metrics(&self, out: &mut String) {
         out.push_str("# TYPE liqonet_peer_up gauge\n");
-        for p in &self.peers {
+        for p in self.peers.iter().flatten() {
             let (age, tx, rx, _, _) = p.tunn.stats();
             let name = &p.spec.name;
             let _ = writeln!(
@@ -350,6 +396,31 @@ impl Engine {
         }
         self.counters.render(out);
     }
+}
+
+/// No two peers share a public key or a routed (remapped) network.
+fn check_unique(specs: &[PeerSpec]) -> Result<(), EngineError> {
+    for (i, spec) in specs.iter().enumerate() {
+        if let Some(other) = specs[..i].iter().find(|o| o.public_key == spec.public_key) {
+            return Err(EngineError::DuplicateKey {
+                peer: spec.name.clone(),
+                other: other.name.clone(),
+            });
+        }
+        for net in &spec.networks {
+            let taken = specs[..i]
+                .iter()
+                .find(|o| o.networks.iter().any(|n| n.remapped == net.remapped));
+            if let Some(other) = taken {
+                return Err(EngineError::DuplicateNetwork {
+                    peer: spec.name.clone(),
+                    network: net.remapped.to_string(),
+                    other: other.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn drop_reason(e: &WireGuardError) -> DropReason {

@@ -430,3 +430,67 @@ fn peers_sharing_a_cidr_are_told_apart_by_their_remapped_networks() {
     let dsts: Vec<_> = out.net.iter().map(|(d, _)| *d).collect();
     assert_eq!(dsts, [addr("192.0.2.3:1"), addr("192.0.2.2:1")]);
 }
+
+#[test]
+fn peers_change_live_without_disturbing_the_others() {
+    let mut p = Pair::new(true);
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [10, 245, 0, 10]),
+        &mut p.home_out,
+    );
+    p.pump();
+    assert!(p.home.peer_is_up("foreign"));
+    let foreign = spec("foreign", &key(2), Some(FOREIGN), &["10.245.0.0/16"]);
+    let third = spec("third", &key(3), Some("192.0.2.3:1"), &["10.247.0.0/16"]);
+
+    // Adding a peer keeps foreign's session: its next packet is data (type 4), not a handshake.
+    let changes = p
+        .home
+        .apply_peers(vec![foreign.clone(), third.clone()])
+        .unwrap();
+    assert_eq!(
+        (changes.added.as_slice(), changes.removed.len()),
+        (&["third".to_string()][..], 0)
+    );
+    assert!(p.home.peer_is_up("foreign"));
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [10, 245, 0, 11]),
+        &mut p.home_out,
+    );
+    assert_eq!(p.home_out.net.last().unwrap().1[0], 4);
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [10, 247, 0, 1]),
+        &mut p.home_out,
+    );
+    assert_eq!(p.home_out.net.last().unwrap().0, addr("192.0.2.3:1"));
+    p.home_out.net.clear(); // (third does not exist: nothing answers that handshake)
+
+    // An inconsistent set changes nothing.
+    let clash = spec("clash", &key(9), None, &["10.247.0.0/16"]);
+    assert!(p
+        .home
+        .apply_peers(vec![foreign.clone(), third, clash])
+        .is_err());
+    assert!(p.home.peer_is_up("foreign"));
+
+    // Removing a peer: its networks are no longer routed; foreign's session stays.
+    let changes = p.home.apply_peers(vec![foreign.clone()]).unwrap();
+    assert_eq!(changes.removed, ["third"]);
+    let before = p.home.counters().get(DropReason::NoRoute);
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [10, 247, 0, 1]),
+        &mut p.home_out,
+    );
+    assert_eq!(p.home.counters().get(DropReason::NoRoute), before + 1);
+    p.pump();
+    assert!(p.home.peer_is_up("foreign"));
+
+    // A new network for foreign is routed at once, through the same session.
+    let mut wider = foreign;
+    wider.networks.push(net("10.97.0.0/16"));
+    let changes = p.home.apply_peers(vec![wider]).unwrap();
+    assert_eq!(changes.updated, ["foreign"]);
+    p.home
+        .from_tun(&mut udp4([10, 244, 0, 10], [10, 97, 0, 1]), &mut p.home_out);
+    assert_eq!(p.home_out.net.last().unwrap().1[0], 4);
+}
