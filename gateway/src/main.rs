@@ -44,7 +44,7 @@ enum Command {
     },
     /// Print the TunnelEndpoint CustomResourceDefinition (as deploy/crds/ holds it).
     Crd,
-    /// Add or remove a peer in a standalone config file (restart the gateway to apply).
+    /// Add or remove a peer in a standalone config file (SIGHUP to the gateway applies it).
     Peer {
         #[command(subcommand)]
         action: PeerAction,
@@ -86,12 +86,12 @@ fn main() -> ExitCode {
         Command::Peer {
             action: PeerAction::Add { config, info },
         } => peering::add(&config, &info).map(|summary| {
-            println!("{summary}; restart the gateway to apply");
+            println!("{summary}; send the gateway SIGHUP (or restart it) to apply");
         }),
         Command::Peer {
             action: PeerAction::Remove { config, cluster_id },
         } => peering::remove(&config, &cluster_id).map(|()| {
-            println!("removed peer {cluster_id:?}; restart the gateway to apply");
+            println!("removed peer {cluster_id:?}; send the gateway SIGHUP (or restart it) to apply");
         }),
     };
     match result {
@@ -113,6 +113,59 @@ fn pubkey() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn log_remapping(peers: &[liqonet_gateway::engine::PeerSpec]) {
+    for p in peers {
+        for n in p.networks.iter().filter(|n| n.cidr != n.remapped) {
+            tracing::info!(peer = %p.name, cidr = %n.cidr, remapped = %n.remapped, "home pods reach {} as {}", n.cidr, n.remapped);
+        }
+    }
+}
+
+fn routed_networks(peers: &[liqonet_gateway::engine::PeerSpec]) -> Vec<liqonet_proto::Cidr> {
+    peers
+        .iter()
+        .flat_map(|p| p.networks.iter().map(|n| n.remapped))
+        .collect()
+}
+
+/// SIGHUP: the peers of the config file, applied live (other peers' sessions go on). Settings
+/// of the device or socket need a restart; a bad file changes nothing.
+fn reload(
+    path: &std::path::Path,
+    running: &liqonet_proto::config::GatewayConfig,
+    engine: &mut Engine,
+    routes: &mut Routes,
+    networks: &mut Vec<liqonet_proto::Cidr>,
+) {
+    let new = match settings::load(path) {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("reload: {e:#}; the running configuration stays"),
+    };
+    let c = &new.config;
+    if keys::public_of(&new.private_key) != engine.public_key()
+        || c.interface != running.interface
+        || c.listen_port != running.listen_port
+        || c.mtu != running.mtu
+        || c.offload != running.offload
+        || c.interface_addresses != running.interface_addresses
+        || c.metrics_address != running.metrics_address
+    {
+        tracing::warn!("reload: only peers change live; the key, interface, port, MTU, offload, addresses and metrics address apply at the next start");
+    }
+    log_remapping(&new.peers);
+    let wanted = routed_networks(&new.peers);
+    match engine.apply_peers(new.peers) {
+        Ok(ch) => {
+            if let Err(e) = routes.sync(&wanted) {
+                tracing::error!("reload: {e:#}");
+            }
+            *networks = wanted;
+            tracing::info!(added = ?ch.added, updated = ?ch.updated, removed = ?ch.removed, "configuration reloaded");
+        }
+        Err(e) => tracing::error!("reload: {e}; the running configuration stays"),
+    }
+}
+
 fn run(path: PathBuf) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -128,15 +181,8 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         private_key,
         peers,
     } = settings::load(&path).context("invalid configuration")?;
-    for p in &peers {
-        for n in p.networks.iter().filter(|n| n.cidr != n.remapped) {
-            tracing::info!(peer = %p.name, cidr = %n.cidr, remapped = %n.remapped, "home pods reach {} as {}", n.cidr, n.remapped);
-        }
-    }
-    let networks: Vec<_> = peers
-        .iter()
-        .flat_map(|p| p.networks.iter().map(|n| n.remapped))
-        .collect();
+    log_remapping(&peers);
+    let mut networks = routed_networks(&peers);
     let mut engine = Engine::new(&private_key, peers, config.mtu)?;
     tracing::info!(
         cluster = %config.cluster_id,
@@ -145,11 +191,17 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         "starting gateway"
     );
 
-    // Signals go through a pipe into the event loop, so shutdown always runs the cleanup below.
-    let (signals_rx, signals_tx) = UnixStream::pair()?;
+    // Signals go through pipes into the event loop, so shutdown always runs the cleanup below.
+    let (stop, stop_tx) = UnixStream::pair()?;
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::low_level::pipe::register(sig, signals_tx.try_clone()?)?;
+        signal_hook::low_level::pipe::register(sig, stop_tx.try_clone()?)?;
     }
+    let (reload_rx, reload_tx) = UnixStream::pair()?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_tx)?;
+    let mut signals = event_loop::Signals {
+        stop,
+        reload: reload_rx,
+    };
 
     let (dev, tun_offload) = tun::create(&config.interface, config.mtu, config.offload)
         .with_context(|| format!("cannot create TUN device {:?}", config.interface))?;
@@ -158,9 +210,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         for address in &config.interface_addresses {
             routes.add_address(*address)?;
         }
-        for net in &networks {
-            routes.add(*net)?;
-        }
+        routes.sync(&networks)?;
         let sockets = Sockets::bind(config.listen_port, config.offload)?;
         let metrics = match config.metrics_address {
             Some(addr) => Some(metrics_http::spawn(addr.0)?),
@@ -172,14 +222,17 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             mtu = config.mtu,
             "tunnel up"
         );
-        event_loop::run(
+        while event_loop::run(
             &mut engine,
             &dev,
             tun_offload,
             &sockets,
-            signals_rx,
-            metrics,
-        )?;
+            &mut signals,
+            metrics.as_ref(),
+        )? == event_loop::Exit::Reload
+        {
+            reload(&path, &config, &mut engine, &mut routes, &mut networks);
+        }
         Ok(())
     })();
     routes.remove_all();

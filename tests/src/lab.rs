@@ -943,6 +943,17 @@ impl Lab {
         fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// Sends signal `sig` (`"HUP"`, ...) to a process the lab started.
+    pub fn signal(&self, name: &str, sig: &str) -> anyhow::Result<()> {
+        let (_, child) = self
+            .procs
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("no process {name}"))?;
+        run(&["kill", &format!("-{sig}"), &child.id().to_string()])?;
+        Ok(())
+    }
+
     /// Sends SIGTERM to a process the lab started and waits for it to exit.
     pub fn stop(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
         let pos = self

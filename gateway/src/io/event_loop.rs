@@ -105,15 +105,31 @@ impl TunReader {
     }
 }
 
-/// Runs until SIGINT or SIGTERM arrives on `signals`.
+/// The pipes that signal handlers write to.
+pub struct Signals {
+    /// SIGINT, SIGTERM.
+    pub stop: UnixStream,
+    /// SIGHUP.
+    pub reload: UnixStream,
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Stop,
+    /// The config file is to be read again; then `run` resumes.
+    Reload,
+}
+
+/// Runs until a signal arrives on `signals`.
 pub fn run(
     engine: &mut Engine,
     tun: &SyncDevice,
     tun_offload: bool,
     sockets: &Sockets,
-    mut signals: UnixStream,
-    metrics: Option<Snapshot>,
-) -> io::Result<()> {
+    signals: &mut Signals,
+    metrics: Option<&Snapshot>,
+) -> io::Result<Exit> {
     let mut shell = Shell {
         tun,
         sockets,
@@ -133,7 +149,7 @@ pub fn run(
             shell.flush();
             next_tick = now + TICK;
         }
-        if let Some(snapshot) = &metrics {
+        if let Some(snapshot) = metrics {
             if now >= next_metrics {
                 publish(engine, &shell, snapshot);
                 next_metrics = now + METRICS_EVERY;
@@ -145,13 +161,14 @@ pub fn run(
         // Without IPv6 the last slot polls the signal pipe for nothing, keeping the set fixed-size.
         let (v6_fd, v6_events) = match v6 {
             Some(s) => (s.as_fd(), PollFlags::POLLIN),
-            None => (signals.as_fd(), PollFlags::empty()),
+            None => (signals.stop.as_fd(), PollFlags::empty()),
         };
         let mut fds = [
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.stop.as_fd(), PollFlags::POLLIN),
             PollFd::new(tun.as_fd(), PollFlags::POLLIN),
             PollFd::new(sockets.v4.as_fd(), PollFlags::POLLIN),
             PollFd::new(v6_fd, v6_events),
+            PollFd::new(signals.reload.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, wait) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -162,10 +179,13 @@ pub fn run(
                 .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
         });
         if ready[0] {
-            let mut b = [0u8; 16];
-            let _ = signals.read(&mut b);
+            let _ = signals.stop.read(&mut [0u8; 16]);
             tracing::info!("signal received, shutting down");
-            return Ok(());
+            return Ok(Exit::Stop);
+        }
+        if ready[4] {
+            let _ = signals.reload.read(&mut [0u8; 16]);
+            return Ok(Exit::Reload);
         }
         if ready[1] {
             for _ in 0..BURST {

@@ -55,6 +55,32 @@ impl Routes {
             .map_err(|e| anyhow::anyhow!("cannot add {address} to the TUN device: {e}"))
     }
 
+    /// Makes the routes into the TUN exactly `wanted`: adds what is missing, removes the rest.
+    pub fn sync(&mut self, wanted: &[Cidr]) -> anyhow::Result<()> {
+        let stale: Vec<Cidr> = self
+            .installed
+            .iter()
+            .filter(|c| !wanted.contains(c))
+            .copied()
+            .collect();
+        for cidr in stale {
+            let req = self.handle.route().del(self.message(cidr));
+            if let Err(e) = self.rt.block_on(req.execute()) {
+                tracing::warn!(%cidr, "cannot remove route: {e}");
+            }
+            self.installed.retain(|c| *c != cidr);
+        }
+        for cidr in wanted
+            .iter()
+            .filter(|c| !self.installed.contains(c))
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.add(cidr)?;
+        }
+        Ok(())
+    }
+
     /// Removes every route this gateway installed; reports but survives individual failures.
     pub fn remove_all(&mut self) {
         for cidr in std::mem::take(&mut self.installed) {
