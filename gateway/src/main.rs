@@ -91,7 +91,9 @@ fn main() -> ExitCode {
         Command::Peer {
             action: PeerAction::Remove { config, cluster_id },
         } => peering::remove(&config, &cluster_id).map(|()| {
-            println!("removed peer {cluster_id:?}; send the gateway SIGHUP (or restart it) to apply");
+            println!(
+                "removed peer {cluster_id:?}; send the gateway SIGHUP (or restart it) to apply"
+            );
         }),
     };
     match result {
