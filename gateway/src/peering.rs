@@ -5,12 +5,11 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use liqonet_proto::config::{Endpoint, GatewayConfig};
-use liqonet_proto::ipam::IpamState;
 use liqonet_proto::peering::PeeringInfo;
 use serde_yaml::{Mapping, Value};
 
 use crate::keys::public_of;
-use crate::settings::{ipam_state_path, read_private_key};
+use crate::settings::{ipam_state_path, read_private_key, read_state};
 
 fn load(path: &Path) -> anyhow::Result<(String, GatewayConfig)> {
     let text =
@@ -104,10 +103,7 @@ fn edit(
     let new_text = serde_yaml::to_string(&doc)?;
     let config = GatewayConfig::from_yaml(&new_text)
         .map_err(|e| anyhow!("the result would be invalid:\n{e}"))?;
-    let state: IpamState = std::fs::read_to_string(ipam_state_path(path))
-        .ok()
-        .and_then(|s| serde_yaml::from_str(&s).ok())
-        .unwrap_or_default();
+    let state = read_state(&ipam_state_path(path))?;
     config
         .resolve_remapped(&state)
         .map_err(|e| anyhow!("the result would be invalid:\n{e}"))?;

@@ -53,7 +53,8 @@ pub fn ipam_state_path(config: &Path) -> PathBuf {
     config.with_extension("ipam.yaml")
 }
 
-fn read_state(path: &Path) -> Result<IpamState, LoadError> {
+/// The IPAM state file at `path` (an absent file is an empty state).
+pub fn read_state(path: &Path) -> Result<IpamState, LoadError> {
     let err = |message: String| LoadError::State {
         path: path.to_owned(),
         message,
