@@ -120,7 +120,7 @@ fn direct_mode_worker_to_worker() {
     );
     let dst = lab.ip_of("foreign", "home", true);
     assert!(
-        wait_reachable(&lab.home().pod_ns, &dst, HANDSHAKE),
+        wait_reachable(&lab.home().main_pod().ns, &dst, HANDSHAKE),
         "no IPv6 path to {dst}"
     );
 }
@@ -185,7 +185,7 @@ fn service_traffic() {
     assert_eq!(curl(client, "http://10.96.0.50/").unwrap(), expected);
 
     // A foreign Service, reached through the exported service CIDR: DNAT on the foreign side.
-    let fgw = &foreign.gw_ns;
+    let fgw = foreign.gw_ns();
     let backend = &foreign.node("w1").pod.ip;
     sh(fgw, "nft add table ip kubeproxy").unwrap();
     sh(

@@ -15,16 +15,16 @@ fn both_ways(lab: &Lab, first: &str, second: &str) {
     let (a, b) = (lab.cluster(first), lab.cluster(second));
     // The first packet of `first` triggers the handshake: `first` initiates.
     assert!(
-        wait_reachable(&a.pod_ns, &b.pod_ip, Duration::from_secs(10)),
+        wait_reachable(&a.main_pod().ns, &b.main_pod().ip, Duration::from_secs(10)),
         "{first} could not reach {second}"
     );
     for (x, y) in [(a, b), (b, a)] {
-        let p = ping(&x.pod_ns, &y.pod_ip, 5).unwrap();
+        let p = ping(&x.main_pod().ns, &y.main_pod().ip, 5).unwrap();
         assert_eq!(p.received, 5, "{} -> {}: {p:?}", x.spec.name, y.spec.name);
-        let body = curl(&x.pod_ns, &format!("http://{}/", y.pod_ip)).unwrap();
+        let body = curl(&x.main_pod().ns, &format!("http://{}/", y.main_pod().ip)).unwrap();
         assert_eq!(
             body,
-            format!("hello from {} pod {}\n", y.spec.name, y.pod_ip)
+            format!("hello from {} pod {}\n", y.spec.name, y.main_pod().ip)
         );
     }
 }

@@ -39,11 +39,11 @@ fn ping_df(ns: &str, dst: &str, size: u16, count: u8) -> (bool, String) {
 #[test]
 fn large_downloads_fit_the_tunnel() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
-    let link = ns_run(&lab.home().pod_ns, &["ip", "link", "show", "eth0"]).unwrap();
+    let link = ns_run(&lab.home().main_pod().ns, &["ip", "link", "show", "eth0"]).unwrap();
     assert!(link.contains("mtu 1500"), "{link}");
     let before = too_big_errors(&lab);
     for v6 in [false, true] {
-        let from = &lab.pod_of("home", v6).ns;
+        let from = &lab.pod_of("home").ns;
         let dst = lab.ip_of("foreign", "home", v6);
         assert!(wait_reachable(from, &dst, HANDSHAKE));
         let url = if v6 {
@@ -76,7 +76,7 @@ fn large_downloads_fit_the_tunnel() {
 #[test]
 fn dont_fragment_packets_learn_the_tunnel_mtu() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
-    let from = &lab.home().pod_ns;
+    let from = &lab.home().main_pod().ns;
     let dst = lab.ip_of("foreign", "home", false);
     assert!(wait_reachable(from, &dst, HANDSHAKE));
     // 1438 bytes: fits the overlay to the gateway node (1450), not the tunnel (1420).
@@ -97,7 +97,7 @@ fn dont_fragment_packets_learn_the_tunnel_mtu() {
 fn icmp_errors_from_the_far_side_reach_the_sender() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
     for v6 in [false, true] {
-        let from = &lab.pod_of("home", v6).ns;
+        let from = &lab.pod_of("home").ns;
         let dst = lab.ip_of("foreign", "home", v6);
         assert!(wait_reachable(from, &dst, HANDSHAKE));
         let family = if v6 { "AF_INET6" } else { "AF_INET" };
@@ -121,7 +121,7 @@ fn path_mtu_inside_the_foreign_cluster_reaches_the_sender() {
     let dst = lab.addr_of("foreign", target, "home", false);
     assert!(wait_reachable(from, &dst, HANDSHAKE));
     ns_run(
-        &foreign.gw_ns,
+        foreign.gw_ns(),
         &["ip", "link", "set", "pod0", "mtu", "1300"],
     )
     .unwrap();

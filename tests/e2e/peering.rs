@@ -33,7 +33,7 @@ fn peering_info_then_peer_add_brings_the_tunnel_up() {
         let _ = fs::remove_file(lab.dir.join(format!("{name}.ipam.yaml")));
         lab.restart_gateway_with(name, &bare).unwrap();
     }
-    let p = ping(&lab.home().pod_ns, "10.0.0.10", 1).unwrap();
+    let p = ping(&lab.home().main_pod().ns, "10.0.0.10", 1).unwrap();
     assert_eq!(p.received, 0);
 
     // Exchange peering information.
@@ -74,14 +74,14 @@ fn peering_info_then_peer_add_brings_the_tunnel_up() {
     let dst = lab.ip_of("foreign", "home", false);
     assert!(dst.starts_with("10.0."), "IPAM chose {dst}");
     assert!(
-        wait_reachable(&lab.home().pod_ns, &dst, Duration::from_secs(10)),
+        wait_reachable(&lab.home().main_pod().ns, &dst, Duration::from_secs(10)),
         "no tunnel to {dst}"
     );
-    let body = curl(&lab.home().pod_ns, &format!("http://{dst}/")).unwrap();
+    let body = curl(&lab.home().main_pod().ns, &format!("http://{dst}/")).unwrap();
     assert_eq!(body, "hello from foreign pod 10.244.0.10\n");
     let back = lab.ip_of("home", "foreign", false);
     assert_eq!(
-        ping(&lab.cluster("foreign").pod_ns, &back, 3)
+        ping(&lab.cluster("foreign").main_pod().ns, &back, 3)
             .unwrap()
             .received,
         3

@@ -25,16 +25,16 @@ fn sighup_adds_and_removes_peers_without_disturbing_the_others() {
     lab.restart_gateway_with("home", &without_west).unwrap();
     let home = lab.home().clone();
     let (east, west) = (
-        lab.cluster("east").pod_ip.clone(),
-        lab.cluster("west").pod_ip.clone(),
+        lab.cluster("east").main_pod().ip.clone(),
+        lab.cluster("west").main_pod().ip.clone(),
     );
-    assert!(wait_reachable(&home.pod_ns, &east, HANDSHAKE));
-    assert_eq!(ping(&home.pod_ns, &west, 2).unwrap().received, 0);
+    assert!(wait_reachable(&home.main_pod().ns, &east, HANDSHAKE));
+    assert_eq!(ping(&home.main_pod().ns, &west, 2).unwrap().received, 0);
 
     // Add west with a reload while east carries traffic: no east packet is lost.
     let config = lab.dir.join("home.yaml");
     std::thread::scope(|s| {
-        let pinger = s.spawn(|| ping(&home.pod_ns, &east, 20).unwrap());
+        let pinger = s.spawn(|| ping(&home.main_pod().ns, &east, 20).unwrap());
         std::thread::sleep(Duration::from_millis(800));
         std::fs::write(&config, &full).unwrap();
         lab.signal("home-gateway", "HUP").unwrap();
@@ -42,7 +42,7 @@ fn sighup_adds_and_removes_peers_without_disturbing_the_others() {
         assert_eq!(p.received, 20, "east lost packets during the reload: {p:?}");
     });
     assert!(
-        wait_reachable(&home.pod_ns, &west, HANDSHAKE),
+        wait_reachable(&home.main_pod().ns, &west, HANDSHAKE),
         "west was not added"
     );
     let log = lab.log("home-gateway");
@@ -66,17 +66,17 @@ fn sighup_adds_and_removes_peers_without_disturbing_the_others() {
     std::fs::write(&config, without_east).unwrap();
     lab.signal("home-gateway", "HUP").unwrap();
     let gone = wait_for(Duration::from_secs(5), || {
-        !sh(&home.gw_ns, "ip route show proto 201")
+        !sh(home.gw_ns(), "ip route show proto 201")
             .unwrap()
             .contains("10.245.0.0/16")
     });
     assert!(
         gone,
         "{}",
-        sh(&home.gw_ns, "ip route show proto 201").unwrap()
+        sh(home.gw_ns(), "ip route show proto 201").unwrap()
     );
-    assert_eq!(ping(&home.pod_ns, &east, 2).unwrap().received, 0);
-    assert_eq!(ping(&home.pod_ns, &west, 3).unwrap().received, 3);
+    assert_eq!(ping(&home.main_pod().ns, &east, 2).unwrap().received, 0);
+    assert_eq!(ping(&home.main_pod().ns, &west, 3).unwrap().received, 3);
 
     // A broken file is refused and changes nothing.
     std::fs::write(&config, "clusterID: Home\n").unwrap();
@@ -84,5 +84,5 @@ fn sighup_adds_and_removes_peers_without_disturbing_the_others() {
     assert!(wait_for(Duration::from_secs(5), || lab
         .log("home-gateway")
         .contains("the running configuration stays")));
-    assert_eq!(ping(&home.pod_ns, &west, 3).unwrap().received, 3);
+    assert_eq!(ping(&home.main_pod().ns, &west, 3).unwrap().received, 3);
 }

@@ -17,9 +17,14 @@ fn wrong_public_key_gets_no_packet_through() {
     lab.restart_gateway_with("home", &config).unwrap();
 
     let (home, foreign) = (lab.home().clone(), lab.cluster("foreign").clone());
-    let p = ping(&home.pod_ns, &lab.ip_of("foreign", "home", false), 6).unwrap();
+    let p = ping(&home.main_pod().ns, &lab.ip_of("foreign", "home", false), 6).unwrap();
     assert_eq!(p.received, 0, "{p:?}");
-    let p = ping(&foreign.pod_ns, &lab.ip_of("home", "foreign", false), 6).unwrap();
+    let p = ping(
+        &foreign.main_pod().ns,
+        &lab.ip_of("home", "foreign", false),
+        6,
+    )
+    .unwrap();
     assert_eq!(p.received, 0, "{p:?}");
     // foreign could not authenticate home's handshakes.
     let m = lab.metrics("foreign").unwrap();
@@ -32,7 +37,7 @@ fn wrong_public_key_gets_no_packet_through() {
 fn spoofed_inner_source_is_dropped_and_counted() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
     let foreign = lab.cluster("foreign");
-    let (gw, pod) = (&foreign.gw_ns, &foreign.gw_pod().ns);
+    let (gw, pod) = (foreign.gw_ns(), &foreign.gw_pod().ns);
     let home_ip = lab.ip_of("home", "foreign", false);
     assert!(wait_reachable(pod, &home_ip, Duration::from_secs(10)));
 

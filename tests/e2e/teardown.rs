@@ -7,7 +7,7 @@ use liqonet_lab::{Lab, LabSpec};
 #[test]
 fn gateway_removes_tun_and_routes_on_sigterm() {
     let mut lab = Lab::start(&LabSpec::default()).unwrap();
-    let gw = lab.home().gw_ns.clone();
+    let gw = lab.home().gw_ns().to_string();
     let routes = ns_run(&gw, &["ip", "route", "show", "proto", "201"]).unwrap();
     assert!(routes.contains("10.245.0.0/16 dev liqo0"), "{routes}");
     let status = lab.stop("home-gateway").unwrap();

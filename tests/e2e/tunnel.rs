@@ -13,7 +13,7 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Ping and curl from `from`'s pod to `to`'s pod, by the address `from` knows it by.
 fn assert_path(lab: &Lab, from: &str, to: &str, v6: bool) {
-    let src = &lab.pod_of(from, v6).ns;
+    let src = &lab.pod_of(from).ns;
     let dst = lab.ip_of(to, from, v6);
     assert!(
         wait_reachable(src, &dst, HANDSHAKE),
@@ -27,18 +27,15 @@ fn assert_path(lab: &Lab, from: &str, to: &str, v6: bool) {
         format!("http://{dst}/")
     };
     let body = curl(src, &url).unwrap();
-    assert_eq!(
-        body,
-        format!("hello from {to} pod {}\n", lab.pod_of(to, v6).ip)
-    );
+    assert_eq!(body, format!("hello from {to} pod {}\n", lab.pod_of(to).ip));
 }
 
 #[test]
 fn same_pod_cidr_both_ways_ipv4_and_ipv6() {
     let lab = Lab::start(&LabSpec::default()).unwrap();
     assert_eq!(
-        lab.home().pod_ip,
-        lab.cluster("foreign").pod_ip,
+        lab.home().main_pod().ip,
+        lab.cluster("foreign").main_pod().ip,
         "the pods share one address"
     );
     for v6 in [false, true] {
@@ -58,7 +55,12 @@ fn same_pod_cidr_both_ways_ipv4_and_ipv6() {
         "{seen6}"
     );
 
-    let r = iperf3(&lab.home().pod_ns, &lab.ip_of("foreign", "home", false), 2).unwrap();
+    let r = iperf3(
+        &lab.home().main_pod().ns,
+        &lab.ip_of("foreign", "home", false),
+        2,
+    )
+    .unwrap();
     assert!(r.bytes > 1_000_000, "iperf3 moved only {} bytes", r.bytes);
     let m = lab.metrics("home").unwrap();
     assert!(m.contains("liqonet_peer_up{peer=\"foreign\"} 1"), "{m}");
@@ -108,7 +110,7 @@ fn three_clusters_on_the_same_pod_cidr() {
         assert_path(&lab, c, "home", false);
     }
     // east and west do not peer with each other: home does not relay between them.
-    let p = ping(&lab.cluster("east").pod_ns, &west, 2).unwrap();
+    let p = ping(&lab.cluster("east").main_pod().ns, &west, 2).unwrap();
     assert_eq!(p.received, 0);
 }
 
@@ -120,19 +122,24 @@ fn follows_a_peer_that_roams() {
     let f = lab.cluster("foreign");
     // (Deleting first: removing a primary address would take a secondary one with it.)
     let old = format!("{}/24", f.wan_ip);
-    ns_run(&f.gw_ns, &["ip", "addr", "del", &old, "dev", "wan0"]).unwrap();
+    ns_run(f.gw_ns(), &["ip", "addr", "del", &old, "dev", "wan0"]).unwrap();
     ns_run(
-        &f.gw_ns,
+        f.gw_ns(),
         &["ip", "addr", "add", "192.168.250.99/24", "dev", "wan0"],
     )
     .unwrap();
     // foreign speaks first from its new address; home must answer there, and keep using it.
     assert!(wait_reachable(
-        &f.pod_ns,
+        &f.main_pod().ns,
         &lab.ip_of("home", "foreign", false),
         HANDSHAKE
     ));
-    let p = ping(&lab.home().pod_ns, &lab.ip_of("foreign", "home", false), 5).unwrap();
+    let p = ping(
+        &lab.home().main_pod().ns,
+        &lab.ip_of("foreign", "home", false),
+        5,
+    )
+    .unwrap();
     assert_eq!(p.received, 5, "{p:?}");
     let log = lab.log("home-gateway");
     assert!(log.contains("192.168.250.99:51840"), "{log}");
@@ -156,7 +163,7 @@ fn persistent_keepalive_brings_the_session_up_without_traffic() {
     let up = wait_for(Duration::from_secs(5), || is_up(&lab));
     assert!(up, "{}", lab.metrics("home").unwrap());
     // And keepalives keep arriving at foreign, with no pod traffic at all.
-    let foreign_gw = lab.cluster("foreign").gw_ns.clone();
+    let foreign_gw = lab.cluster("foreign").gw_ns().to_string();
     let udp_in = || snmp(&foreign_gw, "Udp", "InDatagrams").unwrap();
     let before = udp_in();
     std::thread::sleep(Duration::from_millis(3500));

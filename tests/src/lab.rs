@@ -206,11 +206,6 @@ pub struct Node {
 pub struct Cluster {
     pub spec: ClusterSpec,
     pub nodes: Vec<Node>,
-    /// The gateway node's namespace.
-    pub gw_ns: String,
-    /// The pod tests talk from and to: on the first worker, or on the gateway node if none.
-    pub pod_ns: String,
-    pub pod_ip: String,
     pub wan_ip: String,
     pub private_key: String,
     pub public_key: String,
@@ -224,6 +219,11 @@ impl Cluster {
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name:?} in {}", self.spec.name))
+    }
+
+    /// The gateway node's namespace.
+    pub fn gw_ns(&self) -> &str {
+        &self.nodes[0].ns
     }
 
     /// The pod tests use: on the first worker, or on the gateway node.
@@ -456,12 +456,8 @@ impl Lab {
             }
             GatewayKind::Plain => String::new(),
         };
-        let main = &nodes[if nodes.len() > 1 { 1 } else { 0 }].pod;
         Ok(Cluster {
             spec: cs.clone(),
-            gw_ns: gw.clone(),
-            pod_ns: main.ns.clone(),
-            pod_ip: main.ip.clone(),
             nodes,
             wan_ip: wan_addr.split('/').next().unwrap_or_default().to_string(),
             private_key,
@@ -532,7 +528,7 @@ impl Lab {
                 for j in self.peers_of(i) {
                     let p = &self.clusters[j];
                     sh(
-                        &c.gw_ns,
+                        c.gw_ns(),
                         &format!("ip route add {} via {}", p.spec.pod_cidr, p.wan_ip),
                     )?;
                 }
@@ -546,7 +542,7 @@ impl Lab {
         let path = self.dir.join(format!("{name}.yaml"));
         fs::write(&path, config)?;
         let bin = self.bin("liqonet-gateway");
-        let ns = self.cluster(name).gw_ns.clone();
+        let ns = self.cluster(name).gw_ns().to_string();
         let log = format!("{name}-gateway");
         let args = [
             bin.to_str().unwrap_or_default(),
@@ -639,7 +635,7 @@ impl Lab {
     }
 
     /// The pod `ip_of` points at.
-    pub fn pod_of(&self, target: &str, _v6: bool) -> &Pod {
+    pub fn pod_of(&self, target: &str) -> &Pod {
         self.cluster(target).main_pod()
     }
 
@@ -825,11 +821,11 @@ impl Lab {
                 out,
                 &ifname,
             ];
-            self.spawn(&log, &c.gw_ns, &args, &[])?;
+            self.spawn(&log, c.gw_ns(), &args, &[])?;
         } else {
             self.spawn(
                 &log,
-                &c.gw_ns,
+                c.gw_ns(),
                 &["wireguard-go", "-f", &ifname],
                 &[("LOG_LEVEL", "verbose")],
             )?;
@@ -849,11 +845,11 @@ impl Lab {
                 wg += &format!(" endpoint {}", p.endpoint());
             }
         }
-        sh(&c.gw_ns, &wg)?;
-        sh(&c.gw_ns, &format!("ip link set {ifname} mtu {MTU} up"))?;
+        sh(c.gw_ns(), &wg)?;
+        sh(c.gw_ns(), &format!("ip link set {ifname} mtu {MTU} up"))?;
         for j in self.peers_of(i) {
             let cidr = self.clusters[j].spec.pod_cidr.clone();
-            sh(&c.gw_ns, &format!("ip route add {cidr} dev {ifname}"))?;
+            sh(c.gw_ns(), &format!("ip route add {cidr} dev {ifname}"))?;
         }
         Ok(())
     }
@@ -977,7 +973,7 @@ impl Lab {
     pub fn metrics(&self, cluster: &str) -> anyhow::Result<String> {
         let c = self.cluster(cluster);
         ns_run(
-            &c.gw_ns,
+            c.gw_ns(),
             &[
                 "curl",
                 "-sf",

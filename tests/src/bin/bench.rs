@@ -47,7 +47,7 @@ fn spec(kind: GatewayKind) -> LabSpec {
 fn measure(name: &str, kind: GatewayKind, secs: u32, runs: usize) -> anyhow::Result<Row> {
     eprintln!("== {name}");
     let lab = Lab::start(&spec(kind))?;
-    let from = lab.home().pod_ns.clone();
+    let from = lab.home().main_pod().ns.clone();
     let dst = lab.ip_of("foreign", "home", false);
     if !wait_reachable(&from, &dst, Duration::from_secs(10)) {
         anyhow::bail!("{name}: {dst} is not reachable");

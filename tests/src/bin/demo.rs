@@ -32,9 +32,9 @@ fn demo() -> anyhow::Result<bool> {
     );
     println!(
         "From the home pod on worker w1 ({}) to the foreign pod on worker w1 ({}, the same address), reached as {dst}:",
-        home.pod_ip, foreign.pod_ip
+        home.main_pod().ip, foreign.main_pod().ip
     );
-    let mut ok = wait_reachable(&home.pod_ns, &dst, Duration::from_secs(10));
+    let mut ok = wait_reachable(&home.main_pod().ns, &dst, Duration::from_secs(10));
     if !ok {
         println!(
             "  the tunnel did not come up; gateway log:\n{}",
@@ -43,20 +43,20 @@ fn demo() -> anyhow::Result<bool> {
         return Ok(false);
     }
 
-    let p = ping(&home.pod_ns, &dst, 10)?;
+    let p = ping(&home.main_pod().ns, &dst, 10)?;
     ok &= p.received == p.sent;
     let rtt = p.rtt_avg_ms.map_or("-".into(), |r| format!("{r:.3} ms"));
-    let back = ping(&foreign.pod_ns, &seen_as, 5)?;
+    let back = ping(&foreign.main_pod().ns, &seen_as, 5)?;
     ok &= back.received == back.sent;
 
     let url = format!("http://{dst}/");
-    let body = curl(&home.pod_ns, &url);
+    let body = curl(&home.main_pod().ns, &url);
     ok &= body.is_ok();
     let client = format!("{seen_as} - -");
     let logged = lab.http_log("foreign", "w1").contains(&client);
     ok &= logged;
 
-    let perf = iperf3(&home.pod_ns, &dst, 5);
+    let perf = iperf3(&home.main_pod().ns, &dst, 5);
     ok &= perf.is_ok();
 
     println!("\n================ liqonet demo report ================");
