@@ -3,6 +3,7 @@
 pub mod engine;
 pub mod io;
 pub mod keys;
+pub mod kubernetes;
 pub mod peering;
 pub mod settings;
 pub mod wire;

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use liqonet_gateway::engine::Engine;
-use liqonet_gateway::io::{event_loop, metrics_http, routes::Routes, tun, udp::Sockets};
+use liqonet_gateway::io::serve::{log_remapping, routed_networks, serve};
+use liqonet_gateway::io::{event_loop, metrics_http, routes::Routes};
+use liqonet_gateway::kubernetes::{self, peering as kube_peering, KubeSettings};
 use liqonet_gateway::{keys, peering, settings};
 use liqonet_proto::Key;
 
@@ -29,41 +31,64 @@ enum Command {
     Genkey,
     /// Read a private key on stdin and print its public key (as `wg pubkey`).
     Pubkey,
-    /// Run the gateway from a standalone config file.
+    /// Run the gateway: from a standalone config file, or in Kubernetes mode.
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "kubernetes"])))]
     Run {
         #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Peers from TunnelEndpoints, keys from a Secret, leader elected by a Lease.
+        #[arg(long)]
+        kubernetes: bool,
+        #[command(flatten)]
+        settings: Box<KubeSettings>,
     },
     /// Print this cluster's peering information (key, endpoint, exported networks) as YAML.
     PeeringInfo {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// How the other cluster reaches this gateway (HOST:PORT); without it, it only answers.
+        #[command(flatten)]
+        target: Target,
+        /// How the other cluster reaches this gateway (HOST:PORT). Standalone: without it, the
+        /// other side only answers. Kubernetes: without it, the gateway Service tells.
         #[arg(long, value_name = "HOST:PORT")]
         endpoint: Option<String>,
     },
     /// Print the TunnelEndpoint CustomResourceDefinition (as deploy/crds/ holds it).
     Crd,
-    /// Add or remove a peer in a standalone config file (SIGHUP to the gateway applies it).
+    /// Add or remove a peer: in a standalone config file (SIGHUP to the gateway applies it), or
+    /// as a TunnelEndpoint.
     Peer {
         #[command(subcommand)]
         action: PeerAction,
     },
 }
 
+/// Which gateway the peering commands are about.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["config", "kubernetes"])))]
+struct Target {
+    /// A standalone config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The cluster of the current kubeconfig context.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The gateway's namespace (Kubernetes).
+    #[arg(long, default_value = "liqonet")]
+    namespace: String,
+}
+
 #[derive(Subcommand)]
 enum PeerAction {
     /// Add the cluster whose `peering-info` is in INFO; overlapping networks get `remapped: auto`.
     Add {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         #[arg(value_name = "INFO")]
         info: PathBuf,
     },
     /// Remove peer CLUSTER_ID.
     Remove {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         cluster_id: String,
     },
 }
@@ -75,26 +100,56 @@ fn main() -> ExitCode {
             .map(|k| println!("{}", k.to_base64()))
             .context("cannot read random bytes"),
         Command::Pubkey => pubkey(),
-        Command::Run { config } => run(config),
+        Command::Run {
+            config: Some(config),
+            ..
+        } => run(config),
+        Command::Run { settings, .. } => {
+            init_logging();
+            tokio_runtime().and_then(|rt| rt.block_on(kubernetes::run(*settings)))
+        }
         Command::Crd => {
             print!("{}", liqonet_proto::crd::crd_yaml());
             Ok(())
         }
-        Command::PeeringInfo { config, endpoint } => {
-            peering::info(&config, endpoint.as_deref()).map(|text| print!("{text}"))
+        Command::PeeringInfo { target, endpoint } => match target.config {
+            Some(config) => peering::info(&config, endpoint.as_deref()),
+            None => with_cluster(|client| async move {
+                kube_peering::info(&client, &names(&target.namespace), endpoint.as_deref()).await
+            }),
         }
+        .map(|text| print!("{text}")),
         Command::Peer {
-            action: PeerAction::Add { config, info },
-        } => peering::add(&config, &info).map(|summary| {
-            println!("{summary}; send the gateway SIGHUP (or restart it) to apply");
-        }),
+            action: PeerAction::Add { target, info },
+        } => match target.config {
+            Some(config) => peering::add(&config, &info).map(|summary| {
+                println!("{summary}; send the gateway SIGHUP (or restart it) to apply");
+            }),
+            None => peering::read_info(&info).and_then(|info| {
+                with_cluster(|client| async move {
+                    kube_peering::add(&client, &names(&target.namespace), &info).await
+                })
+                .map(|summary| println!("{summary}; the gateway applies it live"))
+            }),
+        },
         Command::Peer {
-            action: PeerAction::Remove { config, cluster_id },
-        } => peering::remove(&config, &cluster_id).map(|()| {
-            println!(
-                "removed peer {cluster_id:?}; send the gateway SIGHUP (or restart it) to apply"
-            );
-        }),
+            action: PeerAction::Remove { target, cluster_id },
+        } => match target.config {
+            Some(config) => peering::remove(&config, &cluster_id).map(|()| {
+                println!(
+                    "removed peer {cluster_id:?}; send the gateway SIGHUP (or restart it) to apply"
+                );
+            }),
+            None => with_cluster(|client| {
+                let id = cluster_id.clone();
+                async move { kube_peering::remove(&client, &names(&target.namespace), &id).await }
+            })
+            .map(|()| {
+                println!(
+                    "removed TunnelEndpoint {cluster_id:?}; the gateway removes the peer first"
+                )
+            }),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +160,33 @@ fn main() -> ExitCode {
     }
 }
 
+fn names(namespace: &str) -> kube_peering::Names {
+    kube_peering::Names {
+        namespace: namespace.to_string(),
+        ..kube_peering::Names::default()
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Runs `f` with a client for the current kubeconfig context (or in-cluster configuration).
+fn with_cluster<T, F>(f: impl FnOnce(kube::Client) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    tokio_runtime()?.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("no Kubernetes API configuration (kubeconfig or in-cluster)")?;
+        f(client).await
+    })
+}
+
 fn pubkey() -> anyhow::Result<()> {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
@@ -113,21 +195,6 @@ fn pubkey() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("stdin does not hold a private key: {e}"))?;
     println!("{}", keys::public_of(&private).to_base64());
     Ok(())
-}
-
-fn log_remapping(peers: &[liqonet_gateway::engine::PeerSpec]) {
-    for p in peers {
-        for n in p.networks.iter().filter(|n| n.cidr != n.remapped) {
-            tracing::info!(peer = %p.name, cidr = %n.cidr, remapped = %n.remapped, "home pods reach {} as {}", n.cidr, n.remapped);
-        }
-    }
-}
-
-fn routed_networks(peers: &[liqonet_gateway::engine::PeerSpec]) -> Vec<liqonet_proto::Cidr> {
-    peers
-        .iter()
-        .flat_map(|p| p.networks.iter().map(|n| n.remapped))
-        .collect()
 }
 
 /// SIGHUP: the peers of the config file, applied live (other peers' sessions go on). Settings
@@ -168,7 +235,7 @@ fn reload(
     }
 }
 
-fn run(path: PathBuf) -> anyhow::Result<()> {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -177,6 +244,10 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    init_logging();
 
     let settings::Settings {
         config,
@@ -205,40 +276,16 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         reload: reload_rx,
     };
 
-    let (dev, tun_offload) = tun::create(&config.interface, config.mtu, config.offload)
-        .with_context(|| format!("cannot create TUN device {:?}", config.interface))?;
-    let mut routes = Routes::new(dev.if_index()?)?;
-    let result = (|| -> anyhow::Result<()> {
-        for address in &config.interface_addresses {
-            routes.add_address(*address)?;
-        }
-        routes.sync(&networks)?;
-        let sockets = Sockets::bind(config.listen_port, config.offload)?;
-        let metrics = match config.metrics_address {
-            Some(addr) => Some(metrics_http::spawn(addr.0)?),
-            None => None,
-        };
-        tracing::info!(
-            interface = %config.interface,
-            port = config.listen_port,
-            mtu = config.mtu,
-            "tunnel up"
-        );
-        while event_loop::run(
-            &mut engine,
-            &dev,
-            tun_offload,
-            &sockets,
-            &mut signals,
-            metrics.as_ref(),
-        )? == event_loop::Exit::Reload
-        {
-            reload(&path, &config, &mut engine, &mut routes, &mut networks);
-        }
-        Ok(())
-    })();
-    routes.remove_all();
-    drop(dev);
-    tracing::info!("routes and TUN device removed");
-    result
+    let metrics = match config.metrics_address {
+        Some(addr) => Some(metrics_http::spawn(addr.0)?),
+        None => None,
+    };
+    serve(
+        &config,
+        &mut engine,
+        &networks.clone(),
+        &mut signals,
+        metrics.as_ref(),
+        |engine, routes| reload(&path, &config, engine, routes, &mut networks),
+    )
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
-use liqonet_proto::config::{Endpoint, GatewayConfig};
+use liqonet_proto::config::{Endpoint, GatewayConfig, PeerConfig};
 use liqonet_proto::peering::PeeringInfo;
 use serde_yaml::{Mapping, Value};
 
@@ -29,30 +29,33 @@ pub fn info(config_path: &Path, endpoint: Option<&str>) -> anyhow::Result<String
     if config.local_networks.is_empty() {
         bail!("localNetworks is empty: the cluster would export nothing");
     }
-    let info = PeeringInfo::of(&config, public_of(&private), endpoint);
+    render(&PeeringInfo::of(&config, public_of(&private), endpoint))
+}
+
+/// Peering information as the YAML `peer add` reads, with a comment saying whose it is.
+pub fn render(info: &PeeringInfo) -> anyhow::Result<String> {
     let mut text = format!(
         "# liqonet peering information of cluster {:?}\n",
-        config.cluster_id
+        info.cluster_id
     );
     if info.endpoint.is_none() {
         text += "# (no endpoint: the other cluster will only answer; pass --endpoint HOST:PORT)\n";
     }
-    text += &serde_yaml::to_string(&info)?;
+    text += &serde_yaml::to_string(info)?;
     Ok(text)
 }
 
-/// Adds the cluster described in `info_path` as a peer; returns what was added, in words.
-pub fn add(config_path: &Path, info_path: &Path) -> anyhow::Result<String> {
-    let (text, config) = load(config_path)?;
-    let own = public_of(&read_private_key(config_path, &config).map_err(|e| anyhow!("{e}"))?);
-    let info_text = std::fs::read_to_string(info_path)
-        .with_context(|| format!("cannot read {}", info_path.display()))?;
-    let info = PeeringInfo::from_yaml(&info_text)
-        .map_err(|e| anyhow!("{} is not peering information:\n{e}", info_path.display()))?;
-    let peer = info
-        .as_peer_of(&config, &own)
-        .map_err(|e| anyhow!("cannot add cluster {:?}: {e}", info.cluster_id))?;
-    let summary: Vec<String> = peer
+/// Reads a file of peering information.
+pub fn read_info(path: &Path) -> anyhow::Result<PeeringInfo> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    PeeringInfo::from_yaml(&text)
+        .map_err(|e| anyhow!("{} is not peering information:\n{e}", path.display()))
+}
+
+/// In words, what adding `peer` does.
+pub fn describe(peer: &PeerConfig) -> String {
+    let nets: Vec<String> = peer
         .networks
         .iter()
         .map(|n| match n.remapped {
@@ -60,7 +63,18 @@ pub fn add(config_path: &Path, info_path: &Path) -> anyhow::Result<String> {
             None => n.cidr.to_string(),
         })
         .collect();
-    let summary = format!("added peer {:?}: {}", peer.cluster_id, summary.join(", "));
+    format!("added peer {:?}: {}", peer.cluster_id, nets.join(", "))
+}
+
+/// Adds the cluster described in `info_path` as a peer; returns what was added, in words.
+pub fn add(config_path: &Path, info_path: &Path) -> anyhow::Result<String> {
+    let (text, config) = load(config_path)?;
+    let own = public_of(&read_private_key(config_path, &config).map_err(|e| anyhow!("{e}"))?);
+    let info = read_info(info_path)?;
+    let peer = info
+        .as_peer_of(&config, &own)
+        .map_err(|e| anyhow!("cannot add cluster {:?}: {e}", info.cluster_id))?;
+    let summary = describe(&peer);
     edit(config_path, &text, |doc| {
         let peers = doc
             .entry(Value::from("peers"))

@@ -1,7 +1,7 @@
 //! Loads a standalone config file into what the gateway runs on: the validated config, the
 //! private key, and peers with resolved endpoints. Errors name the field and value.
 
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use liqonet_proto::config::{ConfigError, ConfigErrors, Endpoint, GatewayConfig};
@@ -82,6 +82,17 @@ fn write_state(path: &Path, state: &IpamState) -> Result<(), LoadError> {
     .map_err(|e| err(e.to_string()))
 }
 
+/// An endpoint's socket address, looking a host name up (blocking).
+pub fn resolve_endpoint(endpoint: &Endpoint) -> Result<SocketAddr, String> {
+    match endpoint {
+        Endpoint::Addr(a) => Ok(*a),
+        Endpoint::Host(host, port) => match (host.as_str(), *port).to_socket_addrs() {
+            Ok(mut a) => a.next().ok_or_else(|| format!("{host:?} has no address")),
+            Err(e) => Err(format!("cannot resolve {host:?}: {e}")),
+        },
+    }
+}
+
 pub fn load(path: &Path) -> Result<Settings, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.to_owned(),
@@ -105,30 +116,11 @@ pub fn load(path: &Path) -> Result<Settings, LoadError> {
 
     let mut peers = Vec::with_capacity(config.peers.len());
     for (i, p) in config.peers.iter().enumerate() {
-        let endpoint = match &p.endpoint {
-            None => None,
-            Some(Endpoint::Addr(a)) => Some(*a),
-            Some(Endpoint::Host(host, port)) => {
-                match (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map(|mut a| a.next())
-                {
-                    Ok(Some(a)) => Some(a),
-                    Ok(None) => {
-                        err(
-                            format!("peers[{i}].endpoint"),
-                            format!("{host:?} has no address"),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        err(
-                            format!("peers[{i}].endpoint"),
-                            format!("cannot resolve {host:?}: {e}"),
-                        );
-                        None
-                    }
-                }
+        let endpoint = match p.endpoint.as_ref().map(resolve_endpoint).transpose() {
+            Ok(e) => e,
+            Err(m) => {
+                err(format!("peers[{i}].endpoint"), m);
+                None
             }
         };
         let networks = p

@@ -13,6 +13,7 @@ pub mod ipam;
 pub mod key;
 pub mod peering;
 pub mod prefix_table;
+pub mod rbac;
 
 pub use cidr::Cidr;
 pub use key::Key;

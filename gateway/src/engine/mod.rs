@@ -58,6 +58,17 @@ pub struct Engine {
     buf: Box<[u8]>,
 }
 
+/// One peer's session and traffic, for status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    pub name: String,
+    /// Age of the current session; `None` while no handshake has completed (or it expired).
+    pub last_handshake_age: Option<std::time::Duration>,
+    pub endpoint: Option<SocketAddr>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
 /// What [`Engine::apply_peers`] changed, by peer name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PeerChanges {
@@ -371,6 +382,21 @@ impl Engine {
             .iter()
             .flatten()
             .any(|p| p.spec.name == name && p.tunn.stats().0.is_some())
+    }
+
+    /// Session state and traffic of every peer, into `out` (cleared first).
+    pub fn peer_stats(&self, out: &mut Vec<PeerStats>) {
+        out.clear();
+        out.extend(self.peers.iter().flatten().map(|p| {
+            let (age, tx, rx, _, _) = p.tunn.stats();
+            PeerStats {
+                name: p.spec.name.clone(),
+                last_handshake_age: age,
+                endpoint: p.endpoint,
+                rx_bytes: rx as u64,
+                tx_bytes: tx as u64,
+            }
+        }));
     }
 
     /// Prometheus text exposition of peer state and drop counters.

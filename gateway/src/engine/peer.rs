@@ -14,7 +14,7 @@ pub struct Network {
 }
 
 /// What the engine needs to know about a peer, resolved from the config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
     pub name: String,
     pub public_key: Key,

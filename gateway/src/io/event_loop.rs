@@ -244,6 +244,7 @@ fn publish(engine: &Engine, shell: &Shell<'_>, snapshot: &Snapshot) {
         shell.to_tun.errors
     );
     if let Ok(mut s) = snapshot.lock() {
-        *s = text;
+        s.metrics = text;
+        engine.peer_stats(&mut s.peers);
     }
 }

@@ -1,4 +1,6 @@
-//! A minimal HTTP endpoint: `/metrics` (Prometheus text) and `/healthz`.
+//! A minimal HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers) and
+//! `/readyz` (this replica carries the tunnel: in Kubernetes mode only the leader is ready, so the
+//! gateway Service sends the foreign clusters' datagrams to it alone).
 //!
 //! The event loop publishes a fresh snapshot every second; this thread only serves the latest
 //! one, so scrapes never touch the data path.
@@ -8,7 +10,19 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub type Snapshot = Arc<Mutex<String>>;
+use crate::engine::PeerStats;
+
+/// What the event loop publishes for readers outside the data path.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Prometheus text.
+    pub metrics: String,
+    pub peers: Vec<PeerStats>,
+    /// The tunnel is up on this replica.
+    pub ready: bool,
+}
+
+pub type Snapshot = Arc<Mutex<Published>>;
 
 pub fn spawn(addr: SocketAddr) -> std::io::Result<Snapshot> {
     let listener = TcpListener::bind(addr)
@@ -24,7 +38,7 @@ pub fn spawn(addr: SocketAddr) -> std::io::Result<Snapshot> {
                 }
             }
         })?;
-    tracing::info!(%addr, "serving /metrics and /healthz");
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(snapshot)
 }
 
@@ -36,9 +50,19 @@ fn serve(conn: TcpStream, snapshot: &Snapshot) -> std::io::Result<()> {
     let (status, body) = match path {
         "/metrics" => (
             "200 OK",
-            snapshot.lock().map(|s| s.clone()).unwrap_or_default(),
+            snapshot
+                .lock()
+                .map(|s| s.metrics.clone())
+                .unwrap_or_default(),
         ),
         "/healthz" => ("200 OK", "ok\n".to_string()),
+        "/readyz" => match snapshot.lock().map(|s| s.ready) {
+            Ok(true) => ("200 OK", "ready\n".to_string()),
+            _ => (
+                "503 Service Unavailable",
+                "not carrying the tunnel\n".to_string(),
+            ),
+        },
         _ => ("404 Not Found", "not found\n".to_string()),
     };
     let mut conn = conn;

@@ -4,6 +4,7 @@ pub mod batch;
 pub mod event_loop;
 pub mod metrics_http;
 pub mod routes;
+pub mod serve;
 pub mod tun;
 pub mod udp;
 

@@ -1,0 +1,140 @@
+//! Kubernetes mode (`liqonet-gateway run --kubernetes`): peers are TunnelEndpoints, the key pair
+//! is a Secret, and a Lease elects which replica carries the tunnel.
+//!
+//! - [`settings`]: local settings from flags and environment variables.
+//! - [`key_secret`]: the key pair's Secret, created on first start.
+//! - [`lease`]: leader election (decision logic unit-tested with controlled time).
+//! - [`plan`], [`status`]: pure: endpoints → peers, and what each status says and when.
+//! - [`controller`]: the kube-runtime controller that applies them, run by the leader.
+//! - [`dataplane`]: the leader's tunnel thread.
+//! - [`peering`]: `peering-info` and `peer add/remove` against the cluster.
+
+pub mod controller;
+pub mod dataplane;
+pub mod key_secret;
+pub mod lease;
+pub mod peering;
+pub mod plan;
+pub mod settings;
+pub mod status;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use liqonet_proto::crd::{GatewayStatus, TunnelEndpoint};
+use tokio::sync::watch;
+
+use crate::io::metrics_http;
+use dataplane::Dataplane;
+use lease::Elector;
+pub use settings::KubeSettings;
+
+/// Completes once `flag` is true.
+async fn raised(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
+}
+
+enum Why {
+    Lost,
+    Stop,
+    Ended,
+}
+
+/// Runs the gateway in Kubernetes mode until SIGTERM or SIGINT.
+pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
+    let local = settings
+        .to_config()
+        .map_err(|e| anyhow::anyhow!("invalid settings:\n{e}"))?;
+    let (pod, node_name, node_ip) = settings
+        .identity()
+        .map_err(|e| anyhow::anyhow!("invalid settings:\n{e}"))?;
+    let timings = settings
+        .timings()
+        .map_err(|e| anyhow::anyhow!("invalid settings:\n{e}"))?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes API configuration (in-cluster or kubeconfig)")?;
+    let ns = settings
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let snapshot = metrics_http::spawn(settings.health_address)?;
+    let key =
+        key_secret::load_or_create(&Api::namespaced(client.clone(), &ns), &settings.keys_secret)
+            .await?;
+
+    let (stop_tx, stop) = watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let signals = tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received, shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let (leader_tx, mut leader) = watch::channel(false);
+    let (quit_tx, quit) = watch::channel(false);
+    tracing::info!(cluster = %local.cluster_id, namespace = %ns, identity = %pod, lease = %settings.lease, "campaigning for the lease");
+    let campaign = tokio::spawn(lease::campaign(
+        Api::<Lease>::namespaced(client.clone(), &ns),
+        settings.lease.clone(),
+        Elector::new(pod, timings),
+        leader_tx,
+        raised(quit),
+    ));
+    let gateway = GatewayStatus { node_name, node_ip };
+    let endpoints = Api::<TunnelEndpoint>::namespaced(client.clone(), &ns);
+    let result = loop {
+        tokio::select! {
+            r = leader.wait_for(|l| *l) => if r.is_err() { break Ok(()) },
+            () = raised(stop.clone()) => break Ok(()),
+        }
+        tracing::info!("leading: bringing the tunnel up");
+        let (dp, ended) = match Dataplane::start(local.clone(), &key, snapshot.clone()) {
+            Ok(d) => d,
+            Err(e) => break Err(e),
+        };
+        let dp = Arc::new(dp);
+        let (halt_tx, halt) = watch::channel(false);
+        let controller = tokio::spawn(controller::run(
+            endpoints.clone(),
+            local.clone(),
+            dp.clone(),
+            gateway.clone(),
+            settings.status_interval,
+            raised(halt),
+        ));
+        let why = tokio::select! {
+            _ = leader.wait_for(|l| !*l) => Why::Lost,
+            () = raised(stop.clone()) => Why::Stop,
+            _ = ended => Why::Ended,
+        };
+        let _ = halt_tx.send(true);
+        let _ = controller.await;
+        let stopped = dp.stop();
+        match why {
+            Why::Lost => {
+                tracing::warn!("lost the lease: tunnel down, following");
+                if let Err(e) = stopped {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            Why::Stop => break stopped,
+            Why::Ended => {
+                break Err(stopped
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("the data plane stopped")))
+            }
+        }
+    };
+    signals.abort();
+    // The campaign releases the lease (if held) so that a follower takes over at once.
+    let _ = quit_tx.send(true);
+    let _ = campaign.await;
+    result
+}
