@@ -4,8 +4,12 @@
 //! - [`desired`]: what a node needs, computed from the config alone (no I/O).
 //! - [`netlink`]: reading and changing the kernel's routes, rules, VXLAN device and FDB.
 //! - [`reconcile`]: the difference between the two, applied idempotently.
+//! - [`agent_loop`]: when to reconcile, whatever the configuration comes from.
+//! - [`kubernetes`]: the configuration derived from TunnelEndpoints and Nodes.
 
+pub mod agent_loop;
 pub mod desired;
+pub mod kubernetes;
 pub mod netlink;
 pub mod reconcile;
 

@@ -1,18 +1,20 @@
-//! `liqonet-route-agent run --config FILE`: reconcile this node's routes to the gateway node at
-//! start, within a second of a config change, and periodically; remove them on SIGTERM.
+//! `liqonet-route-agent run`: reconcile this node's routes to the gateway node at start, at once
+//! when the configuration changes, and periodically; remove them on SIGTERM. The configuration
+//! is a standalone file (`--config`, looked at every second) or derived from the cluster
+//! (`--kubernetes`: TunnelEndpoints and Nodes, watched).
 
-use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use liqonet_proto::agent::AgentConfig;
-use liqonet_route_agent::desired::desired;
+use liqonet_route_agent::agent_loop::{self, owned, Source, Update};
+use liqonet_route_agent::kubernetes::{self, KubeArgs};
 use liqonet_route_agent::netlink::Netlink;
-use liqonet_route_agent::reconcile::{cleanup, reconcile, Owned};
+use liqonet_route_agent::reconcile::Owned;
 
 #[derive(Parser)]
 #[command(
@@ -27,10 +29,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run from a standalone config file.
+    /// Run from a standalone config file, or in Kubernetes mode.
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "kubernetes"])))]
     Run {
         #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Derive the configuration from TunnelEndpoints and Nodes.
+        #[arg(long)]
+        kubernetes: bool,
+        #[command(flatten)]
+        kube: KubeArgs,
         /// Leave routes, rules and the overlay device in place on exit (for a hitless restart).
         #[arg(long)]
         keep_on_exit: bool,
@@ -40,7 +48,9 @@ enum Command {
 fn main() -> ExitCode {
     let Command::Run {
         config,
+        kube,
         keep_on_exit,
+        ..
     } = Cli::parse().command;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -50,7 +60,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(&config, keep_on_exit) {
+    let result = match config {
+        Some(path) => run_file(&path, keep_on_exit),
+        None => run_kubernetes(kube, keep_on_exit),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("liqonet-route-agent: {e:#}");
@@ -66,107 +80,81 @@ fn load(path: &Path) -> anyhow::Result<AgentConfig> {
         .map_err(|e| anyhow::anyhow!("invalid configuration: {}:\n{e}", path.display()))
 }
 
-fn owned(c: &AgentConfig) -> Owned {
-    Owned {
-        table: c.table,
-        priority: c.rule_priority,
-        device: c.vxlan.device.clone(),
-    }
-}
-
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn run(path: &Path, keep_on_exit: bool) -> anyhow::Result<()> {
-    let mut config = load(path)?;
-    let nl = Netlink::new()?;
-    let (mut signals, tx) = UnixStream::pair()?;
+/// The standalone file, reloaded when its modification time changes.
+struct FileSource {
+    path: PathBuf,
+    mtime: Option<SystemTime>,
+}
+
+impl Source for FileSource {
+    fn poll(&mut self) -> Option<Update> {
+        let now = modified(&self.path);
+        if now == self.mtime {
+            return None;
+        }
+        self.mtime = now;
+        Some(match load(&self.path) {
+            Ok(c) => Update::Config(Some(c)),
+            Err(e) => Update::Invalid(format!("{e:#}")),
+        })
+    }
+}
+
+fn stop_pipe() -> anyhow::Result<UnixStream> {
+    let (stop, tx) = UnixStream::pair()?;
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
     }
-    // The loop wakes at least once a second to look at the config file.
-    signals.set_read_timeout(Some(Duration::from_secs(1)))?;
-    tracing::info!(node = %config.node_name, gateway = %config.gateway_node, mode = ?config.mode, table = config.table, "route agent starting");
+    Ok(stop)
+}
 
-    let mut mtime = modified(path);
-    let mut due = Instant::now();
-    let mut last_error: Option<String> = None;
-    let mut retry = Duration::from_secs(1);
-    let mut first = true;
-    loop {
-        let now_mtime = modified(path);
-        if now_mtime != mtime {
-            mtime = now_mtime;
-            match load(path) {
-                Ok(new) => {
-                    let (old, new_owned) = (owned(&config), owned(&new));
-                    if old != new_owned {
-                        // The agent's marks changed: what it owned under the old ones goes first.
-                        if let Err(e) = cleanup(&nl, &old) {
-                            tracing::warn!(
-                                "cannot clean up the previous table/rules/device: {e:#}"
-                            );
-                        }
-                    }
-                    config = new;
-                    tracing::info!("configuration reloaded");
-                    due = Instant::now();
-                }
-                Err(e) => tracing::error!("{e:#}; keeping the previous configuration"),
-            }
-        }
-        if Instant::now() >= due {
-            let period = Duration::from_secs(u64::from(config.reconcile_seconds));
-            match reconcile(&nl, &desired(&config), &owned(&config)) {
-                Ok(ch) => {
-                    if ch.any() || first {
-                        tracing::info!(
-                            added = ch.added,
-                            removed = ch.removed,
-                            "reconciled: in sync"
-                        );
-                    }
-                    first = false;
-                    if last_error.take().is_some() {
-                        tracing::info!("reconciliation succeeds again");
-                    }
-                    retry = Duration::from_secs(1);
-                    due = Instant::now() + period;
-                }
-                Err(e) => {
-                    // Say each distinct problem once, then retry quietly with a growing delay.
-                    let msg = format!("{e:#}");
-                    if last_error.as_deref() != Some(&msg) {
-                        tracing::warn!("reconciliation failed, will retry: {msg}");
-                    }
-                    last_error = Some(msg);
-                    due = Instant::now() + retry;
-                    retry = (retry * 2).min(period);
-                }
-            }
-        }
-        match signals.read(&mut [0u8; 16]) {
-            Ok(_) => break,
-            // Timed out: time to look at the file again. Interrupted: the signal's byte follows.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if keep_on_exit {
-        tracing::info!("exiting; routes, rules and overlay device kept");
-    } else {
-        let ch = cleanup(&nl, &owned(&config))?;
-        tracing::info!(
-            removed = ch.removed,
-            "exiting; routes, rules and overlay device removed"
-        );
-    }
-    Ok(())
+fn run_file(path: &Path, keep_on_exit: bool) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let nl = Netlink::new()?;
+    let stop = stop_pipe()?;
+    tracing::info!(node = %config.node_name, gateway = %config.gateway_node, mode = ?config.mode, table = config.table, "route agent starting");
+    let mut source = FileSource {
+        path: path.to_owned(),
+        mtime: modified(path),
+    };
+    let marks = owned(&config);
+    agent_loop::run(
+        &nl,
+        Some(config),
+        marks,
+        &mut source,
+        &stop,
+        None,
+        keep_on_exit,
+    )
+}
+
+fn run_kubernetes(args: KubeArgs, keep_on_exit: bool) -> anyhow::Result<()> {
+    let node = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--node-name (LIQONET_NODE_NAME) is required in Kubernetes mode (the manifests set it from the downward API)"))?;
+    let nl = Netlink::new()?;
+    let stop = stop_pipe()?;
+    let marks = Owned {
+        table: args.table,
+        priority: args.rule_priority,
+        device: args.vxlan_device.clone(),
+    };
+    tracing::info!(node = %node, namespace = %args.namespace, mode = ?args.mode, table = args.table, "route agent starting (Kubernetes)");
+    let (mut source, wake) = kubernetes::spawn(args, node)?;
+    agent_loop::run(
+        &nl,
+        None,
+        marks,
+        &mut source,
+        &stop,
+        Some(&wake),
+        keep_on_exit,
+    )
 }

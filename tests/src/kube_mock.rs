@@ -29,10 +29,15 @@ pub struct Call {
 
 impl Call {
     pub fn reply(self, status: u16, body: Value) {
+        self.reply_raw(status, body.to_string());
+    }
+
+    /// Answers with a body as it is (a watch's newline-separated events).
+    pub fn reply_raw(self, status: u16, body: String) {
         let response = Response::builder()
             .status(status)
             .header("content-type", "application/json")
-            .body(Body::from(body.to_string().into_bytes()))
+            .body(Body::from(body.into_bytes()))
             .expect("a valid response");
         self.respond.send_response(response);
     }

@@ -1,0 +1,449 @@
+//! Kubernetes mode (`liqonet-route-agent run --kubernetes`, a DaemonSet): the configuration the
+//! standalone file would hold is derived from the cluster. TunnelEndpoints give the remote
+//! (remapped) networks and the active gateway node (their status, written by the leader);
+//! Nodes give every node's address and pod CIDRs (for the overlay's return routes). When the
+//! gateway moves, the next status write re-points every node.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Resource};
+use liqonet_proto::agent::{
+    AgentConfig, Mode, NodeConfig, VxlanConfig, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, DEFAULT_VNI,
+    DEFAULT_VXLAN_DEVICE, DEFAULT_VXLAN_MTU, DEFAULT_VXLAN_PORT,
+};
+use liqonet_proto::config::Parsed;
+use liqonet_proto::crd::{Phase, TunnelEndpoint};
+use liqonet_proto::Cidr;
+
+use crate::agent_loop::{Source, Update};
+
+#[derive(Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// This node (downward API `spec.nodeName`).
+    #[arg(long, env = "LIQONET_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Namespace of the TunnelEndpoints (the gateway's).
+    #[arg(long, env = "LIQONET_NAMESPACE", default_value = "liqonet")]
+    pub namespace: String,
+    /// `vxlan` (works across subnets) or `direct` (nodes share a link).
+    #[arg(long, env = "LIQONET_AGENT_MODE", default_value = "vxlan", value_parser = parse_mode)]
+    pub mode: Mode,
+    #[arg(long, env = "LIQONET_TABLE", default_value_t = DEFAULT_TABLE)]
+    pub table: u32,
+    #[arg(long, env = "LIQONET_RULE_PRIORITY", default_value_t = DEFAULT_RULE_PRIORITY)]
+    pub rule_priority: u32,
+    #[arg(long, env = "LIQONET_VXLAN_DEVICE", default_value = DEFAULT_VXLAN_DEVICE)]
+    pub vxlan_device: String,
+    #[arg(long, env = "LIQONET_VXLAN_VNI", default_value_t = DEFAULT_VNI)]
+    pub vxlan_vni: u32,
+    #[arg(long, env = "LIQONET_VXLAN_PORT", default_value_t = DEFAULT_VXLAN_PORT)]
+    pub vxlan_port: u16,
+    #[arg(long, env = "LIQONET_VXLAN_MTU", default_value_t = DEFAULT_VXLAN_MTU)]
+    pub vxlan_mtu: u16,
+    #[arg(long, env = "LIQONET_OVERLAY_CIDR")]
+    pub overlay_cidr: Option<Cidr>,
+    #[arg(long, env = "LIQONET_OVERLAY_CIDR6")]
+    pub overlay_cidr6: Option<Cidr>,
+    #[arg(long, env = "LIQONET_RECONCILE_SECONDS", default_value_t = 10)]
+    pub reconcile_seconds: u32,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "vxlan" => Ok(Mode::Vxlan),
+        "direct" => Ok(Mode::Direct),
+        _ => Err(format!("{s:?} is not a mode (vxlan or direct)")),
+    }
+}
+
+/// The gateway node most endpoints name (they agree except for a moment after a failover, while
+/// the new leader rewrites them; ties go to the first name), and the networks it carries.
+fn gateway_and_networks(endpoints: &[Arc<TunnelEndpoint>]) -> Option<(String, Vec<Cidr>)> {
+    let carried: Vec<(&str, &[liqonet_proto::crd::NetworkStatus])> = endpoints
+        .iter()
+        .filter(|t| t.meta().deletion_timestamp.is_none())
+        .filter_map(|t| {
+            let s = t.status.as_ref()?;
+            let usable = matches!(s.phase, Some(Phase::Connected | Phase::Connecting));
+            let gw = s.gateway.as_ref()?;
+            usable.then_some((gw.node_name.as_str(), s.networks.as_slice()))
+        })
+        .collect();
+    let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+    for (gw, _) in &carried {
+        *votes.entry(gw).or_default() += 1;
+    }
+    let gateway = votes
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?
+        .0
+        .to_string();
+    let mut networks: Vec<Cidr> = carried
+        .iter()
+        .filter(|(gw, _)| *gw == gateway)
+        .flat_map(|(_, nets)| nets.iter().map(|n| n.remapped))
+        .collect();
+    networks.sort();
+    networks.dedup();
+    Some((gateway, networks))
+}
+
+/// A Node as the agent needs it: its InternalIPs and pod CIDRs. `None` (with why) for a node
+/// that cannot take part yet (no IPv4 address or no pod CIDR).
+fn node_config(node: &Node) -> Result<NodeConfig, String> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let addrs = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let internal: Vec<IpAddr> = addrs
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    let spec = node.spec.clone().unwrap_or_default();
+    let cidrs: Vec<Cidr> = spec
+        .pod_cidrs
+        .unwrap_or_default()
+        .into_iter()
+        .chain(spec.pod_cidr)
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let ip = internal.iter().find_map(|a| match a {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let ip6 = internal.iter().find_map(|a| match a {
+        IpAddr::V6(v6) => Some(Parsed(*v6)),
+        IpAddr::V4(_) => None,
+    });
+    let pod_cidr = cidrs.iter().find(|c| c.is_ipv4()).copied();
+    let pod_cidr6 = cidrs.iter().find(|c| !c.is_ipv4()).copied();
+    match (ip, pod_cidr) {
+        (Some(ip), Some(pod_cidr)) => Ok(NodeConfig {
+            name,
+            ip: Parsed(ip),
+            pod_cidr,
+            ip6,
+            pod_cidr6,
+        }),
+        (None, _) => Err(format!("node {name:?} has no IPv4 InternalIP")),
+        (_, None) => Err(format!("node {name:?} has no IPv4 pod CIDR")),
+    }
+}
+
+/// The configuration the cluster's state amounts to for `node_name` (`None`: no gateway is
+/// carrying any network, so nothing to route). Errors are for the log; the previous
+/// configuration stays.
+pub fn config_from(
+    args: &KubeArgs,
+    node_name: &str,
+    endpoints: &[Arc<TunnelEndpoint>],
+    nodes: &[Arc<Node>],
+) -> Result<Option<AgentConfig>, String> {
+    let Some((gateway_node, remote_networks)) = gateway_and_networks(endpoints) else {
+        return Ok(None);
+    };
+    let mut configs = Vec::new();
+    let mut skipped = Vec::new();
+    for n in nodes {
+        match node_config(n) {
+            Ok(c) => configs.push(c),
+            Err(e) => skipped.push(e),
+        }
+    }
+    configs.sort_by(|a, b| a.name.cmp(&b.name));
+    let defaults = VxlanConfig::default();
+    let config = AgentConfig {
+        node_name: node_name.to_string(),
+        mode: args.mode,
+        gateway_node,
+        remote_networks,
+        nodes: configs,
+        table: args.table,
+        rule_priority: args.rule_priority,
+        vxlan: VxlanConfig {
+            device: args.vxlan_device.clone(),
+            vni: args.vxlan_vni,
+            port: args.vxlan_port,
+            mtu: args.vxlan_mtu,
+            overlay_cidr: args.overlay_cidr.unwrap_or(defaults.overlay_cidr),
+            overlay_cidr6: args.overlay_cidr6.unwrap_or(defaults.overlay_cidr6),
+        },
+        reconcile_seconds: args.reconcile_seconds,
+    };
+    match config.validate() {
+        Ok(()) => Ok(Some(config)),
+        Err(e) if skipped.is_empty() => Err(format!("the cluster's state is not routable:\n{e}")),
+        Err(e) => Err(format!(
+            "the cluster's state is not routable:\n{e}\n(skipped: {})",
+            skipped.join("; ")
+        )),
+    }
+}
+
+/// Updates from the watchers: the configuration, each time it changes.
+pub struct KubeSource {
+    rx: mpsc::Receiver<Update>,
+}
+
+impl Source for KubeSource {
+    fn poll(&mut self) -> Option<Update> {
+        // Only the newest matters.
+        self.rx.try_iter().last()
+    }
+}
+
+fn any_event<K>(
+    s: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<(), watcher::Error>> + Send + 'static
+where
+    K: Send + 'static,
+{
+    s.map(|e| e.map(|_| ()))
+}
+
+/// Watches TunnelEndpoints and Nodes and sends the configuration whenever it changes, writing
+/// a byte to `wake` so the agent loop reconciles at once.
+pub async fn watch(
+    client: kube::Client,
+    args: KubeArgs,
+    node_name: String,
+    tx: mpsc::Sender<Update>,
+    wake: UnixStream,
+) {
+    let (endpoints, ep_writer) = reflector::store::<TunnelEndpoint>();
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let ep_events = reflector::reflector(
+        ep_writer,
+        watcher(
+            Api::<TunnelEndpoint>::namespaced(client.clone(), &args.namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
+    let node_events = reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff(),
+    );
+    let events = futures::stream::select(any_event(ep_events), any_event(node_events));
+    let mut events = std::pin::pin!(events);
+    let mut last: Option<Result<Option<String>, String>> = None;
+    while let Some(event) = events.next().await {
+        if let Err(e) = event {
+            tracing::warn!("watch: {e}");
+            continue;
+        }
+        // Let a burst of events (a list, a rollout) settle before computing.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ready = |ready: Option<Result<(), _>>| matches!(ready, Some(Ok(())));
+        if !(ready(endpoints.wait_until_ready().now_or_never())
+            && ready(nodes.wait_until_ready().now_or_never()))
+        {
+            continue;
+        }
+        let update = from_stores(&args, &node_name, &endpoints, &nodes);
+        // Compare by content so that unrelated changes (a node's heartbeat) send nothing.
+        let key = match &update {
+            Update::Config(c) => Ok(c.as_ref().map(|c| format!("{c:?}"))),
+            Update::Invalid(e) => Err(e.clone()),
+        };
+        if last.as_ref() == Some(&key) {
+            continue;
+        }
+        last = Some(key);
+        if tx.send(update).is_err() {
+            return;
+        }
+        let _ = (&wake).write_all(&[1]);
+    }
+}
+
+fn from_stores(
+    args: &KubeArgs,
+    node_name: &str,
+    endpoints: &Store<TunnelEndpoint>,
+    nodes: &Store<Node>,
+) -> Update {
+    match config_from(args, node_name, &endpoints.state(), &nodes.state()) {
+        Ok(c) => Update::Config(c),
+        Err(e) => Update::Invalid(e),
+    }
+}
+
+/// The watchers on their own thread and runtime (the agent loop's netlink calls block).
+pub fn spawn(args: KubeArgs, node_name: String) -> anyhow::Result<(KubeSource, UnixStream)> {
+    let (tx, rx) = mpsc::channel();
+    let (wake_rx, wake_tx) = UnixStream::pair()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = rt.block_on(kube::Client::try_default()).map_err(|e| {
+        anyhow::anyhow!("no Kubernetes API configuration (in-cluster or kubeconfig): {e}")
+    })?;
+    std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || rt.block_on(watch(client, args, node_name, tx, wake_tx)))?;
+    Ok((KubeSource { rx }, wake_rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::desired;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: KubeArgs,
+    }
+
+    fn args(extra: &[&str]) -> KubeArgs {
+        let mut argv = vec!["agent"];
+        argv.extend(extra);
+        Wrapper::parse_from(argv).args
+    }
+
+    fn node(name: &str, ip: &str, cidrs: &[&str]) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn endpoint(
+        name: &str,
+        gateway: Option<&str>,
+        phase: &str,
+        remapped: &str,
+    ) -> Arc<TunnelEndpoint> {
+        let mut v = serde_json::json!({
+            "apiVersion": "net.liqo.io/v1alpha1", "kind": "TunnelEndpoint",
+            "metadata": {"name": name, "namespace": "liqonet"},
+            "spec": {"clusterID": name, "publicKey": liqonet_proto::Key([1; 32]).to_base64(),
+                     "networks": [{"cidr": "10.244.0.0/16", "remapped": "auto"}]},
+        });
+        if let Some(gw) = gateway {
+            v["status"] = serde_json::json!({"phase": phase, "networks": [{"cidr": "10.244.0.0/16", "remapped": remapped}],
+                "gateway": {"nodeName": gw, "nodeIP": "172.20.0.1"}});
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn nodes() -> Vec<Arc<Node>> {
+        vec![
+            node("gw", "172.20.0.1", &["10.244.1.0/24", "fd10:244:0:1::/64"]),
+            node("w1", "172.20.0.2", &["10.244.2.0/24"]),
+            node("w2", "172.20.0.3", &["10.244.3.0/24"]),
+        ]
+    }
+
+    fn routes(c: &AgentConfig) -> Vec<String> {
+        let mut r: Vec<String> = desired(c)
+            .routes
+            .iter()
+            .map(|r| format!("{} via {}", r.dst, r.via))
+            .collect();
+        r.sort();
+        r
+    }
+
+    #[test]
+    fn endpoints_and_nodes_become_the_agent_config() {
+        let a = args(&[]);
+        let eps = [endpoint("foreign", Some("gw"), "Connected", "10.0.0.0/16")];
+        let c = config_from(&a, "w1", &eps, &nodes()).unwrap().unwrap();
+        assert_eq!(c.gateway_node, "gw");
+        assert_eq!(c.remote_networks, ["10.0.0.0/16".parse().unwrap()]);
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(
+            c.nodes[0].pod_cidr6,
+            Some("fd10:244:0:1::/64".parse().unwrap())
+        );
+        let r = routes(&c);
+        assert!(r.iter().any(|r| r.contains("10.0.0.0/16")), "{r:?}");
+        // The gateway node routes return traffic to every other node's pods over the overlay.
+        let on_gw = config_from(&a, "gw", &eps, &nodes()).unwrap().unwrap();
+        let r = routes(&on_gw);
+        assert!(r.iter().any(|r| r.contains("10.244.2.0/24")), "{r:?}");
+        assert!(r.iter().any(|r| r.contains("10.244.3.0/24")), "{r:?}");
+    }
+
+    #[test]
+    fn the_routes_follow_the_gateway_when_it_moves() {
+        let a = args(&["--mode", "direct"]);
+        let before = [endpoint("foreign", Some("gw"), "Connected", "10.0.0.0/16")];
+        let after = [endpoint("foreign", Some("w2"), "Connecting", "10.0.0.0/16")];
+        let c1 = config_from(&a, "w1", &before, &nodes()).unwrap().unwrap();
+        let c2 = config_from(&a, "w1", &after, &nodes()).unwrap().unwrap();
+        assert_eq!(c2.gateway_node, "w2");
+        let (r1, r2) = (routes(&c1), routes(&c2));
+        assert!(r1.iter().any(|r| r.contains("172.20.0.1")), "{r1:?}");
+        assert!(r2.iter().any(|r| r.contains("172.20.0.3")), "{r2:?}");
+        assert_ne!(r1, r2);
+    }
+
+    #[test]
+    fn nothing_is_routed_without_a_carrying_gateway() {
+        let a = args(&[]);
+        assert!(config_from(&a, "w1", &[], &nodes()).unwrap().is_none());
+        let pending = [endpoint("foreign", None, "", "")];
+        assert!(config_from(&a, "w1", &pending, &nodes()).unwrap().is_none());
+        let broken = [endpoint("foreign", Some("gw"), "Error", "10.0.0.0/16")];
+        assert!(config_from(&a, "w1", &broken, &nodes()).unwrap().is_none());
+    }
+
+    #[test]
+    fn during_a_failover_the_majority_gateway_wins_and_networks_are_its() {
+        let a = args(&[]);
+        let eps = [
+            endpoint("b", Some("w2"), "Connected", "10.1.0.0/16"),
+            endpoint("c", Some("w2"), "Connected", "10.2.0.0/16"),
+            endpoint("d", Some("gw"), "Connected", "10.3.0.0/16"),
+        ];
+        let c = config_from(&a, "w1", &eps, &nodes()).unwrap().unwrap();
+        assert_eq!(c.gateway_node, "w2");
+        assert_eq!(c.remote_networks.len(), 2);
+    }
+
+    #[test]
+    fn a_node_not_ready_is_skipped_and_an_unknown_self_reported() {
+        let a = args(&[]);
+        let eps = [endpoint("foreign", Some("gw"), "Connected", "10.0.0.0/16")];
+        let mut ns = nodes();
+        ns.push(Arc::new(
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "new"}})).unwrap(),
+        ));
+        assert_eq!(
+            config_from(&a, "w1", &eps, &ns)
+                .unwrap()
+                .unwrap()
+                .nodes
+                .len(),
+            3
+        );
+        let e = config_from(&a, "new", &eps, &ns).unwrap_err();
+        assert!(
+            e.contains("nodeName") && e.contains("new") && e.contains("no IPv4 InternalIP"),
+            "{e}"
+        );
+    }
+}
