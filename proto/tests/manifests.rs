@@ -1,6 +1,7 @@
-//! Every Kubernetes manifest in `deploy/` (all but the standalone configs) is valid, strictly,
-//! against the Kubernetes version the code targets (k8s-openapi's `v1_33`), checked offline
-//! with the `kubernetes-validate` PyPI package (`make deps` installs it).
+//! Every Kubernetes manifest in `deploy/` (all but the standalone configs and the kustomizations)
+//! is valid, strictly, against the Kubernetes version the code targets (k8s-openapi's `v1_33`),
+//! checked offline with the `kubernetes-validate` PyPI package (`make deps` installs it). The
+//! kustomizations list every manifest, and only existing ones.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +13,9 @@ fn manifests(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         if path.is_dir() && path.file_name().is_some_and(|n| n != "standalone") {
             manifests(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml") {
+        } else if path.extension().is_some_and(|e| e == "yaml")
+            && path.file_name().is_some_and(|n| n != "kustomization.yaml")
+        {
             out.push(path);
         }
     }
@@ -35,4 +38,42 @@ fn every_manifest_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
+}
+
+fn kustomization(path: &Path) -> serde_yaml::Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_kustomization_installs_every_manifest() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let k = kustomization(&deploy.join("kustomization.yaml"));
+    let listed: Vec<PathBuf> = k["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| deploy.join(r.as_str().unwrap()))
+        .collect();
+    for p in &listed {
+        assert!(
+            p.is_file(),
+            "kustomization.yaml lists {}, which does not exist",
+            p.display()
+        );
+    }
+    let mut files = Vec::new();
+    manifests(&deploy, &mut files);
+    for f in &files {
+        assert!(
+            listed.contains(f),
+            "{} is not in deploy/kustomization.yaml",
+            f.display()
+        );
+    }
+    // The LoadBalancer variant builds on it and patches the gateway Service, which exists.
+    let lb = kustomization(&deploy.join("loadbalancer/kustomization.yaml"));
+    assert_eq!(lb["resources"][0], "../");
+    let target = lb["patches"][0]["target"]["name"].as_str().unwrap();
+    let service = std::fs::read_to_string(deploy.join("service.yaml")).unwrap();
+    assert!(service.contains(&format!("name: {target}")));
 }

@@ -132,8 +132,14 @@ pub fn cleanup(nl: &Netlink, owned: &Owned) -> anyhow::Result<Changes> {
     reconcile(nl, &Desired::default(), owned)
 }
 
+/// Where sysctls are written: `/proc/sys`, or `LIQONET_PROC_SYS` where a container sees the
+/// host's (containers get a read-only `/proc/sys`; the DaemonSet mounts the host's elsewhere).
+fn sysctl_root() -> String {
+    std::env::var("LIQONET_PROC_SYS").unwrap_or_else(|_| "/proc/sys".into())
+}
+
 fn ensure_sysctl(key: &str, value: &str) -> anyhow::Result<()> {
-    let path = format!("/proc/sys/{key}");
+    let path = format!("{}/{key}", sysctl_root());
     let current = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     if current.trim() != value {
         std::fs::write(&path, value).with_context(|| format!("cannot set {key} to {value}"))?;
