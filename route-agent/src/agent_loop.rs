@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use liqonet_proto::agent::AgentConfig;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::desired::{desired, Desired};
+use crate::desired::desired;
 use crate::netlink::Netlink;
 use crate::reconcile::{cleanup, reconcile, Owned};
 
@@ -80,10 +80,7 @@ pub fn run(
                     .as_ref()
                     .map_or(10, |c| u64::from(c.reconcile_seconds)),
             );
-            let want = config
-                .as_ref()
-                .map(desired)
-                .unwrap_or_else(Desired::default);
+            let want = config.as_ref().map(desired).unwrap_or_default();
             match reconcile(nl, &want, &marks) {
                 Ok(ch) => {
                     if ch.any() || first {
