@@ -32,7 +32,7 @@ enum Command {
     /// Read a private key on stdin and print its public key (as `wg pubkey`).
     Pubkey,
     /// Run the gateway: from a standalone config file, or in Kubernetes mode.
-    #[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "kubernetes"])))]
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "kubernetes"])))]
     Run {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -288,4 +288,13 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         metrics.as_ref(),
         |engine, routes| reload(&path, &config, engine, routes, &mut networks),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

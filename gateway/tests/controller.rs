@@ -30,6 +30,8 @@ const TEPS: &str = "/apis/net.liqo.io/v1alpha1/namespaces/liqonet/tunnelendpoint
 struct EnginePeers {
     engine: Mutex<Engine>,
     applied: Mutex<Vec<PeerChanges>>,
+    /// Makes `apply` fail, as a data plane that stopped would.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 /// Shared between the controller's context and the test.
@@ -45,6 +47,9 @@ impl std::ops::Deref for Shared {
 
 impl Peers for Shared {
     async fn apply(&self, peers: Vec<PeerSpec>) -> Result<PeerChanges, String> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the data plane stopped".into());
+        }
         let ch = self
             .engine
             .lock()
@@ -101,6 +106,7 @@ fn fixture() -> Fixture {
     let peers = Shared(Arc::new(EnginePeers {
         engine: Mutex::new(Engine::new(&Key([9; 32]), Vec::new(), 1420).unwrap()),
         applied: Mutex::new(Vec::new()),
+        broken: Default::default(),
     }));
     let ctx = Arc::new(Context::new(
         Api::namespaced(client, "liqonet"),
@@ -334,6 +340,26 @@ async fn api_errors_requeue_with_growing_backoff() {
     task.await.unwrap().unwrap();
     let err = Error::Apply("x".into());
     assert_eq!(error_policy(obj, &err, f.ctx.clone()), requeue(500));
+}
+
+#[tokio::test]
+async fn a_data_plane_failure_is_reported_as_pending_and_retried() {
+    let mut f = fixture();
+    f.peers
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let obj = te(&endpoint("a", 1, json!([{"cidr": "10.245.0.0/16"}]), true));
+    f.store(&obj);
+    let task = f.start(obj.clone());
+    let body = answer_status(&mut f, "a").await;
+    assert_eq!(status_of(&body)["phase"], "Pending");
+    let message = status_of(&body)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("the data plane stopped"), "{message}");
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(
+        error_policy(obj, &err, f.ctx.clone()),
+        Action::requeue(Duration::from_millis(500))
+    );
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run from a standalone config file, or in Kubernetes mode.
-    #[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "kubernetes"])))]
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "kubernetes"])))]
     Run {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -157,4 +157,13 @@ fn run_kubernetes(args: KubeArgs, keep_on_exit: bool) -> anyhow::Result<()> {
         Some(&wake),
         keep_on_exit,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

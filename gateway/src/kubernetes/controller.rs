@@ -19,7 +19,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use liqonet_proto::config::GatewayConfig;
-use liqonet_proto::crd::{GatewayStatus, TunnelEndpoint};
+use liqonet_proto::crd::{GatewayStatus, Phase, TunnelEndpoint, TunnelEndpointStatus};
 
 use super::plan::{plan, FINALIZER};
 use super::status::{status_of, when_to_write, Write};
@@ -94,11 +94,15 @@ impl<P: Peers> Context<P> {
         let unchanged = self.memory().applied.as_ref() == Some(&plan.peers);
         if !unchanged {
             log_remapping(&plan.peers);
-            let changes = self
-                .peers
-                .apply(plan.peers.clone())
-                .await
-                .map_err(Error::Apply)?;
+            let changes = match self.peers.apply(plan.peers.clone()).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    if let Some(te) = target {
+                        self.report_pending(te, &e).await;
+                    }
+                    return Err(Error::Apply(e));
+                }
+            };
             tracing::info!(added = ?changes.added, updated = ?changes.updated, removed = ?changes.removed, "peers applied");
             self.memory().applied = Some(plan.peers);
         }
@@ -132,6 +136,29 @@ impl<P: Peers> Context<P> {
                 self.memory().last_write.insert(name, Instant::now());
                 Ok(requeue)
             }
+        }
+    }
+}
+
+impl<P> Context<P> {
+    /// Best effort: the endpoint is planned but the data plane did not take it.
+    async fn report_pending(&self, te: &TunnelEndpoint, error: &str) {
+        let status = TunnelEndpointStatus {
+            phase: Some(Phase::Pending),
+            message: Some(format!("not applied yet: {error}")),
+            gateway: Some(self.gateway.clone()),
+            ..te.status.clone().unwrap_or_default()
+        };
+        if te.status.as_ref() == Some(&status) {
+            return;
+        }
+        let patch = Patch::Merge(serde_json::json!({ "status": status }));
+        if let Err(e) = self
+            .api
+            .patch_status(&te.name_any(), &PatchParams::default(), &patch)
+            .await
+        {
+            tracing::debug!(endpoint = %te.name_any(), "cannot report Pending: {e}");
         }
     }
 }

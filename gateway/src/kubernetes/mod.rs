@@ -20,7 +20,6 @@ pub mod status;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use liqonet_proto::crd::{GatewayStatus, TunnelEndpoint};
@@ -44,18 +43,26 @@ enum Why {
 
 /// Runs the gateway in Kubernetes mode until SIGTERM or SIGINT.
 pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
-    let local = settings
-        .to_config()
-        .map_err(|e| anyhow::anyhow!("invalid settings:\n{e}"))?;
-    let (pod, node_name, node_ip) = settings
-        .identity()
-        .map_err(|e| anyhow::anyhow!("invalid settings:\n{e}"))?;
-    let timings = settings
-        .timings()
-        .map_err(|e| anyhow::anyhow!("invalid settings:\n{e}"))?;
-    let client = kube::Client::try_default()
-        .await
-        .context("no Kubernetes API configuration (in-cluster or kubeconfig)")?;
+    // Every problem with the settings at once, each naming its flag and variable.
+    let (local, identity, timings) = (
+        settings.to_config(),
+        settings.identity(),
+        settings.timings(),
+    );
+    let (local, (pod, node_name, node_ip), timings) = match (local, identity, timings) {
+        (Ok(l), Ok(i), Ok(t)) => (l, i, t),
+        (l, i, t) => {
+            let errs: Vec<String> = [l.err(), i.err(), t.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .collect();
+            anyhow::bail!("invalid settings:\n{}", errs.join("\n"));
+        }
+    };
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes API configuration (in-cluster or kubeconfig): {e}")
+    })?;
     let ns = settings
         .namespace
         .clone()

@@ -152,8 +152,13 @@ impl KubeSettings {
             },
             offload: self.offload,
         };
+        let missing_id = self.cluster_id.is_none();
         if let Err(ConfigErrors(e)) = config.validate() {
-            errs.extend(e.into_iter().map(|e| ConfigError {
+            // A missing cluster ID is already said; its emptiness need not be.
+            let e = e
+                .into_iter()
+                .filter(|e| !(missing_id && e.path == "clusterID"));
+            errs.extend(e.map(|e| ConfigError {
                 path: source_of(&e.path),
                 message: e.message,
             }));
