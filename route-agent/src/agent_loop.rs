@@ -62,7 +62,7 @@ pub fn run(
                 }
                 match &new {
                     Some(c) => {
-                        tracing::info!(gateway = %c.gateway_node, networks = c.remote_networks.len(), nodes = c.nodes.len(), "configuration changed")
+                        tracing::info!(gateway = %c.gateway_node, networks = c.remote_networks.len(), nodes = c.nodes.len(), "configuration reloaded")
                     }
                     None => tracing::info!("no gateway known: nothing to route"),
                 }
