@@ -420,27 +420,39 @@ async fn a_bad_key_secret_is_refused_without_showing_it() {
     assert!(!err.contains("secret-text"), "{err}");
 }
 
-#[tokio::test]
-async fn the_lease_is_created_renewed_and_released() {
-    let (client, mut server) = pair(rbac::GATEWAY, "liqonet");
-    let api: Api<Lease> = Api::namespaced(client, "liqonet");
+/// `identity` campaigning for Lease `gw` with the default timings; `quit` ends it.
+fn start_campaign(
+    identity: &str,
+) -> (
+    ApiServer,
+    tokio::sync::watch::Receiver<bool>,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (client, server) = pair(rbac::GATEWAY, "liqonet");
     let timings = Timings::new(
         Duration::from_secs(1),
         Duration::from_millis(500),
         Duration::from_millis(150),
     )
     .unwrap();
-    let (leader_tx, mut leader) = tokio::sync::watch::channel(false);
+    let (leader_tx, leader) = tokio::sync::watch::channel(false);
     let (quit_tx, mut quit) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(campaign(
-        api,
+        Api::<Lease>::namespaced(client, "liqonet"),
         "gw".into(),
-        Elector::new("pod-a".into(), timings),
+        Elector::new(identity.into(), timings),
         leader_tx,
         async move {
             let _ = quit.wait_for(|q| *q).await;
         },
     ));
+    (server, leader, quit_tx, task)
+}
+
+#[tokio::test]
+async fn the_lease_is_created_renewed_and_released() {
+    let (mut server, mut leader, quit_tx, task) = start_campaign("pod-a");
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/liqonet/leases";
     server
         .expect("GET", &format!("{PATH}/gw"))
@@ -474,25 +486,7 @@ async fn the_lease_is_created_renewed_and_released() {
 
 #[tokio::test]
 async fn a_follower_does_not_touch_a_lease_held_by_another() {
-    let (client, mut server) = pair(rbac::GATEWAY, "liqonet");
-    let api: Api<Lease> = Api::namespaced(client, "liqonet");
-    let timings = Timings::new(
-        Duration::from_secs(1),
-        Duration::from_millis(500),
-        Duration::from_millis(150),
-    )
-    .unwrap();
-    let (leader_tx, leader) = tokio::sync::watch::channel(false);
-    let (quit_tx, mut quit) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(campaign(
-        api,
-        "gw".into(),
-        Elector::new("pod-b".into(), timings),
-        leader_tx,
-        async move {
-            let _ = quit.wait_for(|q| *q).await;
-        },
-    ));
+    let (mut server, leader, quit_tx, task) = start_campaign("pod-b");
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/liqonet/leases/gw";
     for n in 0..3 {
         // The holder keeps renewing: renewTime changes every time.
