@@ -134,56 +134,68 @@ pub fn check(allowed: &[ApiCall], method: &str, path: &str, query: &str) -> Resu
 mod tests {
     use super::*;
 
-    fn c(m: &str, p: &str, q: &str) -> (String, String, String) {
-        classify(m, p, q).unwrap()
-    }
-
-    fn t(g: &str, r: &str, v: &str) -> (String, String, String) {
-        (g.into(), r.into(), v.into())
-    }
-
     #[test]
     fn requests_map_to_the_permissions_rbac_checks() {
-        assert_eq!(
-            c("GET", "/api/v1/namespaces/liqonet/secrets/keys", ""),
-            t("", "secrets", "get")
-        );
-        assert_eq!(
-            c("POST", "/api/v1/namespaces/liqonet/secrets", ""),
-            t("", "secrets", "create")
-        );
-        assert_eq!(
-            c("GET", "/api/v1/nodes", "limit=500"),
-            t("", "nodes", "list")
-        );
-        assert_eq!(
-            c("GET", "/api/v1/nodes", "watch=true&resourceVersion=5"),
-            t("", "nodes", "watch")
-        );
-        assert_eq!(
-            c(
+        let ns = "/api/v1/namespaces/liqonet";
+        let net = "/apis/net.liqo.io/v1alpha1/namespaces/liqonet";
+        let cases = [
+            (
+                "GET",
+                format!("{ns}/secrets/keys"),
+                "",
+                "",
+                "secrets",
+                "get",
+            ),
+            ("POST", format!("{ns}/secrets"), "", "", "secrets", "create"),
+            (
+                "GET",
+                "/api/v1/nodes".into(),
+                "limit=500",
+                "",
+                "nodes",
+                "list",
+            ),
+            (
+                "GET",
+                "/api/v1/nodes".into(),
+                "watch=true&resourceVersion=5",
+                "",
+                "nodes",
+                "watch",
+            ),
+            (
                 "PATCH",
-                "/apis/net.liqo.io/v1alpha1/namespaces/liqonet/tunnelendpoints/a/status",
-                ""
+                format!("{net}/tunnelendpoints/a/status"),
+                "",
+                NET,
+                "tunnelendpoints/status",
+                "patch",
             ),
-            t(NET, "tunnelendpoints/status", "patch")
-        );
-        assert_eq!(
-            c(
+            (
                 "PUT",
-                "/apis/coordination.k8s.io/v1/namespaces/liqonet/leases/gw",
-                ""
+                "/apis/coordination.k8s.io/v1/namespaces/liqonet/leases/gw".into(),
+                "",
+                COORDINATION,
+                "leases",
+                "update",
             ),
-            t(COORDINATION, "leases", "update")
-        );
-        assert_eq!(
-            c(
+            (
                 "DELETE",
-                "/apis/net.liqo.io/v1alpha1/namespaces/x/tunnelendpoints/a",
-                ""
+                format!("{net}/tunnelendpoints/a"),
+                "",
+                NET,
+                "tunnelendpoints",
+                "delete",
             ),
-            t(NET, "tunnelendpoints", "delete")
-        );
+        ];
+        for (method, path, query, group, resource, verb) in cases {
+            assert_eq!(
+                classify(method, &path, query),
+                Some((group.into(), resource.into(), verb.into())),
+                "{method} {path}?{query}"
+            );
+        }
         assert_eq!(classify("GET", "/version", ""), None);
     }
 
