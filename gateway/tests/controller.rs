@@ -519,22 +519,7 @@ async fn peer_add_and_remove_talk_to_the_cluster() {
         let (client, names, info) = (client.clone(), names.clone(), info.clone());
         async move { peering::add(&client, &names, &info).await }
     });
-    server
-        .expect(
-            "GET",
-            "/api/v1/namespaces/liqonet/configmaps/liqonet-gateway",
-        )
-        .await
-        .reply(
-            200,
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "liqonet-gateway"},
-            "data": {"LIQONET_CLUSTER_ID": "home", "LIQONET_LOCAL_NETWORKS": "10.244.0.0/16"}}),
-        );
-    server
-        .expect("GET", "/api/v1/namespaces/liqonet/secrets/liqonet-gateway-keys")
-        .await
-        .reply(200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "liqonet-gateway-keys"},
-            "data": {"privateKey": base64_encode(Key([4; 32]).to_base64().as_bytes())}}));
+    serve_local_settings(&mut server).await;
     server
         .expect("GET", TEPS)
         .await
@@ -560,6 +545,79 @@ async fn peer_add_and_remove_talk_to_the_cluster() {
         .fail(404, "NotFound");
     let err = task.await.unwrap().unwrap_err().to_string();
     assert!(err.contains("no TunnelEndpoint liqonet/nobody"), "{err}");
+}
+
+/// The ConfigMap and keys Secret `peering-info` and `peer add` read first.
+async fn serve_local_settings(server: &mut ApiServer) {
+    server
+        .expect(
+            "GET",
+            "/api/v1/namespaces/liqonet/configmaps/liqonet-gateway",
+        )
+        .await
+        .reply(
+            200,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "liqonet-gateway"},
+            "data": {"LIQONET_CLUSTER_ID": "home", "LIQONET_LOCAL_NETWORKS": "10.244.0.0/16"}}),
+        );
+    server
+        .expect("GET", "/api/v1/namespaces/liqonet/secrets/liqonet-gateway-keys")
+        .await
+        .reply(200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "liqonet-gateway-keys"},
+            "data": {"privateKey": base64_encode(Key([4; 32]).to_base64().as_bytes())}}));
+}
+
+#[tokio::test]
+async fn peering_info_finds_the_endpoint_from_the_service() {
+    let (client, mut server) = pair(rbac::PEERING_CLI, "liqonet");
+    let names = peering::Names::default();
+    let task = tokio::spawn({
+        let (client, names) = (client.clone(), names.clone());
+        async move { peering::info(&client, &names, None).await }
+    });
+    serve_local_settings(&mut server).await;
+    server
+        .expect("GET", "/api/v1/namespaces/liqonet/services/liqonet-gateway")
+        .await
+        .reply(200, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "liqonet-gateway"},
+            "spec": {"type": "NodePort", "ports": [{"port": 51840, "nodePort": 30840, "protocol": "UDP"}]}}));
+    let call = server.expect("GET", "/api/v1/nodes").await;
+    assert!(
+        call.query.contains("liqonet.liqo.io%2Fgateway%3Dtrue")
+            || call.query.contains("liqonet.liqo.io/gateway=true"),
+        "{}",
+        call.query
+    );
+    call.reply(200, json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": [
+        {"metadata": {"name": "gw"}, "status": {"addresses": [
+            {"type": "InternalIP", "address": "172.20.0.10"}, {"type": "ExternalIP", "address": "198.51.100.7"}]}}]}));
+    let text = task.await.unwrap().unwrap();
+    let info = liqonet_proto::peering::PeeringInfo::from_yaml(&text).unwrap();
+    assert_eq!(info.cluster_id, "home");
+    assert_eq!(
+        info.public_key,
+        liqonet_gateway::keys::public_of(&Key([4; 32]))
+    );
+    assert_eq!(info.endpoint.unwrap().to_string(), "198.51.100.7:30840");
+    assert_eq!(info.networks, ["10.244.0.0/16".parse().unwrap()]);
+
+    // A load balancer's address wins over the nodes.
+    let task = tokio::spawn(async move { peering::info(&client, &names, None).await });
+    serve_local_settings(&mut server).await;
+    server
+        .expect("GET", "/api/v1/namespaces/liqonet/services/liqonet-gateway")
+        .await
+        .reply(
+            200,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "liqonet-gateway"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 51840, "protocol": "UDP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "2001:db8::5"}]}}}),
+        );
+    let text = task.await.unwrap().unwrap();
+    assert!(
+        text.contains("'[2001:db8::5]:51840'") || text.contains("[2001:db8::5]:51840"),
+        "{text}"
+    );
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
