@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use liqonet_gateway::engine::Engine;
-use liqonet_gateway::io::serve::{log_remapping, routed_networks, serve};
+use liqonet_gateway::io::serve::{apply_peers, log_remapping, routed_networks, serve};
 use liqonet_gateway::io::{event_loop, metrics_http, routes::Routes};
 use liqonet_gateway::kubernetes::{self, peering as kube_peering, KubeSettings};
 use liqonet_gateway::{keys, peering, settings};
@@ -179,12 +179,7 @@ fn with_cluster<T, F>(f: impl FnOnce(kube::Client) -> F) -> anyhow::Result<T>
 where
     F: std::future::Future<Output = anyhow::Result<T>>,
 {
-    tokio_runtime()?.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("no Kubernetes API configuration (kubeconfig or in-cluster)")?;
-        f(client).await
-    })
+    tokio_runtime()?.block_on(async { f(kubernetes::client().await?).await })
 }
 
 fn pubkey() -> anyhow::Result<()> {
@@ -204,7 +199,6 @@ fn reload(
     running: &liqonet_proto::config::GatewayConfig,
     engine: &mut Engine,
     routes: &mut Routes,
-    networks: &mut Vec<liqonet_proto::Cidr>,
 ) {
     let new = match settings::load(path) {
         Ok(s) => s,
@@ -221,17 +215,11 @@ fn reload(
     {
         tracing::warn!("reload: only peers change live; the key, interface, port, MTU, offload, addresses and metrics address apply at the next start");
     }
-    log_remapping(&new.peers);
-    let wanted = routed_networks(&new.peers);
-    match engine.apply_peers(new.peers) {
+    match apply_peers(engine, routes, new.peers) {
         Ok(ch) => {
-            if let Err(e) = routes.sync(&wanted) {
-                tracing::error!("reload: {e:#}");
-            }
-            *networks = wanted;
-            tracing::info!(added = ?ch.added, updated = ?ch.updated, removed = ?ch.removed, "configuration reloaded");
+            tracing::info!(added = ?ch.added, updated = ?ch.updated, removed = ?ch.removed, "configuration reloaded")
         }
-        Err(e) => tracing::error!("reload: {e}; the running configuration stays"),
+        Err(e) => tracing::error!("reload: {e}"),
     }
 }
 
@@ -255,7 +243,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         peers,
     } = settings::load(&path).context("invalid configuration")?;
     log_remapping(&peers);
-    let mut networks = routed_networks(&peers);
+    let networks = routed_networks(&peers);
     let mut engine = Engine::new(&private_key, peers, config.mtu)?;
     tracing::info!(
         cluster = %config.cluster_id,
@@ -283,10 +271,10 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     serve(
         &config,
         &mut engine,
-        &networks.clone(),
+        &networks,
         &mut signals,
         metrics.as_ref(),
-        |engine, routes| reload(&path, &config, engine, routes, &mut networks),
+        |engine, routes| reload(&path, &config, engine, routes),
     )
 }
 

@@ -29,7 +29,7 @@ pub enum Mode {
     Vxlan,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
     pub node_name: String,
@@ -51,7 +51,7 @@ pub struct AgentConfig {
     pub reconcile_seconds: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
@@ -66,7 +66,7 @@ pub struct NodeConfig {
     pub pod_cidr6: Option<Cidr>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VxlanConfig {
     #[serde(default = "default_vxlan_device")]

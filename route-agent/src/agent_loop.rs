@@ -15,6 +15,7 @@ use crate::netlink::Netlink;
 use crate::reconcile::{cleanup, reconcile, Owned};
 
 /// What a source reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
     /// A new configuration; `None`: nothing to route (no gateway known yet).
     Config(Option<AgentConfig>),

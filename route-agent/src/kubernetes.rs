@@ -241,7 +241,7 @@ pub async fn watch(
     );
     let events = futures::stream::select(any_event(ep_events), any_event(node_events));
     let mut events = std::pin::pin!(events);
-    let mut last: Option<Result<Option<String>, String>> = None;
+    let mut last: Option<Update> = None;
     while let Some(event) = events.next().await {
         if let Err(e) = event {
             tracing::warn!("watch: {e}");
@@ -256,15 +256,11 @@ pub async fn watch(
             continue;
         }
         let update = from_stores(&args, &node_name, &endpoints, &nodes);
-        // Compare by content so that unrelated changes (a node's heartbeat) send nothing.
-        let key = match &update {
-            Update::Config(c) => Ok(c.as_ref().map(|c| format!("{c:?}"))),
-            Update::Invalid(e) => Err(e.clone()),
-        };
-        if last.as_ref() == Some(&key) {
+        // Unrelated changes (a node's heartbeat) amount to the same update: nothing to send.
+        if last.as_ref() == Some(&update) {
             continue;
         }
-        last = Some(key);
+        last = Some(update.clone());
         if tx.send(update).is_err() {
             return;
         }

@@ -12,7 +12,7 @@ use super::metrics_http::Snapshot;
 use super::routes::Routes;
 use super::tun;
 use super::udp::Sockets;
-use crate::engine::{Engine, PeerSpec};
+use crate::engine::{Engine, PeerChanges, PeerSpec};
 
 /// Runs the tunnel for `engine` with routes to `networks`. On each reload signal, `reload` may
 /// change the engine's peers and the routes; then the loop resumes.
@@ -52,6 +52,24 @@ pub fn serve(
     drop(dev);
     tracing::info!("routes and TUN device removed");
     result
+}
+
+/// Makes `peers` the engine's peers, live, and routes their networks into the TUN device: what
+/// a reload does in both modes. On an inconsistent set nothing changes.
+pub fn apply_peers(
+    engine: &mut Engine,
+    routes: &mut Routes,
+    peers: Vec<PeerSpec>,
+) -> Result<PeerChanges, String> {
+    log_remapping(&peers);
+    let wanted = routed_networks(&peers);
+    let changes = engine
+        .apply_peers(peers)
+        .map_err(|e| format!("{e}; the running peers stay"))?;
+    routes
+        .sync(&wanted)
+        .map_err(|e| format!("peers applied, but their routes are not: {e:#}"))?;
+    Ok(changes)
 }
 
 /// The prefixes routed into the TUN device: every peer network as home pods address it.

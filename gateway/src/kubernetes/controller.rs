@@ -24,7 +24,6 @@ use liqonet_proto::crd::{GatewayStatus, Phase, TunnelEndpoint, TunnelEndpointSta
 use super::plan::{plan, FINALIZER};
 use super::status::{status_of, when_to_write, Write};
 use crate::engine::{PeerChanges, PeerSpec, PeerStats};
-use crate::io::serve::log_remapping;
 
 /// Where the planned peers go: the data plane (or, in tests, a sans-IO engine).
 pub trait Peers: Send + Sync + 'static {
@@ -93,7 +92,6 @@ impl<P: Peers> Context<P> {
         let plan = plan(&self.local, &self.store.state());
         let unchanged = self.memory().applied.as_ref() == Some(&plan.peers);
         if !unchanged {
-            log_remapping(&plan.peers);
             let changes = match self.peers.apply(plan.peers.clone()).await {
                 Ok(ch) => ch,
                 Err(e) => {

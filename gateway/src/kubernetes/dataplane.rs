@@ -16,7 +16,7 @@ use super::controller::Peers;
 use crate::engine::{Engine, PeerChanges, PeerSpec, PeerStats};
 use crate::io::event_loop::Signals;
 use crate::io::metrics_http::Snapshot;
-use crate::io::serve::{routed_networks, serve};
+use crate::io::serve::{apply_peers, serve};
 
 type Reply = oneshot::Sender<Result<PeerChanges, String>>;
 
@@ -68,16 +68,7 @@ impl Dataplane {
                         let Pending { peers, replies } =
                             std::mem::take(&mut *shared.lock().unwrap_or_else(|e| e.into_inner()));
                         let Some(peers) = peers else { return };
-                        let wanted = routed_networks(&peers);
-                        let result = engine
-                            .apply_peers(peers)
-                            .map_err(|e| e.to_string())
-                            .and_then(|ch| {
-                                routes
-                                    .sync(&wanted)
-                                    .map(|()| ch)
-                                    .map_err(|e| format!("{e:#}"))
-                            });
+                        let result = apply_peers(engine, routes, peers);
                         for r in replies {
                             let _ = r.send(result.clone());
                         }

@@ -30,6 +30,13 @@ use dataplane::Dataplane;
 use lease::Elector;
 pub use settings::KubeSettings;
 
+/// A client from the in-cluster configuration or the kubeconfig, whichever is there.
+pub async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes API configuration (in-cluster or kubeconfig): {e}")
+    })
+}
+
 /// Completes once `flag` is true.
 async fn raised(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
@@ -60,9 +67,7 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
             anyhow::bail!("invalid settings:\n{}", errs.join("\n"));
         }
     };
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("no Kubernetes API configuration (in-cluster or kubeconfig): {e}")
-    })?;
+    let client = client().await?;
     let ns = settings
         .namespace
         .clone()

@@ -88,11 +88,14 @@ fn set_aside(
         let Some(i) = peer_index(&e.path) else {
             return false;
         };
-        let field = e.path.split_once('.').map_or("", |(_, f)| f);
-        let field = if field.is_empty() { "spec" } else { field };
+        // `peers[3].networks[0].cidr` is the endpoint's `spec.networks[0].cidr`.
+        let field = match e.path.split_once('.') {
+            Some((_, f)) => format!("spec.{f}"),
+            None => "spec".into(),
+        };
         bad.entry(i)
             .or_default()
-            .push(format!("spec.{field}: {}", e.message).replace("spec.spec", "spec"));
+            .push(format!("{field}: {}", e.message));
     }
     for (i, messages) in bad.iter().rev() {
         if *i < candidates.len() {

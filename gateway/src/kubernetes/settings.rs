@@ -97,6 +97,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
+/// A flag as messages name it: `--flag (LIQONET_FLAG)`.
+fn flag_and_var(flag: &str) -> String {
+    format!(
+        "--{flag} (LIQONET_{})",
+        flag.replace('-', "_").to_uppercase()
+    )
+}
+
 /// Where each settings field comes from, for messages: config path → flag and variable.
 fn source_of(path: &str) -> String {
     let field = path.split(['[', '.']).next().unwrap_or(path);
@@ -111,8 +119,7 @@ fn source_of(path: &str) -> String {
         "ipam" => "ipam-pools",
         _ => return path.to_string(),
     };
-    let var = format!("LIQONET_{}", flag.replace('-', "_").to_uppercase());
-    format!("--{flag} ({var}){}", &path[field.len()..])
+    format!("{}{}", flag_and_var(flag), &path[field.len()..])
 }
 
 impl KubeSettings {
@@ -122,9 +129,8 @@ impl KubeSettings {
         let mut errs = Vec::new();
         let mut required = |flag: &str, value: &Option<String>| -> String {
             value.clone().unwrap_or_else(|| {
-                let var = format!("LIQONET_{}", flag.replace('-', "_").to_uppercase());
                 errs.push(ConfigError {
-                    path: format!("--{flag} ({var})"),
+                    path: flag_and_var(flag),
                     message: "is required in Kubernetes mode".into(),
                 });
                 String::new()
@@ -176,9 +182,8 @@ impl KubeSettings {
         let mut get = |flag: &str, v: &Option<String>| match v {
             Some(v) if !v.is_empty() => v.clone(),
             _ => {
-                let var = format!("LIQONET_{}", flag.replace('-', "_").to_uppercase());
                 errs.push(ConfigError {
-                    path: format!("--{flag} ({var})"),
+                    path: flag_and_var(flag),
                     message: "is required in Kubernetes mode (the manifests set it from the downward API)".into(),
                 });
                 String::new()
