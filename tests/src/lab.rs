@@ -399,7 +399,7 @@ impl Lab {
                 }
                 _ => None,
             };
-            let pod = self.build_pod(
+            let pod = build_pod(
                 &ns,
                 &format!("{ns}-pod"),
                 &format!("{base}.{n}"),
@@ -463,46 +463,6 @@ impl Lab {
             private_key,
             public_key,
             interface,
-        })
-    }
-
-    /// A pod on node `node_ns` at `<base>.10` in the node's subnet `<base>.0/24`, and at `::10`
-    /// in the node's IPv6 /64 when the cluster is dual-stack.
-    fn build_pod(
-        &mut self,
-        node_ns: &str,
-        ns: &str,
-        base: &str,
-        subnet6: Option<&str>,
-    ) -> anyhow::Result<Pod> {
-        add_ns(ns)?;
-        let (node_ip, pod_ip) = (format!("{base}.1"), format!("{base}.10"));
-        sh(
-            node_ns,
-            &format!("ip link add pod0 type veth peer name eth0 netns {ns}"),
-        )?;
-        sh(node_ns, &format!("ip addr add {node_ip}/24 dev pod0"))?;
-        sh(node_ns, "ip link set pod0 up")?;
-        sh(ns, &format!("ip addr add {pod_ip}/24 dev eth0"))?;
-        sh(ns, "ip link set eth0 up")?;
-        sh(ns, &format!("ip route add default via {node_ip}"))?;
-        let ip6 = match subnet6 {
-            Some(subnet6) => {
-                let base6 = subnet6.trim_end_matches("::/64");
-                sh(
-                    node_ns,
-                    &format!("ip addr add {base6}::1/64 dev pod0 nodad"),
-                )?;
-                sh(ns, &format!("ip addr add {base6}::10/64 dev eth0 nodad"))?;
-                sh(ns, &format!("ip -6 route add default via {base6}::1"))?;
-                Some(format!("{base6}::10"))
-            }
-            None => None,
-        };
-        Ok(Pod {
-            ns: ns.to_string(),
-            ip: pod_ip,
-            ip6,
         })
     }
 
@@ -1036,10 +996,49 @@ fn check_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn add_ns(name: &str) -> anyhow::Result<()> {
+pub fn add_ns(name: &str) -> anyhow::Result<()> {
     run(&["ip", "netns", "add", name])?;
     sh(name, "ip link set lo up")?;
     Ok(())
+}
+
+/// A pod on node `node_ns` at `<base>.10` in the node's subnet `<base>.0/24`, and at `::10`
+/// in the node's IPv6 /64 when the cluster is dual-stack.
+pub fn build_pod(
+    node_ns: &str,
+    ns: &str,
+    base: &str,
+    subnet6: Option<&str>,
+) -> anyhow::Result<Pod> {
+    add_ns(ns)?;
+    let (node_ip, pod_ip) = (format!("{base}.1"), format!("{base}.10"));
+    sh(
+        node_ns,
+        &format!("ip link add pod0 type veth peer name eth0 netns {ns}"),
+    )?;
+    sh(node_ns, &format!("ip addr add {node_ip}/24 dev pod0"))?;
+    sh(node_ns, "ip link set pod0 up")?;
+    sh(ns, &format!("ip addr add {pod_ip}/24 dev eth0"))?;
+    sh(ns, "ip link set eth0 up")?;
+    sh(ns, &format!("ip route add default via {node_ip}"))?;
+    let ip6 = match subnet6 {
+        Some(subnet6) => {
+            let base6 = subnet6.trim_end_matches("::/64");
+            sh(
+                node_ns,
+                &format!("ip addr add {base6}::1/64 dev pod0 nodad"),
+            )?;
+            sh(ns, &format!("ip addr add {base6}::10/64 dev eth0 nodad"))?;
+            sh(ns, &format!("ip -6 route add default via {base6}::1"))?;
+            Some(format!("{base6}::10"))
+        }
+        None => None,
+    };
+    Ok(Pod {
+        ns: ns.to_string(),
+        ip: pod_ip,
+        ip6,
+    })
 }
 
 /// Node `n`'s IPv6 pod subnet in a cluster /56: `fd10:244::/56`, 1 → `fd10:244:0:1::/64`.
@@ -1065,7 +1064,7 @@ fn short(name: &str) -> &str {
 }
 
 /// Where the liqonet binaries are: `LIQONET_BIN_DIR`, or the cargo target dir of this executable.
-fn bin_dir() -> anyhow::Result<PathBuf> {
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("LIQONET_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }

@@ -6,6 +6,7 @@
 //! swept when the next lab starts.
 
 pub mod bad_configs;
+pub mod kube;
 pub mod kube_mock;
 pub mod lab;
 pub mod netns;

@@ -1,0 +1,655 @@
+//! Building, driving and tearing down the Kubernetes lab.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::controlplane::{ControlPlane, API_PORT};
+use super::nodeport::{GatewayNode, NodePort};
+use super::pods::{self, PodFacts};
+use crate::lab::{add_ns, build_pod, Pod};
+use crate::netns::{self, ns_output, run, sh, wait_for};
+
+/// The namespace deploy/ installs into.
+pub const NAMESPACE: &str = "liqonet";
+pub const GATEWAY_DS: &str = "liqonet-gateway";
+pub const AGENT_DS: &str = "liqonet-route-agent";
+/// Every cluster numbers its pods from this CIDR.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+const CONTROL_PLANE_IP: &str = "172.20.0.2";
+/// Nodes of every lab cluster: two gateway nodes, two workers.
+const NODES: [(&str, &str, bool); 4] = [
+    ("gw1", "172.20.0.11", true),
+    ("gw2", "172.20.0.12", true),
+    ("w1", "172.20.0.21", false),
+    ("w2", "172.20.0.22", false),
+];
+
+#[derive(Debug, Clone)]
+pub struct KubeNode {
+    pub name: String,
+    pub ns: String,
+    pub ip: String,
+    /// Gateway nodes: the WAN address (the Node's ExternalIP).
+    pub wan_ip: Option<String>,
+    pub pod_cidr: String,
+    pub pod: Pod,
+}
+
+impl KubeNode {
+    pub fn is_gateway(&self) -> bool {
+        self.wan_ip.is_some()
+    }
+}
+
+pub struct KubeCluster {
+    pub name: String,
+    pub cp: ControlPlane,
+    pub nodes: Vec<KubeNode>,
+    pub net_ns: String,
+    nodeport: Option<NodePort>,
+}
+
+impl KubeCluster {
+    pub fn node(&self, name: &str) -> &KubeNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name:?} in cluster {}", self.name))
+    }
+
+    pub fn gateway_nodes(&self) -> impl Iterator<Item = &KubeNode> {
+        self.nodes.iter().filter(|n| n.is_gateway())
+    }
+
+    /// kubectl as the lab admin.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.cp.kubectl(args)
+    }
+
+    /// `kubectl -n liqonet get KIND NAME -o json`, parsed.
+    pub fn get_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut v = vec!["-n", NAMESPACE, "get"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["-o", "json"]);
+        Ok(serde_json::from_str(&self.kubectl(&v)?)?)
+    }
+
+    /// The node the Lease names as holder (`liqonet-gateway-<node>`), if any.
+    pub fn lease_holder(&self) -> Option<String> {
+        let lease = self.get_json(&["lease", GATEWAY_DS]).ok()?;
+        let holder = lease["spec"]["holderIdentity"].as_str()?;
+        holder
+            .strip_prefix(&format!("{GATEWAY_DS}-"))
+            .map(String::from)
+    }
+
+    /// The node whose replica the node port leads to now (it answers `/readyz`).
+    pub fn ready_gateway(&self) -> Option<String> {
+        let np = self.nodeport.as_ref()?;
+        let ip = np.active.lock().ok()?.clone()?;
+        self.nodes.iter().find(|n| n.ip == ip).map(|n| n.name.clone())
+    }
+}
+
+struct PodProc {
+    cluster: String,
+    node: String,
+    ds: String,
+    child: Child,
+}
+
+pub struct KubeLab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub clusters: Vec<KubeCluster>,
+    pub wan_ns: String,
+    bin_dir: PathBuf,
+    procs: Vec<PodProc>,
+    /// The rendered DaemonSets' pods, by cluster and DaemonSet (the spec, the health port).
+    pod_specs: BTreeMap<(String, String), pods::PodSpec>,
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+/// The repository's deploy/ directory.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+impl KubeLab {
+    /// Builds clusters `names` (each with its control plane, installed from deploy/, its
+    /// gateway replicas and route agents running) and peers the first with every other one
+    /// through the peering CLI. On failure what was built is torn down.
+    pub fn start(names: &[&str]) -> anyhow::Result<KubeLab> {
+        if run(&["id", "-u"])?.trim() != "0" {
+            bail!("the lab needs root (network namespaces, TUN devices)");
+        }
+        netns::sweep_stale();
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("lq{}x{n}k-", std::process::id());
+        let dir = std::env::temp_dir().join(format!("liqonet-kube-{}", &prefix[..prefix.len() - 1]));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let wan_ns = format!("{prefix}wan");
+        let mut lab = KubeLab {
+            prefix,
+            dir,
+            clusters: Vec::new(),
+            wan_ns,
+            bin_dir: crate::lab::bin_dir()?,
+            procs: Vec::new(),
+            pod_specs: BTreeMap::new(),
+        };
+        add_ns(&lab.wan_ns)?;
+        sh(&lab.wan_ns, "ip link add br0 type bridge")?;
+        sh(&lab.wan_ns, "ip link set br0 up")?;
+        for name in names {
+            lab.add_cluster(name)?;
+        }
+        for other in names.iter().skip(1) {
+            lab.peer(names[0], other)?;
+        }
+        Ok(lab)
+    }
+
+    pub fn cluster(&self, name: &str) -> &KubeCluster {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name:?} in this lab"))
+    }
+
+    fn cluster_mut(&mut self, name: &str) -> &mut KubeCluster {
+        self.clusters
+            .iter_mut()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name:?} in this lab"))
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// Builds cluster `name`'s namespaces and control plane, installs deploy/, registers its
+    /// nodes and starts its pods.
+    pub fn add_cluster(&mut self, name: &str) -> anyhow::Result<()> {
+        let i = self.clusters.len();
+        let net_ns = format!("{}{name}-net", self.prefix);
+        add_ns(&net_ns)?;
+        sh(&net_ns, "ip link add br0 type bridge")?;
+        sh(&net_ns, "ip link set br0 up")?;
+        let short = &name[..name.len().min(8)];
+        // The control plane's namespace on the node network.
+        let cp_ns = format!("{}{name}-cp", self.prefix);
+        add_ns(&cp_ns)?;
+        sh(
+            &net_ns,
+            &format!("ip link add {short}cp type veth peer name eth0 netns {cp_ns}"),
+        )?;
+        sh(&net_ns, &format!("ip link set {short}cp master br0 up"))?;
+        sh(&cp_ns, &format!("ip addr add {CONTROL_PLANE_IP}/24 dev eth0"))?;
+        sh(&cp_ns, "ip link set eth0 up")?;
+
+        let mut nodes = Vec::new();
+        for (n, (node, ip, gateway)) in NODES.iter().enumerate() {
+            let ns = format!("{}{name}-{node}", self.prefix);
+            add_ns(&ns)?;
+            sh(&ns, "sysctl -qw net.ipv4.ip_forward=1")?;
+            sh(
+                &ns,
+                "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1",
+            )?;
+            let port = format!("{short}{node}");
+            sh(
+                &net_ns,
+                &format!("ip link add {port} type veth peer name eth0 netns {ns}"),
+            )?;
+            sh(&net_ns, &format!("ip link set {port} master br0 up"))?;
+            sh(&ns, &format!("ip addr add {ip}/24 dev eth0"))?;
+            sh(&ns, "ip link set eth0 up")?;
+            let wan_ip = if *gateway {
+                let wan_ip = format!("192.168.250.{}", 10 * (i + 1) + n + 1);
+                let wport = format!("{short}{node}w");
+                sh(
+                    &self.wan_ns,
+                    &format!("ip link add {wport} type veth peer name wan0 netns {ns}"),
+                )?;
+                sh(&self.wan_ns, &format!("ip link set {wport} master br0 up"))?;
+                sh(&ns, &format!("ip addr add {wan_ip}/24 dev wan0"))?;
+                sh(&ns, "ip link set wan0 up")?;
+                Some(wan_ip)
+            } else {
+                None
+            };
+            let base = format!("10.244.{}", n + 1);
+            let pod = build_pod(&ns, &format!("{ns}-pod"), &base, None)?;
+            nodes.push(KubeNode {
+                name: node.to_string(),
+                ns,
+                ip: ip.to_string(),
+                wan_ip,
+                pod_cidr: format!("{base}.0/24"),
+                pod,
+            });
+        }
+        // Static "CNI" routes between the nodes' pod subnets.
+        for a in &nodes {
+            for b in nodes.iter().filter(|b| b.name != a.name) {
+                sh(&a.ns, &format!("ip route add {} via {}", b.pod_cidr, b.ip))?;
+            }
+        }
+        let cp = ControlPlane::start(&cp_ns, CONTROL_PLANE_IP, &self.dir.join(name))?;
+        self.clusters.push(KubeCluster {
+            name: name.to_string(),
+            cp,
+            nodes,
+            net_ns,
+            nodeport: None,
+        });
+        self.install(name)?;
+        for pod in self.cluster(name).nodes.clone() {
+            let ip = pod.pod.ip.clone();
+            self.spawn_http(name, &pod.pod.ns, &ip)?;
+        }
+        Ok(())
+    }
+
+    /// `kubectl apply -k deploy/`, this cluster's settings in the ConfigMap, the Node objects,
+    /// the peering identity; then the DaemonSets' pods and the node port.
+    fn install(&mut self, name: &str) -> anyhow::Result<()> {
+        let deploy = deploy_dir();
+        let c = self.cluster(name);
+        c.kubectl(&["apply", "-k", deploy.to_str().unwrap_or_default()])?;
+        c.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/tunnelendpoints.net.liqo.io",
+            "--timeout=60s",
+        ])?;
+        let settings = serde_json::json!({"data": {
+            "LIQONET_CLUSTER_ID": name,
+            "LIQONET_LOCAL_NETWORKS": format!("{POD_CIDR},10.96.0.0/12"),
+        }});
+        c.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "patch",
+            "configmap",
+            GATEWAY_DS,
+            "--type=merge",
+            "-p",
+            &settings.to_string(),
+        ])?;
+        for node in &c.nodes {
+            register_node(c, node)?;
+        }
+        // Whoever peers clusters gets only the peering role (deploy/rbac.yaml).
+        c.cp.make_client_cert("liqonet-lab-peering", &[])?;
+        c.cp.write_kubeconfig("liqonet-lab-peering", &c.cp.server(), "peering")?;
+        c.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "create",
+            "rolebinding",
+            "lab-peering",
+            "--role=liqonet-peering",
+            "--user=liqonet-lab-peering",
+        ])?;
+        c.kubectl(&[
+            "create",
+            "clusterrolebinding",
+            "lab-peering",
+            "--clusterrole=liqonet-peering",
+            "--user=liqonet-lab-peering",
+        ])?;
+        for ds in [AGENT_DS, GATEWAY_DS] {
+            for node in self.cluster(name).nodes.clone() {
+                if self.schedules(name, ds, &node)? {
+                    self.start_pod(name, &node.name, ds)?;
+                }
+            }
+        }
+        self.wire_nodeport(name)?;
+        Ok(())
+    }
+
+    /// Whether DaemonSet `ds` has a pod on `node` (its nodeSelector against the node's labels).
+    fn schedules(&self, cluster: &str, ds: &str, node: &KubeNode) -> anyhow::Result<bool> {
+        let c = self.cluster(cluster);
+        let ds = c.get_json(&["daemonset", ds])?;
+        let n: Value = serde_json::from_str(&c.kubectl(&["get", "node", &node.name, "-o", "json"])?)?;
+        let selector = ds["spec"]["template"]["spec"]["nodeSelector"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        Ok(selector
+            .iter()
+            .all(|(k, v)| n["metadata"]["labels"][k] == *v))
+    }
+
+    /// The pod name of DaemonSet `ds` on `node` (stable across restarts, as a container
+    /// restart keeps its pod).
+    pub fn pod_name(ds: &str, node: &str) -> String {
+        format!("{ds}-{node}")
+    }
+
+    /// Starts DaemonSet `ds`'s pod on `node` as the kubelet would.
+    pub fn start_pod(&mut self, cluster: &str, node: &str, ds: &str) -> anyhow::Result<()> {
+        let c = self.cluster(cluster);
+        let n = c.node(node).clone();
+        let key = (cluster.to_string(), ds.to_string());
+        let pod_name = Self::pod_name(ds, node);
+        let facts = PodFacts {
+            namespace: NAMESPACE,
+            pod_name: &pod_name,
+            node_name: node,
+            node_ip: &n.ip,
+        };
+        let daemonset = c.get_json(&["daemonset", ds])?;
+        let spec = pods::render(&daemonset, &facts, |cm| {
+            let v = c.get_json(&["configmap", cm])?;
+            Ok(v["data"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default())
+        })?;
+        let token = c.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "create",
+            "token",
+            &spec.service_account,
+            "--duration=48h",
+        ])?;
+        let pod_dir = self.dir.join(cluster).join("pods").join(&pod_name);
+        pods::write_service_account(
+            &pod_dir.join("serviceaccount"),
+            &token,
+            &c.cp.dir.join("ca.crt"),
+            NAMESPACE,
+        )?;
+        let mut cmd = pods::command(
+            &n.ns,
+            &spec,
+            &pod_dir.join("serviceaccount"),
+            &self.bin_dir,
+            (&c.cp.ip, API_PORT),
+        )?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(cluster, node, ds))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {pod_name} in {cluster}"))?;
+        self.pod_specs.insert(key, spec);
+        self.procs.push(PodProc {
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            ds: ds.to_string(),
+            child,
+        });
+        Ok(())
+    }
+
+    fn log_path(&self, cluster: &str, node: &str, ds: &str) -> PathBuf {
+        self.dir
+            .join(cluster)
+            .join(format!("{}.log", Self::pod_name(ds, node)))
+    }
+
+    /// What DaemonSet `ds`'s pod on `node` logged (all its runs).
+    pub fn log(&self, cluster: &str, node: &str, ds: &str) -> String {
+        fs::read_to_string(self.log_path(cluster, node, ds)).unwrap_or_default()
+    }
+
+    /// Sends `sig` to the pod's process; for KILL and TERM waits until it has exited.
+    pub fn signal_pod(&mut self, cluster: &str, node: &str, ds: &str, sig: &str) -> anyhow::Result<()> {
+        let pos = self
+            .procs
+            .iter()
+            .position(|p| p.cluster == cluster && p.node == node && p.ds == ds)
+            .with_context(|| format!("no pod {ds} on {cluster}/{node}"))?;
+        run(&["kill", &format!("-{sig}"), &self.procs[pos].child.id().to_string()])?;
+        if sig == "KILL" || sig == "TERM" {
+            let mut p = self.procs.remove(pos);
+            if !wait_for(Duration::from_secs(15), || {
+                matches!(p.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                bail!("{ds} on {cluster}/{node} did not exit within 15 s of SIG{sig}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Wires the gateway Service's node port (read from the Service) on the gateway nodes.
+    fn wire_nodeport(&mut self, cluster: &str) -> anyhow::Result<()> {
+        let c = self.cluster(cluster);
+        let svc = c.get_json(&["service", GATEWAY_DS])?;
+        let port = &svc["spec"]["ports"][0];
+        let node_port = port["nodePort"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .context("the gateway Service has no node port")?;
+        let target = port["targetPort"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .context("the gateway Service's targetPort is not a number")?;
+        let ds = c.get_json(&["daemonset", GATEWAY_DS])?;
+        let health = ds["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "health")
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .context("the gateway DaemonSet has no health port")?;
+        let nodes = c
+            .gateway_nodes()
+            .map(|n| GatewayNode {
+                ns: n.ns.clone(),
+                ip: n.ip.clone(),
+            })
+            .collect();
+        let np = NodePort::start(&c.cp.ns, nodes, node_port, target, health)?;
+        self.cluster_mut(cluster).nodeport = Some(np);
+        Ok(())
+    }
+
+    /// Peers `a` and `b` with the real CLI, both ways, each run as the peering identity:
+    /// `peering-info --kubernetes` on one, `peer add --kubernetes` on the other.
+    pub fn peer(&self, a: &str, b: &str) -> anyhow::Result<()> {
+        let info_a = self.peering_cli(a, &["peering-info", "--kubernetes"])?;
+        let info_b = self.peering_cli(b, &["peering-info", "--kubernetes"])?;
+        let (fa, fb) = (
+            self.dir.join(format!("{a}.peering.yaml")),
+            self.dir.join(format!("{b}.peering.yaml")),
+        );
+        fs::write(&fa, info_a)?;
+        fs::write(&fb, info_b)?;
+        self.peering_cli(b, &["peer", "add", "--kubernetes", fa.to_str().unwrap_or_default()])?;
+        self.peering_cli(a, &["peer", "add", "--kubernetes", fb.to_str().unwrap_or_default()])?;
+        Ok(())
+    }
+
+    /// `liqonet-gateway ARGS` on cluster `c` as the peering identity.
+    pub fn peering_cli(&self, cluster: &str, args: &[&str]) -> anyhow::Result<String> {
+        let c = self.cluster(cluster);
+        let bin = self.bin("liqonet-gateway");
+        let kubeconfig = c.cp.dir.join("peering.kubeconfig");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &c.cp.ns])
+            .arg(&bin)
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "liqonet-gateway {} on {cluster} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A pod HTTP server on port 80 (for curl).
+    fn spawn_http(&mut self, cluster: &str, ns: &str, _ip: &str) -> anyhow::Result<()> {
+        let log = fs::File::create(self.dir.join(cluster).join(format!("{ns}-http.log")))?;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-m", "http.server", "80", "--bind", "0.0.0.0"])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.procs.push(PodProc {
+            cluster: cluster.to_string(),
+            node: ns.to_string(),
+            ds: "http".into(),
+            child,
+        });
+        Ok(())
+    }
+
+    /// How `viewer`'s pods address `target`'s pod CIDR: the `remapped` the viewer's gateway
+    /// chose (from the TunnelEndpoint's status).
+    pub fn alias(&self, viewer: &str, target: &str) -> anyhow::Result<String> {
+        let tep = self.cluster(viewer).get_json(&["tep", target])?;
+        tep["status"]["networks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["cidr"] == POD_CIDR)
+            .and_then(|n| n["remapped"].as_str())
+            .map(String::from)
+            .with_context(|| format!("TunnelEndpoint {target} in {viewer} has no remapped pod CIDR yet"))
+    }
+
+    /// The address by which `viewer`'s pods reach the pod on `target`'s node `node`.
+    pub fn remote_pod_ip(&self, viewer: &str, target: &str, node: &str) -> anyhow::Result<String> {
+        let alias = self.alias(viewer, target)?;
+        let pod_ip = &self.cluster(target).node(node).pod.ip;
+        // Both /16s: keep the pod's host bits.
+        let prefix: Vec<&str> = alias.split(['.', '/']).take(2).collect();
+        let host: Vec<&str> = pod_ip.split('.').skip(2).collect();
+        Ok(format!("{}.{}", prefix.join("."), host.join(".")))
+    }
+
+    /// Waits until `c`'s TunnelEndpoint `name` has `phase`.
+    pub fn wait_phase(&self, c: &str, name: &str, phase: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tep = self.cluster(c).get_json(&["tep", name]);
+            if let Ok(t) = &tep {
+                if t["status"]["phase"] == phase {
+                    return Ok(t.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "TunnelEndpoint {name} in {c} not {phase} after {timeout:?}: {}",
+                    tep.map(|t| t["status"].to_string()).unwrap_or_else(|e| e.to_string())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The routes in the agent's table and the agent's rules on a node, as `ip` prints them.
+    pub fn agent_state(&self, cluster: &str, node: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let ns = &self.cluster(cluster).node(node).ns;
+        let routes = ns_output(ns, &["ip", "route", "show", "table", "2741"])?;
+        let rules = ns_output(ns, &["ip", "rule", "show", "priority", "2741"])?;
+        let lines = |o: std::process::Output| -> Vec<String> {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect()
+        };
+        Ok((lines(routes), lines(rules)))
+    }
+
+    /// Kills every pod process, the control planes, and removes the namespaces and files.
+    pub fn teardown(&mut self) {
+        for p in &mut self.procs {
+            let _ = netns::output(&["kill", "-CONT", &p.child.id().to_string()]);
+            let _ = netns::output(&["kill", "-TERM", &p.child.id().to_string()]);
+        }
+        for p in &mut self.procs {
+            if !wait_for(Duration::from_secs(5), || {
+                matches!(p.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+        self.procs.clear();
+        for c in &mut self.clusters {
+            c.nodeport = None;
+            c.cp.stop();
+        }
+        netns::remove_prefixed(&self.prefix);
+        if std::env::var_os("LIQONET_LAB_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for KubeLab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// The Node object for a lab node: labels, pod CIDR, and (status) its addresses and Ready.
+fn register_node(c: &KubeCluster, node: &KubeNode) -> anyhow::Result<()> {
+    let mut labels = serde_json::json!({"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"});
+    if node.is_gateway() {
+        labels["liqonet.liqo.io/gateway"] = "true".into();
+    }
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node.name, "labels": labels},
+        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+    });
+    c.cp
+        .kubectl_input(&c.cp.kubeconfig(), &["apply", "-f", "-"], Some(&manifest.to_string()))?;
+    let mut addresses = vec![serde_json::json!({"type": "InternalIP", "address": node.ip})];
+    if let Some(wan) = &node.wan_ip {
+        addresses.push(serde_json::json!({"type": "ExternalIP", "address": wan}));
+    }
+    let now = run(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"])?.trim().to_string();
+    let status = serde_json::json!({"status": {
+        "addresses": addresses,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "lab node", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+    }});
+    c.kubectl(&[
+        "patch",
+        "node",
+        &node.name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ])?;
+    Ok(())
+}
