@@ -6,6 +6,7 @@ set -euo pipefail
 declare -A pkg_of=(
   [ip]=iproute2 [ping]=iputils-ping [curl]=curl [iperf3]=iperf3 [python3]=python3
   [wireguard-go]=wireguard-go [wg]=wireguard-tools [nft]=nftables [sysctl]=procps [kill]=procps
+  [conntrack]=conntrack [openssl]=openssl [unshare]=util-linux
 )
 missing=()
 for cmd in "${!pkg_of[@]}"; do

@@ -140,6 +140,7 @@ impl Engine {
                     }
                     if peer.spec.endpoint != spec.endpoint && spec.endpoint.is_some() {
                         peer.endpoint = spec.endpoint;
+                        peer.initiate = true;
                     }
                     peer.remaps = spec.networks.iter().any(|n| n.cidr != n.remapped);
                     peer.spec = spec;
@@ -185,6 +186,7 @@ impl Engine {
         );
         Peer {
             remaps: spec.networks.iter().any(|n| n.cidr != n.remapped),
+            initiate: spec.endpoint.is_some(),
             endpoint: spec.endpoint,
             spec,
             tunn,
@@ -347,6 +349,15 @@ impl Engine {
     pub fn tick(&mut self, sink: &mut impl Sink) {
         self.limiter.reset_count();
         for peer in self.peers.iter_mut().flatten() {
+            if std::mem::take(&mut peer.initiate) {
+                if let (Some(ep), TunnResult::WriteToNetwork(init)) = (
+                    peer.endpoint,
+                    peer.tunn.format_handshake_initiation(&mut self.buf, false),
+                ) {
+                    tracing::debug!(peer = %peer.spec.name, endpoint = %ep, "starting a handshake");
+                    sink.send_to_network(ep, init);
+                }
+            }
             match peer.tunn.update_timers(&mut self.buf) {
                 TunnResult::WriteToNetwork(datagram) => {
                     if let Some(ep) = peer.endpoint {

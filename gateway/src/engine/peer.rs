@@ -32,6 +32,10 @@ pub(crate) struct Peer {
     pub session_age: Option<Duration>,
     /// Whether any network is known by another prefix at home (else packets pass untouched).
     pub remaps: bool,
+    /// Start a handshake at the next tick: the peer is new here (a start, a new leader, an
+    /// added peer) or got a new endpoint, so the far side learns at once where we are instead
+    /// of encrypting to a dead session until its own timers give up.
+    pub initiate: bool,
 }
 
 impl Peer {

@@ -494,3 +494,53 @@ fn peers_change_live_without_disturbing_the_others() {
         .from_tun(&mut udp4([10, 244, 0, 10], [10, 97, 0, 1]), &mut p.home_out);
     assert_eq!(p.home_out.net.last().unwrap().1[0], 4);
 }
+
+#[test]
+fn a_peer_with_an_endpoint_gets_a_handshake_at_the_first_tick() {
+    let (hk, fk) = (key(1), key(2));
+    let mut home = Engine::new(
+        &hk,
+        vec![spec("foreign", &fk, Some(FOREIGN), &["10.245.0.0/16"])],
+        1420,
+    )
+    .unwrap();
+    let mut foreign =
+        Engine::new(&fk, vec![spec("home", &hk, None, &["10.244.0.0/16"])], 1420).unwrap();
+    // Foreign knows no endpoint: it has nobody to start with.
+    let mut idle = Recorder::default();
+    foreign.tick(&mut idle);
+    assert!(idle.net.is_empty());
+    // Home starts one with no traffic waiting, and the session comes up.
+    let mut out = Recorder::default();
+    home.tick(&mut out);
+    assert_eq!(out.net.len(), 1);
+    assert_eq!((out.net[0].0, out.net[0].1[0]), (addr(FOREIGN), 1));
+    let mut answer = Recorder::default();
+    foreign.from_network(addr(HOME), &out.net[0].1, &mut answer);
+    assert_eq!(answer.net.len(), 1);
+    // The initiator confirms with a keepalive, which completes the responder's session.
+    let mut confirm = Recorder::default();
+    home.from_network(addr(FOREIGN), &answer.net[0].1, &mut confirm);
+    for (_, d) in &confirm.net {
+        foreign.from_network(addr(HOME), d, &mut Recorder::default());
+    }
+    assert!(home.peer_is_up("foreign") && foreign.peer_is_up("home"));
+    // Once only.
+    let mut later = Recorder::default();
+    home.tick(&mut later);
+    assert!(later.net.iter().all(|(_, d)| d[0] != 1), "{:?}", later.net);
+    // A new endpoint for a kept peer starts one again, towards it.
+    let moved = "192.0.2.3:51840";
+    home.apply_peers(vec![spec("foreign", &fk, Some(moved), &["10.245.0.0/16"])])
+        .unwrap();
+    let mut again = Recorder::default();
+    home.tick(&mut again);
+    assert!(
+        again
+            .net
+            .iter()
+            .any(|(to, d)| *to == addr(moved) && d[0] == 1),
+        "{:?}",
+        again.net
+    );
+}

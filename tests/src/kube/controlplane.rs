@@ -45,7 +45,10 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
 /// The versions the control plane reports: `kube-apiserver v1.36.3, etcd v3.6.16`.
 pub fn versions() -> anyhow::Result<String> {
     let dir = binaries()?;
-    let kube = run(&[dir.join("kube-apiserver").to_str().unwrap_or_default(), "--version"])?;
+    let kube = run(&[
+        dir.join("kube-apiserver").to_str().unwrap_or_default(),
+        "--version",
+    ])?;
     let etcd = run(&[dir.join("etcd").to_str().unwrap_or_default(), "--version"])?;
     let etcd = etcd
         .lines()
@@ -84,9 +87,9 @@ impl ControlPlane {
             etcd: None,
             apiserver: None,
         };
+        cp.write_kubeconfig("admin", &cp.server(), "admin")?;
         cp.start_etcd()?;
         cp.start_apiserver()?;
-        cp.write_kubeconfig("admin", &cp.server(), "admin")?;
         Ok(cp)
     }
 
@@ -123,7 +126,10 @@ impl ControlPlane {
         // tmpfs: etcd's fsyncs would otherwise dominate the lab's disk time.
         PathBuf::from("/dev/shm").join(format!(
             "liqonet-etcd-{}",
-            self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("lab")
+            self.dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("lab")
         ))
     }
 
@@ -154,7 +160,10 @@ impl ControlPlane {
     fn start_apiserver(&mut self) -> anyhow::Result<()> {
         let d = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
         let args: Vec<String> = vec![
-            self.bin.join("kube-apiserver").to_string_lossy().into_owned(),
+            self.bin
+                .join("kube-apiserver")
+                .to_string_lossy()
+                .into_owned(),
             "--etcd-servers=http://127.0.0.1:2379".into(),
             "--bind-address=0.0.0.0".into(),
             format!("--secure-port={API_PORT}"),
@@ -300,7 +309,12 @@ impl ControlPlane {
     }
 
     /// A kubeconfig for `user` (whose certificate `make_client_cert` made) against `server`.
-    pub fn write_kubeconfig(&self, user: &str, server: &str, file: &str) -> anyhow::Result<PathBuf> {
+    pub fn write_kubeconfig(
+        &self,
+        user: &str,
+        server: &str,
+        file: &str,
+    ) -> anyhow::Result<PathBuf> {
         let d = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: {user}, namespace: liqonet}}\ncurrent-context: lab\n",

@@ -94,7 +94,10 @@ impl KubeCluster {
     pub fn ready_gateway(&self) -> Option<String> {
         let np = self.nodeport.as_ref()?;
         let ip = np.active.lock().ok()?.clone()?;
-        self.nodes.iter().find(|n| n.ip == ip).map(|n| n.name.clone())
+        self.nodes
+            .iter()
+            .find(|n| n.ip == ip)
+            .map(|n| n.name.clone())
     }
 }
 
@@ -134,7 +137,8 @@ impl KubeLab {
         netns::sweep_stale();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("lq{}x{n}k-", std::process::id());
-        let dir = std::env::temp_dir().join(format!("liqonet-kube-{}", &prefix[..prefix.len() - 1]));
+        let dir =
+            std::env::temp_dir().join(format!("liqonet-kube-{}", &prefix[..prefix.len() - 1]));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let wan_ns = format!("{prefix}wan");
@@ -194,7 +198,10 @@ impl KubeLab {
             &format!("ip link add {short}cp type veth peer name eth0 netns {cp_ns}"),
         )?;
         sh(&net_ns, &format!("ip link set {short}cp master br0 up"))?;
-        sh(&cp_ns, &format!("ip addr add {CONTROL_PLANE_IP}/24 dev eth0"))?;
+        sh(
+            &cp_ns,
+            &format!("ip addr add {CONTROL_PLANE_IP}/24 dev eth0"),
+        )?;
         sh(&cp_ns, "ip link set eth0 up")?;
 
         let mut nodes = Vec::new();
@@ -254,10 +261,7 @@ impl KubeLab {
             nodeport: None,
         });
         self.install(name)?;
-        for pod in self.cluster(name).nodes.clone() {
-            let ip = pod.pod.ip.clone();
-            self.spawn_http(name, &pod.pod.ns, &ip)?;
-        }
+        self.start_pod_services(name)?;
         Ok(())
     }
 
@@ -324,7 +328,8 @@ impl KubeLab {
     fn schedules(&self, cluster: &str, ds: &str, node: &KubeNode) -> anyhow::Result<bool> {
         let c = self.cluster(cluster);
         let ds = c.get_json(&["daemonset", ds])?;
-        let n: Value = serde_json::from_str(&c.kubectl(&["get", "node", &node.name, "-o", "json"])?)?;
+        let n: Value =
+            serde_json::from_str(&c.kubectl(&["get", "node", &node.name, "-o", "json"])?)?;
         let selector = ds["spec"]["template"]["spec"]["nodeSelector"]
             .as_object()
             .cloned()
@@ -418,13 +423,23 @@ impl KubeLab {
     }
 
     /// Sends `sig` to the pod's process; for KILL and TERM waits until it has exited.
-    pub fn signal_pod(&mut self, cluster: &str, node: &str, ds: &str, sig: &str) -> anyhow::Result<()> {
+    pub fn signal_pod(
+        &mut self,
+        cluster: &str,
+        node: &str,
+        ds: &str,
+        sig: &str,
+    ) -> anyhow::Result<()> {
         let pos = self
             .procs
             .iter()
             .position(|p| p.cluster == cluster && p.node == node && p.ds == ds)
             .with_context(|| format!("no pod {ds} on {cluster}/{node}"))?;
-        run(&["kill", &format!("-{sig}"), &self.procs[pos].child.id().to_string()])?;
+        run(&[
+            "kill",
+            &format!("-{sig}"),
+            &self.procs[pos].child.id().to_string(),
+        ])?;
         if sig == "KILL" || sig == "TERM" {
             let mut p = self.procs.remove(pos);
             if !wait_for(Duration::from_secs(15), || {
@@ -483,8 +498,24 @@ impl KubeLab {
         );
         fs::write(&fa, info_a)?;
         fs::write(&fb, info_b)?;
-        self.peering_cli(b, &["peer", "add", "--kubernetes", fa.to_str().unwrap_or_default()])?;
-        self.peering_cli(a, &["peer", "add", "--kubernetes", fb.to_str().unwrap_or_default()])?;
+        self.peering_cli(
+            b,
+            &[
+                "peer",
+                "add",
+                "--kubernetes",
+                fa.to_str().unwrap_or_default(),
+            ],
+        )?;
+        self.peering_cli(
+            a,
+            &[
+                "peer",
+                "add",
+                "--kubernetes",
+                fb.to_str().unwrap_or_default(),
+            ],
+        )?;
         Ok(())
     }
 
@@ -509,20 +540,67 @@ impl KubeLab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// A pod HTTP server on port 80 (for curl).
-    fn spawn_http(&mut self, cluster: &str, ns: &str, _ip: &str) -> anyhow::Result<()> {
-        let log = fs::File::create(self.dir.join(cluster).join(format!("{ns}-http.log")))?;
+    /// Each pod's services: an HTTP server on port 80 saying who it is, and an iperf3 server.
+    fn start_pod_services(&mut self, cluster: &str) -> anyhow::Result<()> {
+        for node in self.cluster(cluster).nodes.clone() {
+            let www = self.dir.join(cluster).join(format!("{}-www", node.name));
+            fs::create_dir_all(&www)?;
+            fs::write(
+                www.join("index.html"),
+                format!("hello from {cluster} {} pod {}\n", node.name, node.pod.ip),
+            )?;
+            let www = www.to_string_lossy().into_owned();
+            let http = [
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                &www,
+            ];
+            self.spawn_service(cluster, &node.name, "http", &node.pod.ns, &http)?;
+            self.spawn_service(
+                cluster,
+                &node.name,
+                "iperf3",
+                &node.pod.ns,
+                &["iperf3", "-s"],
+            )?;
+        }
+        for node in &self.cluster(cluster).nodes {
+            let url = format!("http://{}/", node.pod.ip);
+            if !wait_for(Duration::from_secs(10), || {
+                netns::ns_run(&node.pod.ns, &["curl", "-sf", &url]).is_ok()
+            }) {
+                bail!("the HTTP server of {cluster} {} did not start", node.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_service(
+        &mut self,
+        cluster: &str,
+        node: &str,
+        what: &str,
+        ns: &str,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
+        let log = fs::File::create(self.dir.join(cluster).join(format!("{node}-{what}.log")))?;
         let child = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-m", "http.server", "80", "--bind", "0.0.0.0"])
-            .current_dir(&self.dir)
+            .args(["netns", "exec", ns])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()?;
+            .spawn()
+            .with_context(|| format!("cannot start {what} in {cluster}/{node}"))?;
         self.procs.push(PodProc {
             cluster: cluster.to_string(),
-            node: ns.to_string(),
-            ds: "http".into(),
+            node: node.to_string(),
+            ds: what.to_string(),
             child,
         });
         Ok(())
@@ -539,7 +617,9 @@ impl KubeLab {
             .find(|n| n["cidr"] == POD_CIDR)
             .and_then(|n| n["remapped"].as_str())
             .map(String::from)
-            .with_context(|| format!("TunnelEndpoint {target} in {viewer} has no remapped pod CIDR yet"))
+            .with_context(|| {
+                format!("TunnelEndpoint {target} in {viewer} has no remapped pod CIDR yet")
+            })
     }
 
     /// The address by which `viewer`'s pods reach the pod on `target`'s node `node`.
@@ -553,7 +633,13 @@ impl KubeLab {
     }
 
     /// Waits until `c`'s TunnelEndpoint `name` has `phase`.
-    pub fn wait_phase(&self, c: &str, name: &str, phase: &str, timeout: Duration) -> anyhow::Result<Value> {
+    pub fn wait_phase(
+        &self,
+        c: &str,
+        name: &str,
+        phase: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let tep = self.cluster(c).get_json(&["tep", name]);
@@ -565,7 +651,8 @@ impl KubeLab {
             if Instant::now() > deadline {
                 bail!(
                     "TunnelEndpoint {name} in {c} not {phase} after {timeout:?}: {}",
-                    tep.map(|t| t["status"].to_string()).unwrap_or_else(|e| e.to_string())
+                    tep.map(|t| t["status"].to_string())
+                        .unwrap_or_else(|e| e.to_string())
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -573,7 +660,11 @@ impl KubeLab {
     }
 
     /// The routes in the agent's table and the agent's rules on a node, as `ip` prints them.
-    pub fn agent_state(&self, cluster: &str, node: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    pub fn agent_state(
+        &self,
+        cluster: &str,
+        node: &str,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
         let ns = &self.cluster(cluster).node(node).ns;
         let routes = ns_output(ns, &["ip", "route", "show", "table", "2741"])?;
         let rules = ns_output(ns, &["ip", "rule", "show", "priority", "2741"])?;
@@ -621,7 +712,8 @@ impl Drop for KubeLab {
 
 /// The Node object for a lab node: labels, pod CIDR, and (status) its addresses and Ready.
 fn register_node(c: &KubeCluster, node: &KubeNode) -> anyhow::Result<()> {
-    let mut labels = serde_json::json!({"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"});
+    let mut labels =
+        serde_json::json!({"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"});
     if node.is_gateway() {
         labels["liqonet.liqo.io/gateway"] = "true".into();
     }
@@ -630,13 +722,18 @@ fn register_node(c: &KubeCluster, node: &KubeNode) -> anyhow::Result<()> {
         "metadata": {"name": node.name, "labels": labels},
         "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
     });
-    c.cp
-        .kubectl_input(&c.cp.kubeconfig(), &["apply", "-f", "-"], Some(&manifest.to_string()))?;
+    c.cp.kubectl_input(
+        &c.cp.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&manifest.to_string()),
+    )?;
     let mut addresses = vec![serde_json::json!({"type": "InternalIP", "address": node.ip})];
     if let Some(wan) = &node.wan_ip {
         addresses.push(serde_json::json!({"type": "ExternalIP", "address": wan}));
     }
-    let now = run(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"])?.trim().to_string();
+    let now = run(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"])?
+        .trim()
+        .to_string();
     let status = serde_json::json!({"status": {
         "addresses": addresses,
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",

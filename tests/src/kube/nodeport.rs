@@ -53,14 +53,20 @@ fn rules(node: &GatewayNode, active: Option<&str>, node_port: u16, target: u16) 
     text.push_str("  chain pre { type nat hook prerouting priority dstnat; policy accept;\n");
     match active {
         Some(ip) if ip == node.ip => {
-            text.push_str(&format!("    udp dport {node_port} redirect to :{target}\n"));
+            text.push_str(&format!(
+                "    udp dport {node_port} redirect to :{target}\n"
+            ));
         }
         Some(ip) => {
-            text.push_str(&format!("    udp dport {node_port} dnat to {ip}:{target}\n"));
+            text.push_str(&format!(
+                "    udp dport {node_port} dnat to {ip}:{target}\n"
+            ));
         }
         None => {}
     }
-    text.push_str("  }\n  chain post { type nat hook postrouting priority srcnat; policy accept;\n");
+    text.push_str(
+        "  }\n  chain post { type nat hook postrouting priority srcnat; policy accept;\n",
+    );
     if let Some(ip) = active.filter(|ip| *ip != node.ip) {
         text.push_str(&format!(
             "    ip daddr {ip} udp dport {target} ct status dnat masquerade\n"

@@ -44,7 +44,11 @@ pub fn render(
     let container = &spec["containers"][0];
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let mut command = strings(&container["command"]);
@@ -69,7 +73,9 @@ pub fn render(
                 "spec.nodeName" => facts.node_name.to_string(),
                 // hostNetwork: the pod's IP is the node's.
                 "status.hostIP" | "status.podIP" => facts.node_ip.to_string(),
-                other => bail!("DaemonSet {name}: env {key}: fieldRef {other} is not known to the lab"),
+                other => {
+                    bail!("DaemonSet {name}: env {key}: fieldRef {other} is not known to the lab")
+                }
             }
         } else {
             bail!("DaemonSet {name}: env {key}: only value and fieldRef are known to the lab");
@@ -152,7 +158,10 @@ pub fn command(
     let mut cmd = Command::new("ip");
     cmd.env_clear()
         .envs(&pod.env)
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("KUBERNETES_SERVICE_HOST", api.0)
         .env("KUBERNETES_SERVICE_PORT", api.1.to_string())
         .args(["netns", "exec", ns, "sh", "-c", &script, "pod"])
@@ -201,6 +210,9 @@ mod tests {
         assert_eq!(pod.env["B"], "2");
         assert_eq!(pod.env["NODE"], "n1");
         assert_eq!(pod.env["IP"], "172.20.0.11");
-        assert_eq!(pod.host_paths, [("/dev/net/tun".into(), "/dev/net/tun".into())]);
+        assert_eq!(
+            pod.host_paths,
+            [("/dev/net/tun".into(), "/dev/net/tun".into())]
+        );
     }
 }
