@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         endpoint: Option<String>,
     },
-    /// Print the TunnelEndpoint CustomResourceDefinition (as deploy/crds/ holds it).
+    /// Print the TunnelEndpoint CustomResourceDefinition (as deploy/base/crds/ holds it).
     Crd,
     /// Add or remove a peer: in a standalone config file (SIGHUP to the gateway applies it), or
     /// as a TunnelEndpoint.

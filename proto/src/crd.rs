@@ -1,6 +1,6 @@
 //! The `TunnelEndpoint` custom resource (group `net.liqo.io`, version `v1alpha1`): one per
 //! foreign cluster. Its spec is [`PeerConfig`], the peer of the standalone config; the gateway
-//! writes the status. `deploy/crds/` holds the CRD generated from these types.
+//! writes the status. `deploy/base/crds/` holds the CRD generated from these types.
 
 use std::borrow::Cow;
 
@@ -109,7 +109,7 @@ impl JsonSchema for Remapped {
     }
 }
 
-/// The CRD as YAML, as `deploy/crds/` holds it.
+/// The CRD as YAML, as `deploy/base/crds/` holds it.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let header = "# Generated from liqonet-proto's types by `liqonet-gateway crd`; do not edit.\n";
@@ -125,11 +125,11 @@ mod tests {
 
     #[test]
     fn the_checked_in_crd_matches_the_types() {
-        let checked_in = include_str!("../../deploy/crds/tunnelendpoints.net.liqo.io.yaml");
+        let checked_in = include_str!("../../deploy/base/crds/tunnelendpoints.net.liqo.io.yaml");
         assert!(
             checked_in == crd_yaml(),
-            "deploy/crds/tunnelendpoints.net.liqo.io.yaml is stale: regenerate it with \
-             `cargo run -p liqonet-gateway -- crd > deploy/crds/tunnelendpoints.net.liqo.io.yaml`"
+            "deploy/base/crds/tunnelendpoints.net.liqo.io.yaml is stale: regenerate it with \
+             `cargo run -p liqonet-gateway -- crd > deploy/base/crds/tunnelendpoints.net.liqo.io.yaml`"
         );
     }
 

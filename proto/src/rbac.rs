@@ -1,6 +1,6 @@
 //! The Kubernetes API calls each component makes, declared once.
 //!
-//! `deploy/rbac.yaml` must grant exactly these (a test compares them), and the controller tests
+//! `deploy/base/rbac.yaml` must grant exactly these (a test compares them), and the controller tests
 //! check that every request the code sends on the mock API server is one of them, so the two
 //! cannot drift apart: a new call fails the controller tests until it is declared here, and then
 //! the RBAC test until it is granted.
@@ -50,7 +50,7 @@ pub const ROUTE_AGENT: &[ApiCall] = &[
 ];
 
 /// The peering commands (`peering-info`, `peer add`, `peer remove` with `--kubernetes`), run by
-/// an administrator; `deploy/rbac.yaml` has a role to bind to whoever peers clusters.
+/// an administrator; `deploy/base/rbac.yaml` has a role to bind to whoever peers clusters.
 pub const PEERING_CLI: &[ApiCall] = &[
     call("", "configmaps", "get"),
     call("", "secrets", "get"),

@@ -45,19 +45,20 @@ fn kustomization(path: &Path) -> serde_yaml::Value {
 }
 
 #[test]
-fn the_kustomization_installs_every_manifest() {
+fn the_base_installs_every_manifest_and_the_variants_build_on_it() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    let k = kustomization(&deploy.join("kustomization.yaml"));
+    let base = deploy.join("base");
+    let k = kustomization(&base.join("kustomization.yaml"));
     let listed: Vec<PathBuf> = k["resources"]
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|r| deploy.join(r.as_str().unwrap()))
+        .map(|r| base.join(r.as_str().unwrap()))
         .collect();
     for p in &listed {
         assert!(
             p.is_file(),
-            "kustomization.yaml lists {}, which does not exist",
+            "base/kustomization.yaml lists {}, which does not exist",
             p.display()
         );
     }
@@ -66,14 +67,17 @@ fn the_kustomization_installs_every_manifest() {
     for f in &files {
         assert!(
             listed.contains(f),
-            "{} is not in deploy/kustomization.yaml",
+            "{} is not in deploy/base/kustomization.yaml",
             f.display()
         );
     }
-    // The LoadBalancer variant builds on it and patches the gateway Service, which exists.
+    // Variants refer to the base beside them, never to a directory that contains them (kustomize
+    // refuses that as a cycle).
+    let top = kustomization(&deploy.join("kustomization.yaml"));
+    assert_eq!(top["resources"][0], "base");
     let lb = kustomization(&deploy.join("loadbalancer/kustomization.yaml"));
-    assert_eq!(lb["resources"][0], "../");
+    assert_eq!(lb["resources"][0], "../base");
     let target = lb["patches"][0]["target"]["name"].as_str().unwrap();
-    let service = std::fs::read_to_string(deploy.join("service.yaml")).unwrap();
+    let service = std::fs::read_to_string(base.join("service.yaml")).unwrap();
     assert!(service.contains(&format!("name: {target}")));
 }

@@ -1,4 +1,4 @@
-//! `deploy/rbac.yaml` grants each component exactly the API calls `liqonet_proto::rbac`
+//! `deploy/base/rbac.yaml` grants each component exactly the API calls `liqonet_proto::rbac`
 //! declares for it (the controller tests check every request the code makes is declared), and
 //! binds each role to its component's ServiceAccount.
 
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 fn documents() -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
@@ -20,7 +20,7 @@ fn documents() -> Vec<Value> {
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("deploy/rbac.yaml has no {kind} {name}"))
+        .unwrap_or_else(|| panic!("deploy/base/rbac.yaml has no {kind} {name}"))
 }
 
 type Grant = (String, String, String);
