@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use futures::{FutureExt, Stream, StreamExt};
@@ -247,8 +246,13 @@ pub async fn watch(
             tracing::warn!("watch: {e}");
             continue;
         }
-        // Let a burst of events (a list, a rollout) settle before computing.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A burst (a relist, a rollout, node churn) is applied at once: take every event that
+        // is already there, then compute one configuration from the stores.
+        while let Some(Some(more)) = events.next().now_or_never() {
+            if let Err(e) = more {
+                tracing::warn!("watch: {e}");
+            }
+        }
         let ready = |ready: Option<Result<(), _>>| matches!(ready, Some(Ok(())));
         if !(ready(endpoints.wait_until_ready().now_or_never())
             && ready(nodes.wait_until_ready().now_or_never()))

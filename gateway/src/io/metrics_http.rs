@@ -1,16 +1,27 @@
-//! A minimal HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers) and
-//! `/readyz` (this replica carries the tunnel: in Kubernetes mode only the leader is ready, so the
-//! gateway Service sends the foreign clusters' datagrams to it alone).
+//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers: in
+//! Kubernetes mode a follower checks it before taking over an expired Lease, so it must answer
+//! whatever else is going on) and `/readyz` (this replica carries the tunnel: only the leader
+//! is ready, so the gateway Service sends the foreign clusters' datagrams to it alone).
 //!
-//! The event loop publishes a fresh snapshot every second; this thread only serves the latest
-//! one, so scrapes never touch the data path.
+//! hyper on a thread and runtime of its own: any number of clients, each connection a task, a
+//! slow or idle client (headers not sent within [`HEADER_TIMEOUT`]) dropped without holding up
+//! the others. The event loop publishes a fresh snapshot every second; this thread only serves
+//! the latest one, so requests never touch the data path.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
 use crate::engine::PeerStats;
+
+/// A client that has not sent its request headers by then is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the event loop publishes for readers outside the data path.
 #[derive(Debug, Default)]
@@ -24,51 +35,79 @@ pub struct Published {
 
 pub type Snapshot = Arc<Mutex<Published>>;
 
+/// Binds `addr` and serves it on a thread of its own.
 pub fn spawn(addr: SocketAddr) -> std::io::Result<Snapshot> {
-    let listener = TcpListener::bind(addr)
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| std::io::Error::new(e.kind(), format!("metricsAddress {addr}: {e}")))?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let snapshot = Snapshot::default();
     let shared = snapshot.clone();
     std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if let Err(e) = serve(conn, &shared) {
-                    tracing::debug!("metrics request failed: {e}");
-                }
-            }
-        })?;
+        .name("http".into())
+        .spawn(move || runtime.block_on(accept(listener, shared)))?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(snapshot)
 }
 
-fn serve(conn: TcpStream, snapshot: &Snapshot) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = match path {
+async fn accept(listener: std::net::TcpListener, snapshot: Snapshot) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!("HTTP endpoint: {e}"),
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, say: wait a little rather than spin.
+                tracing::debug!("HTTP accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = respond(&req, &snapshot);
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("HTTP connection: {e}");
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
         "/metrics" => (
-            "200 OK",
+            StatusCode::OK,
             snapshot
                 .lock()
                 .map(|s| s.metrics.clone())
                 .unwrap_or_default(),
         ),
-        "/healthz" => ("200 OK", "ok\n".to_string()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
         "/readyz" => match snapshot.lock().map(|s| s.ready) {
-            Ok(true) => ("200 OK", "ready\n".to_string()),
+            Ok(true) => (StatusCode::OK, "ready\n".to_string()),
             _ => (
-                "503 Service Unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
                 "not carrying the tunnel\n".to_string(),
             ),
         },
-        _ => ("404 Not Found", "not found\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
-    let mut conn = conn;
-    write!(
-        conn,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }

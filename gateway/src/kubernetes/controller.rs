@@ -22,6 +22,7 @@ use liqonet_proto::config::GatewayConfig;
 use liqonet_proto::crd::{GatewayStatus, Phase, TunnelEndpoint, TunnelEndpointStatus};
 
 use super::plan::{plan, FINALIZER};
+use super::resolver::Resolver;
 use super::status::{status_of, when_to_write, Write};
 use crate::engine::{PeerChanges, PeerSpec, PeerStats};
 
@@ -35,12 +36,17 @@ pub trait Peers: Send + Sync + 'static {
     fn stats(&self) -> Vec<PeerStats>;
 }
 
+/// A status write that takes longer is abandoned and retried (the API server may hang).
+const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("applying the peers: {0}")]
     Apply(String),
     #[error("writing the status: {0}")]
     Status(#[source] kube::Error),
+    #[error("{0}: no answer within {API_CALL_TIMEOUT:?}")]
+    Timeout(&'static str),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -60,6 +66,7 @@ pub struct Context<P> {
     pub peers: P,
     pub gateway: GatewayStatus,
     pub status_interval: Duration,
+    resolver: Resolver,
     memory: Mutex<Memory>,
 }
 
@@ -79,6 +86,7 @@ impl<P: Peers> Context<P> {
             peers,
             gateway,
             status_interval,
+            resolver: Resolver::default(),
             memory: Mutex::default(),
         }
     }
@@ -89,7 +97,11 @@ impl<P: Peers> Context<P> {
 
     /// Applies the plan; then writes `target`'s status when it is worth it.
     async fn sync(&self, target: Option<&TunnelEndpoint>) -> Result<Action, Error> {
-        let plan = plan(&self.local, &self.store.state());
+        let endpoints = self.store.state();
+        self.resolver
+            .refresh(endpoints.iter().filter_map(|t| t.spec.endpoint.as_ref()))
+            .await;
+        let plan = plan(&self.local, &endpoints, &|e| self.resolver.get(e));
         let unchanged = self.memory().applied.as_ref() == Some(&plan.peers);
         if !unchanged {
             let changes = match self.peers.apply(plan.peers.clone()).await {
@@ -127,10 +139,14 @@ impl<P: Peers> Context<P> {
             Write::After(d) => Ok(Action::requeue(d)),
             Write::Now => {
                 let patch = Patch::Merge(serde_json::json!({ "status": status }));
-                self.api
-                    .patch_status(&name, &PatchParams::default(), &patch)
-                    .await
-                    .map_err(Error::Status)?;
+                tokio::time::timeout(
+                    API_CALL_TIMEOUT,
+                    self.api
+                        .patch_status(&name, &PatchParams::default(), &patch),
+                )
+                .await
+                .map_err(|_| Error::Timeout("status patch"))?
+                .map_err(Error::Status)?;
                 self.memory().last_write.insert(name, Instant::now());
                 Ok(requeue)
             }
@@ -151,12 +167,14 @@ impl<P> Context<P> {
             return;
         }
         let patch = Patch::Merge(serde_json::json!({ "status": status }));
-        if let Err(e) = self
-            .api
-            .patch_status(&te.name_any(), &PatchParams::default(), &patch)
-            .await
-        {
-            tracing::debug!(endpoint = %te.name_any(), "cannot report Pending: {e}");
+        let (name, params) = (te.name_any(), PatchParams::default());
+        let call = self.api.patch_status(&name, &params, &patch);
+        match tokio::time::timeout(API_CALL_TIMEOUT, call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(endpoint = %te.name_any(), "cannot report Pending: {e}"),
+            Err(_) => {
+                tracing::debug!(endpoint = %te.name_any(), "cannot report Pending: timed out")
+            }
         }
     }
 }
@@ -227,8 +245,13 @@ pub async fn run<P: Peers>(
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("controller: {e}");
+            match r {
+                // The watch itself (a relist after 410 Gone, an API server away): worth seeing.
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    tracing::warn!("watch: {e}")
+                }
+                Err(e) => tracing::debug!("controller: {e}"),
+                Ok(_) => {}
             }
         })
         .await;

@@ -15,10 +15,12 @@ pub mod key_secret;
 pub mod lease;
 pub mod peering;
 pub mod plan;
+pub mod resolver;
 pub mod settings;
 pub mod status;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -30,11 +32,20 @@ use dataplane::Dataplane;
 use lease::Elector;
 pub use settings::KubeSettings;
 
+/// How long a stopping controller may take to finish its current reconcile.
+const CONTROLLER_GRACE: Duration = Duration::from_secs(2);
+/// Connecting to the API server gives up after this long (kube's default is 30 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A client from the in-cluster configuration or the kubeconfig, whichever is there.
 pub async fn client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default().await.map_err(|e| {
+    let mut config = kube::Config::infer().await.map_err(|e| {
         anyhow::anyhow!("no Kubernetes API configuration (in-cluster or kubeconfig): {e}")
-    })
+    })?;
+    // Watches must stay open while nothing changes, so there is no read timeout here: every
+    // call that is not a watch is bounded by its caller instead.
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    kube::Client::try_from(config).map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))
 }
 
 /// Completes once `flag` is true.
@@ -126,9 +137,17 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
             () = raised(stop.clone()) => Why::Stop,
             _ = ended => Why::Ended,
         };
-        let _ = halt_tx.send(true);
-        let _ = controller.await;
+        // Forwarding stops first: nothing the API does (a hung status patch) may keep a replica
+        // that no longer leads carrying the tunnel. Then the controller gets a moment to finish.
         let stopped = dp.stop();
+        let _ = halt_tx.send(true);
+        let mut controller = controller;
+        if tokio::time::timeout(CONTROLLER_GRACE, &mut controller)
+            .await
+            .is_err()
+        {
+            controller.abort();
+        }
         match why {
             Why::Lost => {
                 tracing::warn!("lost the lease: tunnel down, following");

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::{Resource, ResourceExt};
-use liqonet_proto::config::{ConfigErrors, GatewayConfig, Remapped};
+use std::net::SocketAddr;
+
+use liqonet_proto::config::{ConfigErrors, Endpoint, GatewayConfig, Remapped};
 use liqonet_proto::crd::{NetworkStatus, TunnelEndpoint};
 use liqonet_proto::ipam::IpamState;
 
 use crate::engine::{Network, PeerSpec};
-use crate::settings::resolve_endpoint;
 
 /// The gateway's finalizer: deleting a TunnelEndpoint first removes its peer.
 pub const FINALIZER: &str = "net.liqo.io/liqonet-gateway";
@@ -106,7 +107,13 @@ fn set_aside(
     !bad.is_empty()
 }
 
-pub fn plan(local: &GatewayConfig, endpoints: &[Arc<TunnelEndpoint>]) -> Plan {
+/// Plans the peers; `resolve` gives an endpoint's address (host names from the resolver's cache:
+/// a name not resolved yet leaves the peer without an endpoint, answering only).
+pub fn plan(
+    local: &GatewayConfig,
+    endpoints: &[Arc<TunnelEndpoint>],
+    resolve: &impl Fn(&Endpoint) -> Result<SocketAddr, String>,
+) -> Plan {
     let mut outcomes = BTreeMap::new();
     let mut candidates = active(endpoints);
     let state = recorded(&candidates);
@@ -136,14 +143,11 @@ pub fn plan(local: &GatewayConfig, endpoints: &[Arc<TunnelEndpoint>]) -> Plan {
         };
         let mut peers = Vec::with_capacity(candidates.len());
         for (t, remapped) in candidates.iter().zip(remapped) {
-            let endpoint = match t.spec.endpoint.as_ref().map(resolve_endpoint).transpose() {
+            let endpoint = match t.spec.endpoint.as_ref().map(resolve).transpose() {
                 Ok(e) => e,
                 Err(m) => {
-                    outcomes.insert(
-                        t.name_any(),
-                        Outcome::Invalid(format!("spec.endpoint: {m}")),
-                    );
-                    continue;
+                    tracing::warn!(endpoint = %t.name_any(), "spec.endpoint: {m}; the peer only answers until it resolves");
+                    None
                 }
             };
             let networks: Vec<Network> = t
@@ -185,6 +189,13 @@ pub(crate) mod tests {
     use super::*;
     use liqonet_proto::crd::TunnelEndpointStatus;
 
+    pub fn resolve(e: &Endpoint) -> Result<SocketAddr, String> {
+        match e {
+            Endpoint::Addr(a) => Ok(*a),
+            Endpoint::Host(h, _) => Err(format!("{h} is not resolved")),
+        }
+    }
+
     pub fn local() -> GatewayConfig {
         GatewayConfig::from_yaml(
             "clusterID: home\nprivateKeyFile: secret/keys\nlocalNetworks: [10.244.0.0/16, fd10:244::/56]\nipam: {pools: [10.0.0.0/8, fd00::/8]}\n",
@@ -212,7 +223,7 @@ pub(crate) mod tests {
     fn endpoints_become_peers_with_auto_resolved() {
         let a = endpoint("a", 1, "[{cidr: 10.244.0.0/16, remapped: auto}]", 1);
         let b = endpoint("b", 2, "[{cidr: 10.245.0.0/16}]", 2);
-        let p = plan(&local(), &[Arc::new(b), Arc::new(a)]);
+        let p = plan(&local(), &[Arc::new(b), Arc::new(a)], &resolve);
         assert_eq!(p.peers.len(), 2);
         assert_eq!(p.peers[0].name, "a", "older first");
         assert_eq!(applied(&p, "a"), ["10.0.0.0/16"]);
@@ -231,7 +242,7 @@ pub(crate) mod tests {
         });
         // A newer, earlier-sorted peer cannot take it.
         let b = endpoint("b", 2, "[{cidr: 10.244.0.0/16, remapped: auto}]", 1);
-        let p = plan(&local(), &[Arc::new(a), Arc::new(b)]);
+        let p = plan(&local(), &[Arc::new(a), Arc::new(b)], &resolve);
         assert_eq!(applied(&p, "a"), ["10.7.0.0/16"]);
         assert_eq!(applied(&p, "b"), ["10.0.0.0/16"]);
     }
@@ -243,7 +254,11 @@ pub(crate) mod tests {
         let bad = endpoint("bad", 2, "[{cidr: 10.244.0.0/16}]", 2);
         // Same key as a: the newer one loses.
         let dup = endpoint("dup", 1, "[{cidr: 10.250.0.0/16}]", 3);
-        let p = plan(&local(), &[Arc::new(a), Arc::new(bad), Arc::new(dup)]);
+        let p = plan(
+            &local(),
+            &[Arc::new(a), Arc::new(bad), Arc::new(dup)],
+            &resolve,
+        );
         assert_eq!(p.peers.len(), 1);
         assert_eq!(applied(&p, "a"), ["10.0.0.0/16"]);
         for name in ["bad", "dup"] {
@@ -260,7 +275,7 @@ pub(crate) mod tests {
         gone.metadata.deletion_timestamp = gone.metadata.creation_timestamp.clone();
         let mut fresh = endpoint("fresh", 2, "[{cidr: 10.246.0.0/16}]", 2);
         fresh.metadata.finalizers = None;
-        let p = plan(&local(), &[Arc::new(gone), Arc::new(fresh)]);
+        let p = plan(&local(), &[Arc::new(gone), Arc::new(fresh)], &resolve);
         assert!(p.peers.is_empty());
         assert!(p.outcomes.is_empty());
     }

@@ -1,0 +1,50 @@
+//! The health endpoint answers at once however many clients sit idle on it (a follower relies on
+//! it before taking over; kubelet probes it).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn idle_and_half_sent_requests_hold_up_nobody() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let snapshot =
+        liqonet_gateway::io::metrics_http::spawn(format!("127.0.0.1:{port}").parse().unwrap())
+            .unwrap();
+    // 50 idle connections and 50 that sent half a request line.
+    let mut idle = Vec::new();
+    for i in 0..100 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if i % 2 == 1 {
+            s.write_all(b"GET /metr").unwrap();
+        }
+        idle.push(s);
+    }
+    let t = Instant::now();
+    let health = get(port, "/healthz");
+    let took = t.elapsed();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(took < Duration::from_millis(500), "/healthz took {took:?}");
+    // A follower is alive and not ready; the leader is ready.
+    assert!(get(port, "/readyz").starts_with("HTTP/1.1 503"));
+    snapshot.lock().unwrap().ready = true;
+    assert!(get(port, "/readyz").starts_with("HTTP/1.1 200"));
+    println!("/healthz with 100 stalled clients: {took:?}");
+}
