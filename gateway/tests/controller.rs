@@ -442,6 +442,7 @@ fn start_campaign(
         Api::<Lease>::namespaced(client, "liqonet"),
         "gw".into(),
         Elector::new(identity.into(), timings),
+        Some("192.0.2.1:9640".into()),
         leader_tx,
         async move {
             let _ = quit.wait_for(|q| *q).await;
@@ -461,6 +462,11 @@ async fn the_lease_is_created_renewed_and_released() {
     let call = server.expect("POST", PATH).await;
     assert_eq!(call.body["spec"]["holderIdentity"], "pod-a");
     assert_eq!(call.body["spec"]["leaseDurationSeconds"], 1);
+    // Followers probe this before they take an expired Lease over.
+    assert_eq!(
+        call.body["metadata"]["annotations"]["liqonet.liqo.io/health-endpoint"],
+        "192.0.2.1:9640"
+    );
     let mut lease = call.body.clone();
     lease["metadata"]["resourceVersion"] = json!("1");
     call.reply(201, lease.clone());

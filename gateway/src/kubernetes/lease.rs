@@ -1,11 +1,16 @@
 //! Active/passive failover: a `coordination.k8s.io` Lease elects the replica that carries the
-//! tunnel.
+//! tunnel. The states, timeouts and partitions are in docs/failover.md.
 //!
 //! [`Elector`] is the decision logic, with time passed in (unit-tested with controlled time).
 //! Expiry is judged on the follower's own monotonic clock, from when it last saw the Lease change,
 //! never by comparing the holder's `renewTime` with local wall time, so clock skew between nodes
-//! cannot elect two leaders. A leader that cannot renew within `renew_deadline` (shorter than the
-//! Lease's duration) stops carrying the tunnel before any follower may take over.
+//! cannot elect two leaders. Calm and safe at once:
+//! - a leader that cannot reach the API keeps leading: nobody else can take the Lease either, so
+//!   an API server that is away takes no traffic down;
+//! - a leader that sees another holder stops leading at once (every call is bounded by the call
+//!   timeout, so it learns within one);
+//! - a follower takes an expired Lease only when the holder's health endpoint, published on the
+//!   Lease, does not answer: it never takes over from a leader that is alive.
 //! [`campaign`] runs it against the API.
 
 use std::time::{Duration, Instant};
@@ -21,7 +26,8 @@ use tokio::sync::watch;
 pub struct Timings {
     /// How long a Lease is valid after its last renewal.
     pub lease: Duration,
-    /// A leader that has not renewed for this long steps down.
+    /// Every Lease call is abandoned after this long (so a leader learns within it that another
+    /// replica holds the Lease).
     pub renew_deadline: Duration,
     /// Between two looks at the Lease (renewals, for the leader).
     pub retry: Duration,
@@ -36,7 +42,7 @@ impl Timings {
         }
         if !(retry < renew_deadline && renew_deadline < lease) {
             return Err(format!(
-                "need retry period ({retry:?}) < renew deadline ({renew_deadline:?}) < lease duration ({lease:?}), so that a leader steps down before its Lease can be taken"
+                "need retry period ({retry:?}) < renew deadline ({renew_deadline:?}) < lease duration ({lease:?}), so that a Lease call ends before the Lease can expire"
             ));
         }
         Ok(Timings {
@@ -61,7 +67,12 @@ pub struct Record {
     /// Opaque: only compared, to notice renewals.
     pub renew_time: Option<String>,
     pub transitions: i32,
+    /// Where the holder's health endpoint answers (`HOST:PORT`), from [`HEALTH_ANNOTATION`].
+    pub health: Option<String>,
 }
+
+/// The annotation on the Lease where the holder publishes its health endpoint.
+pub const HEALTH_ANNOTATION: &str = "liqonet.liqo.io/health-endpoint";
 
 impl Record {
     pub fn of(lease: &Lease) -> Self {
@@ -73,6 +84,12 @@ impl Record {
             ),
             renew_time: spec.renew_time.map(|t| t.0.to_string()),
             transitions: spec.lease_transitions.unwrap_or(0),
+            health: lease
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(HEALTH_ANNOTATION))
+                .cloned(),
         }
     }
 }
@@ -87,6 +104,12 @@ pub enum Action {
     Renew,
     /// Someone else holds a valid Lease.
     Follow { holder: String },
+    /// Someone else holds a Lease that stopped changing a Lease duration ago: take it if the
+    /// holder's health endpoint (if published) does not answer.
+    TakeOver {
+        holder: String,
+        health: Option<String>,
+    },
 }
 
 pub struct Elector {
@@ -94,8 +117,8 @@ pub struct Elector {
     timings: Timings,
     /// The Lease as last seen changed, and when (on our clock).
     observed: Option<(Record, Instant)>,
-    /// Our last successful write holding the Lease.
-    renewed_at: Option<Instant>,
+    /// Holding the Lease: our last write holding it succeeded and no other holder was seen since.
+    holding: bool,
 }
 
 impl Elector {
@@ -104,7 +127,7 @@ impl Elector {
             identity,
             timings,
             observed: None,
-            renewed_at: None,
+            holding: false,
         }
     }
 
@@ -133,9 +156,12 @@ impl Elector {
             None => Action::Acquire,
             Some(h) => {
                 // Someone else holds it: whatever we thought, we do not lead.
-                self.renewed_at = None;
+                self.holding = false;
                 if since_change >= record.duration {
-                    Action::Acquire
+                    Action::TakeOver {
+                        holder: h.to_string(),
+                        health: record.health.clone(),
+                    }
                 } else {
                     Action::Follow {
                         holder: h.to_string(),
@@ -145,22 +171,23 @@ impl Elector {
         }
     }
 
-    /// The outcome of the write [`Elector::decide`] asked for.
-    pub fn wrote(&mut self, ok: bool, now: Instant) {
+    /// The outcome of the write [`Elector::decide`] asked for. A failed write changes nothing:
+    /// a conflict makes the next round read the Lease, and an API that does not answer cannot
+    /// let anyone else take it either.
+    pub fn wrote(&mut self, ok: bool) {
         if ok {
-            self.renewed_at = Some(now);
+            self.holding = true;
         }
     }
 
-    /// Did we hold the Lease recently enough to carry the tunnel?
-    pub fn is_leader(&self, now: Instant) -> bool {
-        self.renewed_at
-            .is_some_and(|t| now.saturating_duration_since(t) < self.timings.renew_deadline)
+    /// Do we carry the tunnel?
+    pub fn is_leader(&self) -> bool {
+        self.holding
     }
 
     /// We gave the Lease up.
     pub fn released(&mut self) {
-        self.renewed_at = None;
+        self.holding = false;
     }
 }
 
@@ -168,8 +195,16 @@ fn now_micro() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
-/// `lease` held by `elector`'s identity from now on.
-fn hold(mut lease: Lease, elector: &Elector, taking_over: bool) -> Lease {
+/// `lease` held by `elector`'s identity from now on, with our health endpoint published.
+fn hold(mut lease: Lease, elector: &Elector, health: Option<&str>, taking_over: bool) -> Lease {
+    let annotations = lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    match health {
+        Some(h) => annotations.insert(HEALTH_ANNOTATION.to_string(), h.to_string()),
+        None => annotations.remove(HEALTH_ANNOTATION),
+    };
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     if taking_over {
         spec.acquire_time = Some(now_micro());
@@ -194,34 +229,78 @@ async fn write(
     }
 }
 
-/// Runs the election until `shutdown` completes, publishing leadership on `leader`. On shutdown a
-/// leader releases the Lease, so a follower takes over within one retry period.
+/// How long a health probe of the holder may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Whether `GET /healthz` on `addr` (`HOST:PORT`) answers 200 within [`PROBE_TIMEOUT`].
+pub async fn answers(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: liqonet\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// Runs the election until `shutdown` completes, publishing leadership on `leader`. `health` is
+/// where this replica's health endpoint answers (published on the Lease while we hold it). On
+/// shutdown a leader releases the Lease, so a follower takes over within one retry period.
 pub async fn campaign(
     api: Api<Lease>,
     name: String,
     mut elector: Elector,
+    health: Option<String>,
     leader: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    // A hung call must not keep a stale leader leading: each call gets one retry period.
-    let limit = elector.timings().retry;
+    // Every call is bounded, so a leader learns in time that another holds the Lease.
+    let limit = elector.timings().renew_deadline;
     let timed = |r: Result<Result<Option<Lease>, kube::Error>, tokio::time::error::Elapsed>| {
         r.unwrap_or_else(|_| Err(kube::Error::Service("lease call timed out".into())))
     };
     // The Lease as our last write returned it: a leader renews from it without reading first.
     let mut ours: Option<Lease> = None;
     let mut last_error: Option<String> = None;
+    let mut spared: Option<String> = None;
     loop {
         let now = Instant::now();
         let read = match ours.take() {
-            Some(l) if elector.is_leader(now) => Ok(Some(l)),
+            Some(l) if elector.is_leader() => Ok(Some(l)),
             _ => timed(tokio::time::timeout(limit, api.get_opt(&name)).await),
         };
         let written = match read {
             Err(e) => Err(e),
             Ok(current) => {
-                let action = elector.decide(current.as_ref().map(Record::of).as_ref(), now);
+                let mut action = elector.decide(current.as_ref().map(Record::of).as_ref(), now);
+                if let Action::TakeOver { holder, health } = &action {
+                    let alive = match health {
+                        Some(addr) => answers(addr).await,
+                        None => false,
+                    };
+                    if alive {
+                        if spared.as_deref() != Some(holder) {
+                            tracing::warn!(lease = %name, %holder, health = ?health, "the lease expired, but its holder answers its health endpoint: not taking over");
+                            spared = Some(holder.clone());
+                        }
+                        action = Action::Follow {
+                            holder: holder.clone(),
+                        };
+                    } else {
+                        tracing::info!(lease = %name, %holder, "the lease expired and its holder does not answer: taking over");
+                    }
+                } else {
+                    spared = None;
+                }
+                let h = health.as_deref();
                 match (action, current) {
                     (Action::Create, _) => {
                         let lease = Lease {
@@ -231,15 +310,15 @@ pub async fn campaign(
                             },
                             spec: None,
                         };
-                        let lease = hold(lease, &elector, true);
+                        let lease = hold(lease, &elector, h, true);
                         timed(tokio::time::timeout(limit, write(&api, None, lease)).await)
                     }
-                    (Action::Acquire, Some(l)) => {
-                        let lease = hold(l, &elector, true);
+                    (Action::Acquire | Action::TakeOver { .. }, Some(l)) => {
+                        let lease = hold(l, &elector, h, true);
                         timed(tokio::time::timeout(limit, write(&api, Some(&name), lease)).await)
                     }
                     (Action::Renew, Some(l)) => {
-                        let lease = hold(l, &elector, false);
+                        let lease = hold(l, &elector, h, false);
                         timed(tokio::time::timeout(limit, write(&api, Some(&name), lease)).await)
                     }
                     (Action::Follow { .. }, _) | (_, None) => Ok(None),
@@ -248,21 +327,23 @@ pub async fn campaign(
         };
         match written {
             Ok(Some(l)) => {
-                elector.wrote(true, Instant::now());
+                elector.wrote(true);
                 ours = Some(l);
                 last_error = None;
             }
             Ok(None) => last_error = None,
             Err(e) => {
-                // A conflict is a lost race (or a stale renewal): read again next time.
+                // A conflict is a lost race (or a stale renewal): the next round reads the Lease.
+                // An API that does not answer changes nothing: a leader goes on leading.
+                elector.wrote(false);
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(&msg) {
-                    tracing::warn!(lease = %name, "lease: {msg}");
+                    tracing::warn!(lease = %name, leading = elector.is_leader(), "lease: {msg}");
                 }
                 last_error = Some(msg);
             }
         }
-        let leading = elector.is_leader(Instant::now());
+        let leading = elector.is_leader();
         leader.send_if_modified(|was| {
             if *was != leading {
                 tracing::info!(lease = %name, identity = %elector.identity(), leading, "leadership changed");
@@ -277,13 +358,16 @@ pub async fn campaign(
             () = tokio::time::sleep(elector.timings().retry) => {}
         }
     }
-    if let (true, Some(mut l)) = (elector.is_leader(Instant::now()), ours) {
+    if let (true, Some(mut l)) = (elector.is_leader(), ours) {
         if let Some(spec) = l.spec.as_mut() {
             spec.holder_identity = None;
         }
-        match api.replace(&name, &PostParams::default(), &l).await {
-            Ok(_) => tracing::info!(lease = %name, "lease released"),
-            Err(e) => tracing::warn!(lease = %name, "cannot release the lease: {e}"),
+        let params = PostParams::default();
+        let release = api.replace(&name, &params, &l);
+        match tokio::time::timeout(limit, release).await {
+            Ok(Ok(_)) => tracing::info!(lease = %name, "lease released"),
+            Ok(Err(e)) => tracing::warn!(lease = %name, "cannot release the lease: {e}"),
+            Err(_) => tracing::warn!(lease = %name, "cannot release the lease: timed out"),
         }
     }
     elector.released();
@@ -309,6 +393,7 @@ mod tests {
             duration: Duration::from_secs(1),
             renew_time: Some(format!("t{renew}")),
             transitions: 0,
+            health: Some(format!("{holder}:9640")),
         }
     }
 
@@ -321,9 +406,9 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Elector::new("a".into(), timings());
         assert_eq!(e.decide(None, t0), Action::Create);
-        assert!(!e.is_leader(t0));
-        e.wrote(true, t0);
-        assert!(e.is_leader(t0));
+        assert!(!e.is_leader());
+        e.wrote(true);
+        assert!(e.is_leader());
         let mut b = Elector::new("b".into(), timings());
         let free = Record {
             holder: None,
@@ -333,21 +418,18 @@ mod tests {
     }
 
     #[test]
-    fn the_leader_renews_and_steps_down_when_it_cannot() {
+    fn the_leader_keeps_leading_while_the_api_is_away() {
         let t0 = Instant::now();
         let mut e = Elector::new("a".into(), timings());
         assert_eq!(e.decide(Some(&held_by("a", 1)), t0), Action::Renew);
-        e.wrote(true, t0);
-        // Renewals keep failing (API unreachable): leader until the renew deadline, not after.
-        for t in [150, 300, 450] {
+        e.wrote(true);
+        // Renewals keep failing for a minute (API server stopped or hung): nobody else can take
+        // the Lease without the API either, so the tunnel stays up.
+        for t in (150..60_000).step_by(150) {
             assert_eq!(e.decide(Some(&held_by("a", 1)), ms(t0, t)), Action::Renew);
-            e.wrote(false, ms(t0, t));
-            assert!(e.is_leader(ms(t0, t)));
+            e.wrote(false);
+            assert!(e.is_leader(), "at {t} ms");
         }
-        assert!(!e.is_leader(ms(t0, 500)));
-        // campaign notices within one more iteration (a timed-out call plus a sleep: 2 × 150 ms),
-        // which is before any follower may take the Lease (1 s after it last changed).
-        assert!(Duration::from_millis(500 + 300) < held_by("a", 1).duration);
     }
 
     #[test]
@@ -359,14 +441,14 @@ mod tests {
             let a = b.decide(Some(&held_by("a", i)), ms(t0, u64::from(t)));
             assert_eq!(a, Action::Follow { holder: "a".into() }, "at {t} ms");
         }
-        assert!(!b.is_leader(ms(t0, 4000)));
+        assert!(!b.is_leader());
     }
 
     #[test]
-    fn a_follower_takes_over_a_lease_that_stopped_changing() {
+    fn a_lease_that_stopped_changing_is_taken_over_after_a_health_check() {
         let t0 = Instant::now();
         let mut b = Elector::new("b".into(), timings());
-        // The holder renewed at t0, then died. Expiry runs on b's clock from when b saw it.
+        // The holder renewed at t0, then stopped. Expiry runs on b's clock from when b saw it.
         let last = held_by("a", 7);
         assert!(matches!(
             b.decide(Some(&last), ms(t0, 100)),
@@ -376,12 +458,19 @@ mod tests {
             b.decide(Some(&last), ms(t0, 1000)),
             Action::Follow { .. }
         ));
-        assert_eq!(b.decide(Some(&last), ms(t0, 1100)), Action::Acquire);
-        b.wrote(true, ms(t0, 1110));
-        assert!(b.is_leader(ms(t0, 1110)));
+        // Expired: campaign probes the published health endpoint before writing.
+        assert_eq!(
+            b.decide(Some(&last), ms(t0, 1100)),
+            Action::TakeOver {
+                holder: "a".into(),
+                health: Some("a:9640".into())
+            }
+        );
+        b.wrote(true);
+        assert!(b.is_leader());
         // Worst case with the defaults: b looks 150 ms apart, so it takes over at most
-        // retry + duration + retry = 1.3 s after the last renewal, leaving 0.7 s of the 2 s
-        // budget for the data plane to start and the handshake.
+        // retry + duration + retry (+ a refused probe) = 1.3 s after the last renewal, leaving
+        // 0.7 s of the 2 s budget for the data plane to start and the handshake.
         assert!(
             Duration::from_millis(150) + Duration::from_secs(1) + Duration::from_millis(150)
                 < Duration::from_secs(2)
@@ -393,13 +482,13 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Elector::new("a".into(), timings());
         a.decide(Some(&held_by("a", 1)), t0);
-        a.wrote(true, t0);
-        // Partitioned for a while; meanwhile b took over.
+        a.wrote(true);
+        // Partitioned from the API and from b for a while; meanwhile b took over.
         assert!(matches!(
             a.decide(Some(&held_by("b", 1)), ms(t0, 300)),
             Action::Follow { .. }
         ));
-        assert!(!a.is_leader(ms(t0, 300)));
+        assert!(!a.is_leader());
     }
 
     #[test]
@@ -411,8 +500,8 @@ mod tests {
             ..held_by("x", 1)
         };
         assert_eq!(b.decide(Some(&free), t0), Action::Acquire);
-        b.wrote(false, t0); // 409: c was faster
-        assert!(!b.is_leader(t0));
+        b.wrote(false); // 409: c was faster
+        assert!(!b.is_leader());
         assert!(matches!(
             b.decide(Some(&held_by("c", 1)), ms(t0, 200)),
             Action::Follow { .. }
@@ -420,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn timings_must_let_the_leader_step_down_first() {
+    fn timings_must_end_a_call_before_the_lease_can_expire() {
         let s = Duration::from_secs;
         let m = Duration::from_millis;
         assert!(Timings::new(m(500), m(300), m(100)).is_err());
@@ -430,5 +519,11 @@ mod tests {
             Timings::new(m(1500), s(1), m(200)).unwrap().lease_seconds(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn a_health_endpoint_that_is_gone_does_not_answer() {
+        // Nothing listens on port 1 of the loopback: refused at once.
+        assert!(!answers("127.0.0.1:1").await);
     }
 }

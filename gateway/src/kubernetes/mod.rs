@@ -48,6 +48,21 @@ pub async fn client() -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config).map_err(|e| anyhow::anyhow!("Kubernetes client: {e}"))
 }
 
+/// Where the other replicas reach our health endpoint: the node IP when it listens on all
+/// addresses (the DaemonSet's `0.0.0.0:9640`, on the host network).
+fn health_endpoint(listen: std::net::SocketAddr, node_ip: &str) -> String {
+    let host = if listen.ip().is_unspecified() {
+        node_ip.to_string()
+    } else {
+        listen.ip().to_string()
+    };
+    if host.contains(':') {
+        format!("[{host}]:{}", listen.port())
+    } else {
+        format!("{host}:{}", listen.port())
+    }
+}
+
 /// Completes once `flag` is true.
 async fn raised(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
@@ -103,10 +118,12 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
     let (leader_tx, mut leader) = watch::channel(false);
     let (quit_tx, quit) = watch::channel(false);
     tracing::info!(cluster = %local.cluster_id, namespace = %ns, identity = %pod, lease = %settings.lease, "campaigning for the lease");
+    let health = health_endpoint(settings.health_address, &node_ip);
     let campaign = tokio::spawn(lease::campaign(
         Api::<Lease>::namespaced(client.clone(), &ns),
         settings.lease.clone(),
         Elector::new(pod, timings),
+        Some(health),
         leader_tx,
         raised(quit),
     ));

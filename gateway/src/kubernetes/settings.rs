@@ -69,7 +69,8 @@ pub struct KubeSettings {
     /// How long a leader's Lease stays valid without renewal (whole seconds in the Lease).
     #[arg(long, env = "LIQONET_LEASE_DURATION", default_value = "1s", value_parser = parse_duration)]
     pub lease_duration: Duration,
-    /// A leader that could not renew for this long stops carrying the tunnel.
+    /// Every Lease call is abandoned after this long, so a leader learns within it that
+    /// another replica took the Lease (docs/failover.md).
     #[arg(long, env = "LIQONET_RENEW_DEADLINE", default_value = "500ms", value_parser = parse_duration)]
     pub renew_deadline: Duration,
     /// How often the leader renews and followers look at the Lease.
