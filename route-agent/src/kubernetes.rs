@@ -215,6 +215,20 @@ where
     s.map(|e| e.map(|_| ()))
 }
 
+/// Retries of a failed watch: 250 ms doubling up to 2 s (kube's default grows to 30 s, which
+/// after an API outage would leave the routes stale for that long once the API is back).
+fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    let b = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(250))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(b),
+        std::time::Duration::from_secs(60),
+    )
+}
+
 /// Watches TunnelEndpoints and Nodes and sends the configuration whenever it changes, writing
 /// a byte to `wake` so the agent loop reconciles at once.
 pub async fn watch(
@@ -232,11 +246,11 @@ pub async fn watch(
             Api::<TunnelEndpoint>::namespaced(client.clone(), &args.namespace),
             watcher::Config::default(),
         )
-        .default_backoff(),
+        .backoff(watch_backoff()),
     );
     let node_events = reflector::reflector(
         node_writer,
-        watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff(),
+        watcher(Api::<Node>::all(client), watcher::Config::default()).backoff(watch_backoff()),
     );
     let events = futures::stream::select(any_event(ep_events), any_event(node_events));
     let mut events = std::pin::pin!(events);

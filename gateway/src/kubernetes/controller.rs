@@ -223,6 +223,20 @@ pub fn error_policy<P: Peers>(
     Action::requeue(delay)
 }
 
+/// Retries of a failed watch: 250 ms doubling up to 2 s (kube's default grows to 30 s, which
+/// after an API outage would leave the gateway blind for that long once the API is back).
+pub fn watch_backoff() -> impl kube::runtime::utils::Backoff {
+    let b = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(b),
+        Duration::from_secs(60),
+    )
+}
+
 /// Runs the controller until `stop` completes.
 pub async fn run<P: Peers>(
     api: Api<TunnelEndpoint>,
@@ -232,7 +246,8 @@ pub async fn run<P: Peers>(
     status_interval: Duration,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let controller = Controller::new(api.clone(), watcher::Config::default());
+    let controller =
+        Controller::new(api.clone(), watcher::Config::default()).trigger_backoff(watch_backoff());
     let ctx = Arc::new(Context::new(
         api,
         controller.store(),

@@ -453,6 +453,37 @@ impl KubeLab {
         Ok(())
     }
 
+    /// kubectl with DaemonSet `ds`'s ServiceAccount token from its pod on `node` (what that
+    /// component may do); the output whether it succeeded or not.
+    pub fn kubectl_as_pod(
+        &self,
+        cluster: &str,
+        node: &str,
+        ds: &str,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        let c = self.cluster(cluster);
+        let sa = self
+            .dir
+            .join(cluster)
+            .join("pods")
+            .join(Self::pod_name(ds, node))
+            .join("serviceaccount");
+        let token = fs::read_to_string(sa.join("token"))?;
+        Ok(std::process::Command::new("ip")
+            .args(["netns", "exec", &c.cp.ns])
+            .arg(c.cp.kubectl_bin())
+            .arg("--kubeconfig=/dev/null")
+            .arg(format!("--server={}", c.cp.server()))
+            .arg(format!(
+                "--certificate-authority={}",
+                sa.join("ca.crt").display()
+            ))
+            .arg(format!("--token={}", token.trim()))
+            .args(args)
+            .output()?)
+    }
+
     /// Wires the gateway Service's node port (read from the Service) on the gateway nodes.
     fn wire_nodeport(&mut self, cluster: &str) -> anyhow::Result<()> {
         let c = self.cluster(cluster);
@@ -678,6 +709,144 @@ impl KubeLab {
         Ok((lines(routes), lines(rules)))
     }
 
+    /// What each node of `cluster` must hold when `gateway` carries `networks` (the remapped
+    /// prefixes): exactly these routes in the agent's table and these rules, as `ip` prints them.
+    /// Workers (and the idle gateway node) route the networks to the gateway's overlay address;
+    /// the gateway node sends return traffic to every other node's pods through the overlay.
+    pub fn expected_agent_state(
+        &self,
+        cluster: &str,
+        node: &str,
+        gateway: Option<&str>,
+        networks: &[String],
+    ) -> (Vec<String>, Vec<String>) {
+        let c = self.cluster(cluster);
+        let Some(gw) = gateway else {
+            return (Vec::new(), Vec::new());
+        };
+        let (mut routes, mut rules): (Vec<String>, Vec<String>) = if node == gw {
+            (
+                c.nodes
+                    .iter()
+                    .filter(|n| n.name != gw)
+                    .map(|n| format!("{} via {} dev liqo.vxlan", n.pod_cidr, overlay_ip(&n.ip)))
+                    .collect(),
+                networks
+                    .iter()
+                    .map(|r| format!("from {r} lookup 2741"))
+                    .collect(),
+            )
+        } else {
+            let via = overlay_ip(&c.node(gw).ip);
+            (
+                networks
+                    .iter()
+                    .map(|r| format!("{r} via {via} dev liqo.vxlan"))
+                    .collect(),
+                networks
+                    .iter()
+                    .map(|r| format!("from all to {r} lookup 2741"))
+                    .collect(),
+            )
+        };
+        routes.sort();
+        rules.sort();
+        (routes, rules)
+    }
+
+    /// Every node's table and rules as they are, normalised like [`Self::expected_agent_state`].
+    fn actual_agent_state(
+        &self,
+        cluster: &str,
+        node: &str,
+    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let (routes, rules) = self.agent_state(cluster, node)?;
+        let clean = |l: &String| {
+            l.trim_start_matches("2741:")
+                .trim()
+                .trim_end_matches("proto 202")
+                .trim()
+                .to_string()
+        };
+        let mut routes: Vec<String> = routes.iter().map(clean).collect();
+        let mut rules: Vec<String> = rules.iter().map(clean).collect();
+        routes.sort();
+        rules.sort();
+        Ok((routes, rules))
+    }
+
+    /// The gateway node and remapped networks `cluster` carries, from its TunnelEndpoints'
+    /// status (the Connected and Connecting ones).
+    pub fn carried(&self, cluster: &str) -> anyhow::Result<(Option<String>, Vec<String>)> {
+        let list = self.cluster(cluster).get_json(&["tep"])?;
+        let mut gateway = None;
+        let mut networks = Vec::new();
+        for t in list["items"].as_array().into_iter().flatten() {
+            let phase = t["status"]["phase"].as_str().unwrap_or_default();
+            if !(phase == "Connected" || phase == "Connecting")
+                || !t["metadata"]["deletionTimestamp"].is_null()
+            {
+                continue;
+            }
+            gateway = t["status"]["gateway"]["nodeName"]
+                .as_str()
+                .map(String::from);
+            for n in t["status"]["networks"].as_array().into_iter().flatten() {
+                if let Some(r) = n["remapped"].as_str() {
+                    networks.push(r.to_string());
+                }
+            }
+        }
+        Ok((gateway, networks))
+    }
+
+    /// Every node of `cluster` holds exactly what `gateway` carrying `networks` needs: nothing
+    /// stale, nothing duplicated. The error lists each node that differs.
+    pub fn check_routes(
+        &self,
+        cluster: &str,
+        gateway: Option<&str>,
+        networks: &[String],
+    ) -> Result<(), String> {
+        let mut bad = Vec::new();
+        for n in &self.cluster(cluster).nodes {
+            let want = self.expected_agent_state(cluster, &n.name, gateway, networks);
+            match self.actual_agent_state(cluster, &n.name) {
+                Ok(have) if have == want => {}
+                Ok(have) => bad.push(format!(
+                    "{cluster}/{}: have {have:?}, want {want:?}",
+                    n.name
+                )),
+                Err(e) => bad.push(format!("{cluster}/{}: {e}", n.name)),
+            }
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("\n"))
+        }
+    }
+
+    /// Waits until [`Self::check_routes`] holds; returns how long that took.
+    pub fn wait_routes(
+        &self,
+        cluster: &str,
+        gateway: Option<&str>,
+        networks: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            match self.check_routes(cluster, gateway, networks) {
+                Ok(()) => return Ok(t0.elapsed()),
+                Err(e) if t0.elapsed() > timeout => {
+                    bail!("routes not as desired after {timeout:?}:\n{e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
     /// Kills every pod process, the control planes, and removes the namespaces and files.
     pub fn teardown(&mut self) {
         for p in &mut self.procs {
@@ -707,6 +876,16 @@ impl KubeLab {
 impl Drop for KubeLab {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// A node's overlay address: the agent's default overlay CIDR 10.80.0.0/12 plus the host bits
+/// of its node IP (172.20.0.11 → 10.84.0.11).
+fn overlay_ip(node_ip: &str) -> String {
+    let o: Vec<u8> = node_ip.split('.').filter_map(|x| x.parse().ok()).collect();
+    match o.as_slice() {
+        [_, b, c, d] => format!("10.{}.{c}.{d}", 80 + (b & 15)),
+        _ => String::new(),
     }
 }
 

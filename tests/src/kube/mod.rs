@@ -16,6 +16,7 @@ pub mod controlplane;
 pub mod forward;
 pub mod lab;
 pub mod nodeport;
+pub mod outage;
 pub mod pods;
 
 pub use controlplane::ControlPlane;
