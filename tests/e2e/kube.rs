@@ -58,20 +58,8 @@ fn pingers(lab: &KubeLab, a: &str, b: &str) -> (Pinger, Pinger) {
     let ab = lab.remote_pod_ip(a, b, "w1").unwrap();
     let ba = lab.remote_pod_ip(b, a, "w1").unwrap();
     (
-        Pinger::start(
-            &lab.cluster(a).node("w2").pod.ns,
-            &ab,
-            &lab.dir,
-            &format!("{a}-{b}"),
-        )
-        .unwrap(),
-        Pinger::start(
-            &lab.cluster(b).node("w2").pod.ns,
-            &ba,
-            &lab.dir,
-            &format!("{b}-{a}"),
-        )
-        .unwrap(),
+        Pinger::start(&lab.cluster(a).node("w2").pod.ns, &ab, &format!("{a}-{b}")).unwrap(),
+        Pinger::start(&lab.cluster(b).node("w2").pod.ns, &ba, &format!("{b}-{a}")).unwrap(),
     )
 }
 

@@ -521,30 +521,22 @@ impl KubeLab {
     /// Peers `a` and `b` with the real CLI, both ways, each run as the peering identity:
     /// `peering-info --kubernetes` on one, `peer add --kubernetes` on the other.
     pub fn peer(&self, a: &str, b: &str) -> anyhow::Result<()> {
-        let info_a = self.peering_cli(a, &["peering-info", "--kubernetes"])?;
-        let info_b = self.peering_cli(b, &["peering-info", "--kubernetes"])?;
-        let (fa, fb) = (
-            self.dir.join(format!("{a}.peering.yaml")),
-            self.dir.join(format!("{b}.peering.yaml")),
-        );
-        fs::write(&fa, info_a)?;
-        fs::write(&fb, info_b)?;
-        self.peering_cli(
-            b,
-            &[
-                "peer",
-                "add",
-                "--kubernetes",
-                fa.to_str().unwrap_or_default(),
-            ],
-        )?;
+        self.peer_one_way(b, a)?;
+        self.peer_one_way(a, b)
+    }
+
+    /// `a` adds `b` as a peer (`b`'s peering-info, `peer add` on `a`).
+    pub fn peer_one_way(&self, a: &str, b: &str) -> anyhow::Result<()> {
+        let info = self.peering_cli(b, &["peering-info", "--kubernetes"])?;
+        let file = self.dir.join(format!("{b}.peering.yaml"));
+        fs::write(&file, info)?;
         self.peering_cli(
             a,
             &[
                 "peer",
                 "add",
                 "--kubernetes",
-                fb.to_str().unwrap_or_default(),
+                file.to_str().unwrap_or_default(),
             ],
         )?;
         Ok(())

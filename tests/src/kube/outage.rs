@@ -1,17 +1,25 @@
-//! Measuring an outage: a pod pings another every 10 ms (`ping -D`, which stamps each reply);
-//! the outage is the longest gap between replies, counted from the start and to the end too.
+//! Measuring an outage: a prober in a pod sends an ICMP echo every 10 ms, whatever happens (ping
+//! itself slows down when its echoes go unanswered, which would stretch a gap), and stamps each
+//! reply; the outage is the longest gap between replies, counted from the start and to the end.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use socket2::{Domain, Protocol, Socket, Type};
+
+const INTERVAL: Duration = Duration::from_millis(10);
 
 pub struct Pinger {
-    child: Child,
-    out: PathBuf,
-    started: f64,
+    stop: Arc<AtomicBool>,
+    sender: Option<JoinHandle<u64>>,
+    receiver: Option<JoinHandle<()>>,
+    replies: Arc<Mutex<Vec<(u16, Instant)>>>,
+    started: Instant,
     pub label: String,
 }
 
@@ -27,96 +35,139 @@ pub struct Gaps {
 
 impl Gaps {
     /// Echoes that went unanswered while later ones were answered (the last few, still in
-    /// flight when ping stopped, are not losses; a silence at the end shows in `longest`).
+    /// flight when the prober stopped, are not losses; a silence at the end shows in `longest`).
     pub fn lost(&self) -> u64 {
         self.last_answered.saturating_sub(self.received)
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn echo(id: u16, seq: u16) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[0] = 8;
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..16].copy_from_slice(b"liqonet!");
+    let c = checksum(&p);
+    p[2..4].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// The echo reply's sequence number, if `packet` (IPv4 header first) is a reply to `id`.
+fn reply_seq(packet: &[u8], id: u16) -> Option<u16> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    let icmp = packet.get(ihl..ihl + 8)?;
+    (icmp[0] == 0 && u16::from_be_bytes([icmp[4], icmp[5]]) == id)
+        .then(|| u16::from_be_bytes([icmp[6], icmp[7]]))
 }
 
 impl Pinger {
-    /// Starts pinging `dst` from namespace `ns` every 10 ms; output goes to `dir`.
-    pub fn start(ns: &str, dst: &str, dir: &Path, label: &str) -> anyhow::Result<Pinger> {
-        let out = dir.join(format!("ping-{label}.txt"));
-        let file = fs::File::create(&out)?;
-        let child = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "ping", "-D", "-n", "-i", "0.01", "-W", "1", dst,
-            ])
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start ping")?;
+    /// Starts probing `dst` (IPv4) from network namespace `ns` every 10 ms.
+    pub fn start(ns: &str, dst: &str, label: &str) -> anyhow::Result<Pinger> {
+        let dst: Ipv4Addr = dst
+            .parse()
+            .with_context(|| format!("{dst} is not an IPv4 address"))?;
+        let netns = std::fs::File::open(format!("/run/netns/{ns}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let replies = Arc::new(Mutex::new(Vec::new()));
+        let id = (std::process::id() as u16) ^ (label.len() as u16).rotate_left(8);
+        // The socket is made inside the pod's namespace, on a thread that enters it.
+        let socket = std::thread::spawn(move || -> anyhow::Result<Socket> {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+            s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            Ok(s)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("prober thread panicked"))??;
+        let rx = socket.try_clone()?;
+        let (flag, got) = (stop.clone(), replies.clone());
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(n) = rx.recv(&mut buf) {
+                    // SAFETY: recv initialised the first n bytes.
+                    let bytes: Vec<u8> = buf[..n]
+                        .iter()
+                        .map(|b| unsafe { b.assume_init() })
+                        .collect();
+                    if let Some(seq) = reply_seq(&bytes, id) {
+                        got.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((seq, Instant::now()));
+                    }
+                }
+            }
+        });
+        let flag = stop.clone();
+        let to = SocketAddr::V4(SocketAddrV4::new(dst, 0)).into();
+        let sender = std::thread::spawn(move || {
+            let mut seq: u16 = 0;
+            let mut next = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                seq = seq.wrapping_add(1);
+                // Unreachable destinations are answered with errors: the echo still counts.
+                let _ = socket.send_to(&echo(id, seq), &to);
+                next += INTERVAL;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            u64::from(seq)
+        });
         Ok(Pinger {
-            child,
-            out,
-            started: unix_now(),
+            stop,
+            sender: Some(sender),
+            receiver: Some(receiver),
+            replies,
+            started: Instant::now(),
             label: label.to_string(),
         })
     }
 
-    /// Stops pinging and measures.
+    /// Stops probing and measures.
     pub fn stop(mut self) -> anyhow::Result<Gaps> {
-        let ended = unix_now();
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        let text = fs::read_to_string(&self.out)?;
-        Ok(gaps(&text, self.started, ended))
+        let ended = Instant::now();
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.sender.take().map_or(0, |t| t.join().unwrap_or(0));
+        if let Some(t) = self.receiver.take() {
+            let _ = t.join();
+        }
+        let replies = self
+            .replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Ok(gaps(&replies, self.started, ended, sent))
     }
 }
 
-/// The longest gap between replies in `ping -D` output, from `start` to `end` (Unix seconds).
-pub fn gaps(text: &str, start: f64, end: f64) -> Gaps {
+/// The longest gap between `replies` (sequence, time), from `start` to `end`.
+pub fn gaps(replies: &[(u16, Instant)], start: Instant, end: Instant, sent: u64) -> Gaps {
     let mut last = start;
-    let mut longest = 0.0f64;
-    let mut received = 0;
-    let mut max_seq = 0u64;
-    for line in text.lines() {
-        if !line.contains("bytes from") {
-            continue;
-        }
-        let Some(stamp) = line
-            .strip_prefix('[')
-            .and_then(|l| l.split(']').next())
-            .and_then(|t| t.parse::<f64>().ok())
-        else {
-            continue;
-        };
-        if let Some(seq) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("icmp_seq="))
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            max_seq = max_seq.max(seq);
-        }
-        received += 1;
-        longest = longest.max(stamp - last);
-        last = stamp;
+    let mut longest = Duration::ZERO;
+    for (_, at) in replies {
+        longest = longest.max(at.saturating_duration_since(last));
+        last = last.max(*at);
     }
-    longest = longest.max(end - last);
-    // The summary line says how many were sent.
-    let sent = text
-        .lines()
-        .find_map(|l| {
-            l.split(" packets transmitted")
-                .next()
-                .filter(|_| l.contains(" packets transmitted"))
-        })
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(max_seq);
+    longest = longest.max(end.saturating_duration_since(last));
     Gaps {
-        longest: Duration::from_secs_f64(longest.max(0.0)),
+        longest,
         sent,
-        received,
-        last_answered: max_seq,
+        received: replies.len() as u64,
+        last_answered: replies
+            .iter()
+            .map(|(s, _)| u64::from(*s))
+            .max()
+            .unwrap_or(0),
     }
 }
 
@@ -164,17 +215,24 @@ mod tests {
 
     #[test]
     fn the_longest_gap_counts_the_edges_too() {
-        let text = "PING 10.0.3.10 (10.0.3.10) 56(84) bytes of data.\n\
-            [100.010] 64 bytes from 10.0.3.10: icmp_seq=1 ttl=61 time=0.3 ms\n\
-            [100.020] 64 bytes from 10.0.3.10: icmp_seq=2 ttl=61 time=0.3 ms\n\
-            [101.520] 64 bytes from 10.0.3.10: icmp_seq=152 ttl=61 time=0.3 ms\n\
-            \n--- 10.0.3.10 ping statistics ---\n\
-            160 packets transmitted, 3 received, 98% packet loss, time 1600ms\n";
-        let g = gaps(text, 100.0, 101.6);
-        assert!((g.longest.as_secs_f64() - 1.5).abs() < 1e-6, "{g:?}");
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let replies = [(1, at(10)), (2, at(20)), (152, at(1520))];
+        let g = gaps(&replies, t0, at(1600), 160);
+        assert_eq!(g.longest, Duration::from_millis(1500));
         assert_eq!((g.sent, g.received, g.lost()), (160, 3, 149));
         // Nothing answered at all: the whole run is the gap.
-        let g = gaps("", 5.0, 7.0);
-        assert!((g.longest.as_secs_f64() - 2.0).abs() < 1e-6);
+        assert_eq!(gaps(&[], t0, at(2000), 200).longest, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn echoes_carry_a_valid_checksum_and_replies_are_matched() {
+        let p = echo(0x1234, 7);
+        assert_eq!(checksum(&p), 0);
+        let mut reply = vec![0x45u8; 20];
+        reply.extend_from_slice(&p);
+        reply[20] = 0;
+        assert_eq!(reply_seq(&reply, 0x1234), Some(7));
+        assert_eq!(reply_seq(&reply, 0x4321), None);
     }
 }

@@ -1,6 +1,7 @@
 //! `make bench`, end to end: the same two-gateway lab with plain routing, liqonet, wireguard-go
 //! and boringtun-cli, measured in one run; one table, liqonet's ratio to each, and a JSON file
 //! to compare across commits. Ratios matter more than absolute figures: machines drift.
+//! `liqonet-bench failover [--rounds N]` times gateway failovers on the Kubernetes lab instead.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -85,8 +86,30 @@ fn measure(name: &str, kind: GatewayKind, secs: u32, runs: usize) -> anyhow::Res
     Ok(row)
 }
 
+mod failover;
+
 fn main() -> ExitCode {
     liqonet_lab::teardown_on_signal();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("failover") {
+        let rounds = match args.iter().position(|a| a == "--rounds") {
+            Some(i) => match args.get(i + 1).and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    eprintln!("--rounds needs a positive number");
+                    return ExitCode::from(2);
+                }
+            },
+            None => 5,
+        };
+        return match failover::run(rounds) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("failover bench failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let secs: u32 = std::env::var("LIQONET_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

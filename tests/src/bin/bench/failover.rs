@@ -1,0 +1,126 @@
+//! `liqonet-bench failover [--rounds N]`: gateway failovers on the Kubernetes lab (the real
+//! control plane), measured with 10 ms pings worker pod → remote worker pod and back at the same
+//! time; a round's outage is the longest gap between replies in either direction.
+
+use std::time::{Duration, Instant};
+
+use liqonet_lab::kube::controlplane::versions;
+use liqonet_lab::kube::lab::GATEWAY_DS;
+use liqonet_lab::kube::outage::{Gaps, Pinger};
+use liqonet_lab::kube::KubeLab;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn pingers(lab: &KubeLab) -> anyhow::Result<(Pinger, Pinger)> {
+    let there = lab.remote_pod_ip("home", "foreign", "w1")?;
+    let back = lab.remote_pod_ip("foreign", "home", "w1")?;
+    Ok((
+        Pinger::start(&lab.cluster("home").node("w2").pod.ns, &there, "there")?,
+        Pinger::start(&lab.cluster("foreign").node("w2").pod.ns, &back, "back")?,
+    ))
+}
+
+fn leader(lab: &KubeLab, not: Option<&str>) -> anyhow::Result<String> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(h) = lab.cluster("home").lease_holder() {
+            if Some(h.as_str()) != not {
+                return Ok(h);
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no leader other than {not:?} after {SETTLE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One failover of home's active replica by `sig`; the outage, in ms.
+fn round(lab: &mut KubeLab, sig: &str) -> anyhow::Result<f64> {
+    let old = leader(lab, None)?;
+    let (a, b) = pingers(lab)?;
+    std::thread::sleep(Duration::from_millis(500));
+    lab.signal_pod("home", &old, GATEWAY_DS, sig)?;
+    let new = leader(lab, Some(&old))?;
+    // Long enough for a slow recovery to show as a gap, not as a cut-off end.
+    std::thread::sleep(Duration::from_secs(4));
+    let (ga, gb) = (a.stop()?, b.stop()?);
+    let ms = ga.longest.max(gb.longest).as_secs_f64() * 1000.0;
+    println!(
+        "  {sig:<4} {old} -> {new}: {ms:.0} ms (there {}, back {})",
+        show(&ga),
+        show(&gb)
+    );
+    lab.start_pod("home", &old, GATEWAY_DS)?;
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(ms)
+}
+
+fn show(g: &Gaps) -> String {
+    format!(
+        "{:.0} ms, {} lost",
+        g.longest.as_secs_f64() * 1000.0,
+        g.lost()
+    )
+}
+
+fn summary(name: &str, mut v: Vec<f64>) {
+    v.sort_by(f64::total_cmp);
+    let (min, max) = (v[0], v[v.len() - 1]);
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    println!("failover {name}: min {min:.0} ms, median {median:.0} ms, max {max:.0} ms");
+}
+
+pub fn run(rounds: usize) -> anyhow::Result<()> {
+    println!("control plane: {}", versions()?);
+    println!(
+        "lease settings: the DaemonSet's defaults (duration 1s, renew deadline 500ms, retry 150ms)"
+    );
+    let mut lab = KubeLab::start(&["home", "foreign"])?;
+    for (a, b) in [("home", "foreign"), ("foreign", "home")] {
+        lab.wait_phase(a, b, "Connected", SETTLE)?;
+    }
+    let mut kills = Vec::new();
+    let mut graceful = Vec::new();
+    for i in 0..rounds {
+        println!("round {}:", i + 1);
+        kills.push(round(&mut lab, "KILL")?);
+        graceful.push(round(&mut lab, "TERM")?);
+    }
+    summary("kill", kills);
+    summary("graceful", graceful);
+
+    // A deleted TunnelEndpoint, until its routes are gone from every node.
+    let t0 = Instant::now();
+    lab.cluster("home")
+        .kubectl(&["-n", "liqonet", "delete", "tep", "foreign", "--wait=false"])?;
+    lab.wait_routes("home", None, &[], SETTLE)?;
+    println!(
+        "TunnelEndpoint deleted: routes gone from every node in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    // Peered again (home only: foreign still has home's endpoint) for what follows.
+    lab.peer_one_way("home", "foreign")?;
+    lab.wait_phase("home", "foreign", "Connected", SETTLE)?;
+
+    // The API server stopped for 10 s: the tunnel must not notice.
+    let (a, b) = pingers(&lab)?;
+    lab.clusters[0].cp.stop_apiserver()?;
+    std::thread::sleep(Duration::from_secs(10));
+    lab.clusters[0].cp.start_apiserver_again()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (ga, gb) = (a.stop()?, b.stop()?);
+    println!(
+        "API server stopped 10 s: {} packets lost of {} (there {}, back {})",
+        ga.lost() + gb.lost(),
+        ga.sent + gb.sent,
+        show(&ga),
+        show(&gb)
+    );
+
+    Ok(())
+}
