@@ -2,13 +2,21 @@
 CARGO ?= cargo
 # nextest runs every test in its own process, so labs run side by side; cargo test works too.
 TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run --no-fail-fast" || echo "test --no-fail-fast")
+KUBE_TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 \
+	&& echo "nextest run -p liqonet-lab --test kube --run-ignored ignored-only --test-threads 1 --no-capture" \
+	|| echo "test -p liqonet-lab --test kube -- --ignored --test-threads=1 --nocapture")
 
-.PHONY: all demo test deps build lint bench clean
+.PHONY: all demo kube-demo kube-demo-down test deps controlplane build lint bench clean
 
 all: build
 
 deps:
 	@./scripts/deps.sh
+
+# The Kubernetes lab's control plane (kube-apiserver, kubectl, etcd) from pinned Go modules, into
+# a cache outside the work tree; a no-op once built.
+controlplane:
+	@./scripts/controlplane.sh >/dev/null
 
 build:
 	$(CARGO) build --release --bins
@@ -16,14 +24,26 @@ build:
 demo: deps build
 	./target/release/liqonet-demo
 
+# Two clusters on the real control plane, installed from deploy/, left running for kubectl.
+kube-demo: deps controlplane
+	$(CARGO) build --bins
+	./target/debug/liqonet-kube-demo up
+
+kube-demo-down:
+	@test -x target/debug/liqonet-kube-demo || $(CARGO) build --bins
+	./target/debug/liqonet-kube-demo down
+
 # Unit tests, config tests, and the lab tests (need root); the lab tests twice, with
-# segmentation offloads and without. The lab finds the debug binaries `cargo build --bins`
-# leaves next to the test executables.
-test: deps
+# segmentation offloads and without; then the Kubernetes lab tests once, one at a time (each
+# runs two real control planes). The lab finds the debug binaries `cargo build --bins` leaves
+# next to the test executables.
+test: deps controlplane
 	$(CARGO) build --bins
 	$(CARGO) $(TEST_RUNNER)
 	@echo "== the lab tests again, with segmentation offloads forced off"
 	LIQONET_LAB_OFFLOAD=0 $(CARGO) $(TEST_RUNNER) -p liqonet-lab
+	@echo "== the Kubernetes lab tests (real kube-apiserver and etcd), one at a time"
+	$(CARGO) $(KUBE_TEST_RUNNER)
 
 lint:
 	rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -31,10 +51,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # End to end (plain routing, liqonet, wireguard-go, boringtun-cli on one lab; results also in
-# target/bench/e2e.json), then the engine's micro-benchmarks.
-bench: deps build
+# target/bench/e2e.json), gateway failovers on the Kubernetes lab, then the engine's
+# micro-benchmarks.
+bench: deps controlplane build
 	@test -x target/tools/bin/boringtun-cli || $(CARGO) install boringtun-cli --locked --root target/tools
 	./target/release/liqonet-bench
+	./target/release/liqonet-bench failover
 	$(CARGO) bench -p liqonet-benches
 
 clean:

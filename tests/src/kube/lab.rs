@@ -135,6 +135,7 @@ impl KubeLab {
             bail!("the lab needs root (network namespaces, TUN devices)");
         }
         netns::sweep_stale();
+        sweep_stale_etcd();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("lq{}x{n}k-", std::process::id());
         let dir =
@@ -868,6 +869,23 @@ impl KubeLab {
 impl Drop for KubeLab {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// Removes the etcd data (on tmpfs) of labs whose process is gone (killed without teardown).
+fn sweep_stale_etcd() {
+    let Ok(entries) = fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("liqonet-etcd-liqonet-kube-lq") else {
+            continue;
+        };
+        let pid = rest.split('x').next().unwrap_or_default();
+        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 
