@@ -11,6 +11,7 @@
 //!   timeout, so it learns within one);
 //! - a follower takes an expired Lease only when the holder's health endpoint, published on the
 //!   Lease, does not answer: it never takes over from a leader that is alive.
+//!
 //! [`campaign`] runs it against the API.
 
 use std::time::{Duration, Instant};
