@@ -8,7 +8,14 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 src=$root/tests/controlplane
-command -v go >/dev/null 2>&1 || { echo "controlplane: go not found (the machine's Go is needed to build the lab's control plane)" >&2; exit 1; }
+command -v go >/dev/null 2>&1 || { echo "controlplane: go not found (Go >= 1.26 builds the lab's control plane)" >&2; exit 1; }
+# The modules need the Go their go.mod names; Debian's golang-go is older.
+need=$(awk '$1 == "go" {print $2; exit}' "$src/kubernetes/go.mod")
+have=$(go env GOVERSION | sed 's/^go//')
+if [[ $(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1) != "$need" ]]; then
+  echo "controlplane: go $have is too old; the lab's control plane needs Go >= $need (on PATH as \`go\`)" >&2
+  exit 1
+fi
 
 pin() { awk -v m="$2" '$1 == m && $2 ~ /^v/ {print $2; exit}' "$src/$1/go.mod"; }
 kube_version=$(pin kubernetes k8s.io/kubernetes)

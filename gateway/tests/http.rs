@@ -48,3 +48,33 @@ fn idle_and_half_sent_requests_hold_up_nobody() {
     assert!(get(port, "/readyz").starts_with("HTTP/1.1 200"));
     println!("/healthz with 100 stalled clients: {took:?}");
 }
+
+#[test]
+fn a_follower_counts_only_the_holder_that_leads_as_alive() {
+    use liqonet_gateway::kubernetes::lease::alive;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let snapshot =
+        liqonet_gateway::io::metrics_http::spawn(format!("127.0.0.1:{port}").parse().unwrap())
+            .unwrap();
+    snapshot.lock().unwrap().identity = Some("gw-a".into());
+    let addr = format!("127.0.0.1:{port}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Alive but not carrying the tunnel (it holds the Lease without leading): not alive.
+    assert!(!rt.block_on(alive(&addr, "gw-a")));
+    snapshot.lock().unwrap().ready = true;
+    assert!(rt.block_on(alive(&addr, "gw-a")));
+    // Another pod on the same node's address is not the holder.
+    assert!(!rt.block_on(alive(&addr, "gw-b")));
+    let health = get(port, "/healthz");
+    assert!(
+        health.ends_with("ok\nidentity: gw-a\nready: true\n"),
+        "{health}"
+    );
+}

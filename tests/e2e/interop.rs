@@ -5,9 +5,12 @@ use std::time::Duration;
 use liqonet_lab::probe::{curl, ping, wait_reachable};
 use liqonet_lab::{GatewayKind, Lab, LabSpec};
 
-fn wg_go_lab() -> Lab {
+/// `liqonet_knows_the_endpoint`: without it liqonet only answers, so wireguard-go is sure to be
+/// the initiator (liqonet starts a handshake at start with every peer whose endpoint it knows).
+fn wg_go_lab(liqonet_knows_the_endpoint: bool) -> Lab {
     let mut spec = LabSpec::distinct_cidrs();
     spec.clusters[1].gateway = GatewayKind::WireguardGo;
+    spec.clusters[1].endpoint_known = liqonet_knows_the_endpoint;
     Lab::start(&spec).unwrap()
 }
 
@@ -31,7 +34,7 @@ fn both_ways(lab: &Lab, first: &str, second: &str) {
 
 #[test]
 fn liqonet_initiates_to_wireguard_go() {
-    let lab = wg_go_lab();
+    let lab = wg_go_lab(true);
     both_ways(&lab, "home", "foreign");
     let log = lab.log("home-gateway");
     assert!(log.contains("peer up"), "{log}");
@@ -39,7 +42,7 @@ fn liqonet_initiates_to_wireguard_go() {
 
 #[test]
 fn wireguard_go_initiates_to_liqonet() {
-    let lab = wg_go_lab();
+    let lab = wg_go_lab(false);
     both_ways(&lab, "foreign", "home");
     assert!(
         lab.log("foreign-wireguard")

@@ -1,7 +1,8 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers: in
-//! Kubernetes mode a follower checks it before taking over an expired Lease, so it must answer
-//! whatever else is going on) and `/readyz` (this replica carries the tunnel: only the leader
-//! is ready, so the gateway Service sends the foreign clusters' datagrams to it alone).
+//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers; in
+//! Kubernetes mode with its Lease identity and readiness, which a follower checks before taking
+//! over an expired Lease, so it must answer whatever else is going on) and `/readyz` (this
+//! replica carries the tunnel: only the leader is ready, so the gateway Service sends the
+//! foreign clusters' datagrams to it alone).
 //!
 //! hyper on a thread and runtime of its own: any number of clients, each connection a task, a
 //! slow or idle client (headers not sent within [`HEADER_TIMEOUT`]) dropped without holding up
@@ -31,6 +32,10 @@ pub struct Published {
     pub peers: Vec<PeerStats>,
     /// The tunnel is up on this replica.
     pub ready: bool,
+    /// Kubernetes mode: this replica's identity in the Lease. `/healthz` names it and whether
+    /// the replica carries the tunnel, so a follower checking an expired Lease's holder knows it
+    /// reached that holder (not a newer pod on the same node) and that it still leads.
+    pub identity: Option<String>,
 }
 
 pub type Snapshot = Arc<Mutex<Published>>;
@@ -93,7 +98,16 @@ fn respond(req: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>
                 .map(|s| s.metrics.clone())
                 .unwrap_or_default(),
         ),
-        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+        "/healthz" => (
+            StatusCode::OK,
+            match snapshot.lock() {
+                Ok(s) => match &s.identity {
+                    Some(id) => format!("ok\nidentity: {id}\nready: {}\n", s.ready),
+                    None => "ok\n".to_string(),
+                },
+                Err(_) => "ok\n".to_string(),
+            },
+        ),
         "/readyz" => match snapshot.lock().map(|s| s.ready) {
             Ok(true) => (StatusCode::OK, "ready\n".to_string()),
             _ => (

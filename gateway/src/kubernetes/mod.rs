@@ -99,6 +99,9 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
     let snapshot = metrics_http::spawn(settings.health_address)?;
+    if let Ok(mut s) = snapshot.lock() {
+        s.identity = Some(pod.clone());
+    }
     let key =
         key_secret::load_or_create(&Api::namespaced(client.clone(), &ns), &settings.keys_secret)
             .await?;
@@ -156,7 +159,10 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
         };
         // Forwarding stops first: nothing the API does (a hung status patch) may keep a replica
         // that no longer leads carrying the tunnel. Then the controller gets a moment to finish.
-        let stopped = dp.stop();
+        let stopping = dp.clone();
+        let stopped = tokio::task::spawn_blocking(move || stopping.stop())
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("stopping the data plane: {e}")));
         let _ = halt_tx.send(true);
         let mut controller = controller;
         if tokio::time::timeout(CONTROLLER_GRACE, &mut controller)

@@ -48,8 +48,8 @@ impl Resolver {
             let blocking = tokio::task::spawn_blocking(move || {
                 (name.as_str(), port)
                     .to_socket_addrs()
+                    .map(Iterator::collect::<Vec<SocketAddr>>)
                     .map_err(|e| e.to_string())
-                    .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
             });
             let result = match tokio::time::timeout(LOOKUP_TIMEOUT, blocking).await {
                 Ok(Ok(r)) => r,
@@ -60,9 +60,18 @@ impl Resolver {
         });
         for (key, result) in futures::future::join_all(lookups).await {
             let mut cache = self.cache();
+            let current = cache.get(&key).map(|(a, _)| *a);
+            // A name with several addresses keeps the one in use while it is still among them
+            // (a new address would move the peer and start a handshake).
+            let result = result.and_then(|all| {
+                current
+                    .filter(|c| all.contains(c))
+                    .or_else(|| all.first().copied())
+                    .ok_or_else(|| "no address".to_string())
+            });
             match result {
                 Ok(addr) => {
-                    if cache.get(&key).map(|(a, _)| *a) != Some(addr) {
+                    if current != Some(addr) {
                         tracing::info!(host = %key.0, %addr, "endpoint resolved");
                     }
                     cache.insert(key, (addr, Instant::now()));

@@ -122,19 +122,25 @@ impl ControlPlane {
             .with_context(|| format!("cannot start {name}"))
     }
 
+    /// etcd's data, on tmpfs (its fsyncs would otherwise dominate the lab's disk time), named
+    /// after the lab and the cluster (`liqonet-etcd-liqonet-kube-lq<pid>x<n>k-home`), so labs
+    /// never share it and a dead lab's is swept.
     fn etcd_data(&self) -> PathBuf {
-        // tmpfs: etcd's fsyncs would otherwise dominate the lab's disk time.
+        let name = |p: Option<&Path>| {
+            p.and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
         PathBuf::from("/dev/shm").join(format!(
-            "liqonet-etcd-{}",
-            self.dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("lab")
+            "liqonet-etcd-{}-{}",
+            name(self.dir.parent()),
+            name(Some(&self.dir))
         ))
     }
 
     fn start_etcd(&mut self) -> anyhow::Result<()> {
         let data = self.etcd_data();
+        let _ = fs::remove_dir_all(&data);
         let args: Vec<String> = [
             self.bin.join("etcd").to_string_lossy().into_owned(),
             format!("--data-dir={}", data.display()),

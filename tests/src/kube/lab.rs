@@ -135,7 +135,7 @@ impl KubeLab {
             bail!("the lab needs root (network namespaces, TUN devices)");
         }
         netns::sweep_stale();
-        sweep_stale_etcd();
+        sweep_stale_files();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("lq{}x{n}k-", std::process::id());
         let dir =
@@ -872,19 +872,25 @@ impl Drop for KubeLab {
     }
 }
 
-/// Removes the etcd data (on tmpfs) of labs whose process is gone (killed without teardown).
-fn sweep_stale_etcd() {
-    let Ok(entries) = fs::read_dir("/dev/shm") else {
-        return;
+/// Removes what labs whose process is gone (killed without teardown) left outside their
+/// namespaces: etcd data on tmpfs and the lab directory (`liqonet-kube-lq<pid>x…`).
+fn sweep_stale_files() {
+    let dead = |rest: &str| {
+        let pid = rest.split('x').next().unwrap_or_default();
+        pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists()
     };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("liqonet-etcd-liqonet-kube-lq") else {
+    for (dir, prefix) in [
+        (PathBuf::from("/dev/shm"), "liqonet-etcd-liqonet-kube-lq"),
+        (std::env::temp_dir(), "liqonet-kube-lq"),
+    ] {
+        let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
-        let pid = rest.split('x').next().unwrap_or_default();
-        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(e.path());
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix(prefix).is_some_and(dead) {
+                let _ = fs::remove_dir_all(e.path());
+            }
         }
     }
 }

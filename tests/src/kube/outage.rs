@@ -18,7 +18,7 @@ pub struct Pinger {
     stop: Arc<AtomicBool>,
     sender: Option<JoinHandle<u64>>,
     receiver: Option<JoinHandle<()>>,
-    replies: Arc<Mutex<Vec<(u16, Instant)>>>,
+    replies: Arc<Mutex<Vec<(u64, Instant)>>>,
     started: Instant,
     pub label: String,
 }
@@ -91,7 +91,9 @@ impl Pinger {
         .join()
         .map_err(|_| anyhow::anyhow!("prober thread panicked"))??;
         let rx = socket.try_clone()?;
-        let (flag, got) = (stop.clone(), replies.clone());
+        // Echoes sent so far: a reply's 16-bit sequence number is unwrapped against it.
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, got, count) = (stop.clone(), replies.clone(), sent.clone());
         let receiver = std::thread::spawn(move || {
             let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
             while !flag.load(Ordering::Relaxed) {
@@ -102,9 +104,11 @@ impl Pinger {
                         .map(|b| unsafe { b.assume_init() })
                         .collect();
                     if let Some(seq) = reply_seq(&bytes, id) {
+                        let n = count.load(Ordering::Relaxed);
+                        let behind = u64::from((n as u16).wrapping_sub(seq));
                         got.lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .push((seq, Instant::now()));
+                            .push((n.saturating_sub(behind), Instant::now()));
                     }
                 }
             }
@@ -112,16 +116,17 @@ impl Pinger {
         let flag = stop.clone();
         let to = SocketAddr::V4(SocketAddrV4::new(dst, 0)).into();
         let sender = std::thread::spawn(move || {
-            let mut seq: u16 = 0;
+            let mut n: u64 = 0;
             let mut next = Instant::now();
             while !flag.load(Ordering::Relaxed) {
-                seq = seq.wrapping_add(1);
+                n += 1;
+                sent.store(n, Ordering::Relaxed);
                 // Unreachable destinations are answered with errors: the echo still counts.
-                let _ = socket.send_to(&echo(id, seq), &to);
+                let _ = socket.send_to(&echo(id, n as u16), &to);
                 next += INTERVAL;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
-            u64::from(seq)
+            n
         });
         Ok(Pinger {
             stop,
@@ -151,7 +156,7 @@ impl Pinger {
 }
 
 /// The longest gap between `replies` (sequence, time), from `start` to `end`.
-pub fn gaps(replies: &[(u16, Instant)], start: Instant, end: Instant, sent: u64) -> Gaps {
+pub fn gaps(replies: &[(u64, Instant)], start: Instant, end: Instant, sent: u64) -> Gaps {
     let mut last = start;
     let mut longest = Duration::ZERO;
     for (_, at) in replies {

@@ -75,12 +75,39 @@ fn summary(name: &str, mut v: Vec<f64>) {
     println!("failover {name}: min {min:.0} ms, median {median:.0} ms, max {max:.0} ms");
 }
 
+/// The Lease settings the gateways run with: the ConfigMap's, else the gateway's defaults (as its
+/// `--help` states them).
+fn lease_settings(lab: &KubeLab) -> anyhow::Result<String> {
+    let cm = lab.cluster("home").get_json(&["configmap", GATEWAY_DS])?;
+    let help = liqonet_lab::netns::run(&[
+        lab.bin("liqonet-gateway").to_str().unwrap_or_default(),
+        "run",
+        "--help",
+    ])?;
+    let setting = |flag: &str, var: &str| -> String {
+        if let Some(v) = cm["data"][var].as_str() {
+            return format!("{flag} {v}");
+        }
+        let default = help
+            .split(&format!("--{flag} "))
+            .nth(1)
+            .and_then(|rest| rest.split("[default: ").nth(1))
+            .and_then(|d| d.split(']').next())
+            .unwrap_or("?");
+        format!("{flag} {default} (default)")
+    };
+    Ok([
+        setting("lease-duration", "LIQONET_LEASE_DURATION"),
+        setting("renew-deadline", "LIQONET_RENEW_DEADLINE"),
+        setting("retry-period", "LIQONET_RETRY_PERIOD"),
+    ]
+    .join(", "))
+}
+
 pub fn run(rounds: usize) -> anyhow::Result<()> {
     println!("control plane: {}", versions()?);
-    println!(
-        "lease settings: the DaemonSet's defaults (duration 1s, renew deadline 500ms, retry 150ms)"
-    );
     let mut lab = KubeLab::start(&["home", "foreign"])?;
+    println!("lease settings: {}", lease_settings(&lab)?);
     for (a, b) in [("home", "foreign"), ("foreign", "home")] {
         lab.wait_phase(a, b, "Connected", SETTLE)?;
     }
