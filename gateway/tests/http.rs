@@ -18,16 +18,23 @@ fn get(port: u16, path: &str) -> String {
     out
 }
 
-#[test]
-fn idle_and_half_sent_requests_hold_up_nobody() {
+/// The endpoint on a free loopback port.
+fn serve() -> (u16, liqonet_gateway::io::metrics_http::Snapshot) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let snapshot =
-        liqonet_gateway::io::metrics_http::spawn(format!("127.0.0.1:{port}").parse().unwrap())
-            .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    (
+        port,
+        liqonet_gateway::io::metrics_http::spawn(addr).unwrap(),
+    )
+}
+
+#[test]
+fn idle_and_half_sent_requests_hold_up_nobody() {
+    let (port, snapshot) = serve();
     // 50 idle connections and 50 that sent half a request line.
     let mut idle = Vec::new();
     for i in 0..100 {
@@ -52,14 +59,7 @@ fn idle_and_half_sent_requests_hold_up_nobody() {
 #[test]
 fn a_follower_counts_only_the_holder_that_leads_as_alive() {
     use liqonet_gateway::kubernetes::lease::alive;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let snapshot =
-        liqonet_gateway::io::metrics_http::spawn(format!("127.0.0.1:{port}").parse().unwrap())
-            .unwrap();
+    let (port, snapshot) = serve();
     snapshot.lock().unwrap().identity = Some("gw-a".into());
     let addr = format!("127.0.0.1:{port}");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use liqonet_lab::kube::failover::{fail_over, pingers};
 use liqonet_lab::kube::lab::{AGENT_DS, GATEWAY_DS};
-use liqonet_lab::kube::outage::{Pinger, TunWatch};
+use liqonet_lab::kube::outage::TunWatch;
 use liqonet_lab::kube::KubeLab;
 use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
 
@@ -53,38 +54,11 @@ fn assert_routes(lab: &KubeLab, cluster: &str) {
     );
 }
 
-/// Pings both ways between the w2 pods and the remote w1 pods every 10 ms.
-fn pingers(lab: &KubeLab, a: &str, b: &str) -> (Pinger, Pinger) {
-    let ab = lab.remote_pod_ip(a, b, "w1").unwrap();
-    let ba = lab.remote_pod_ip(b, a, "w1").unwrap();
-    (
-        Pinger::start(&lab.cluster(a).node("w2").pod.ns, &ab, &format!("{a}-{b}")).unwrap(),
-        Pinger::start(&lab.cluster(b).node("w2").pod.ns, &ba, &format!("{b}-{a}")).unwrap(),
-    )
-}
-
 fn gateway_namespaces(lab: &KubeLab, cluster: &str) -> Vec<String> {
     lab.cluster(cluster)
         .gateway_nodes()
         .map(|n| n.ns.clone())
         .collect()
-}
-
-/// Waits until `cluster`'s Lease names a holder other than `not` and returns it.
-fn wait_leader(lab: &KubeLab, cluster: &str, not: Option<&str>) -> String {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        if let Some(h) = lab.cluster(cluster).lease_holder() {
-            if Some(h.as_str()) != not {
-                return h;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{cluster}: no new leader (was {not:?})"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -167,7 +141,7 @@ fn pods_reach_remote_pods_through_the_real_control_plane() {
     }
 
     // A third cluster peered live: reachable, the others undisturbed.
-    let (home_foreign, foreign_home) = pingers(&lab, "home", "foreign");
+    let (home_foreign, foreign_home) = pingers(&lab, "home", "foreign").unwrap();
     lab.add_cluster("third").unwrap();
     lab.peer("home", "third").unwrap();
     connected(&lab, "home", "third");
@@ -210,49 +184,42 @@ fn the_other_replica_takes_over_and_the_far_side_follows() {
 
     // kill -9 of the active gateway: the other replica takes over; traffic started on either
     // side comes back.
-    let old = wait_leader(&lab, "home", None);
-    let (a, b) = pingers(&lab, "home", "foreign");
-    std::thread::sleep(Duration::from_millis(500));
-    lab.signal_pod("home", &old, GATEWAY_DS, "KILL").unwrap();
-    let new = wait_leader(&lab, "home", Some(&old));
-    std::thread::sleep(Duration::from_secs(4));
-    let (ga, gb) = (a.stop().unwrap(), b.stop().unwrap());
-    let outage = ga.longest.max(gb.longest);
-    println!("kill -9 of home's {old}: {new} took over; outage {outage:?} (home->foreign {ga:?}, foreign->home {gb:?})");
-    assert!(outage < Duration::from_secs(5), "outage {outage:?}");
+    let f = fail_over(&mut lab, "home", "foreign", "KILL", Duration::from_secs(4)).unwrap();
+    println!(
+        "kill -9 of home's {}: {} took over; outage {:?} ({f:?})",
+        f.old,
+        f.new,
+        f.outage()
+    );
+    assert!(f.outage() < Duration::from_secs(5), "{f:?}");
     assert_path(&lab, "home", "foreign");
     assert_path(&lab, "foreign", "home");
     assert_routes(&lab, "home");
-    lab.start_pod("home", &old, GATEWAY_DS).unwrap();
+    lab.start_pod("home", &f.old, GATEWAY_DS).unwrap();
 
     // The far side's gateway restarts (its active replica killed): its new leader finds home's
     // active replica through home's node port on its own.
-    let far_old = wait_leader(&lab, "foreign", None);
-    let (a, b) = pingers(&lab, "home", "foreign");
-    std::thread::sleep(Duration::from_millis(500));
-    lab.signal_pod("foreign", &far_old, GATEWAY_DS, "KILL")
-        .unwrap();
-    let far_new = wait_leader(&lab, "foreign", Some(&far_old));
-    std::thread::sleep(Duration::from_secs(4));
-    let (ga, gb) = (a.stop().unwrap(), b.stop().unwrap());
-    let outage = ga.longest.max(gb.longest);
-    println!("kill -9 of foreign's {far_old}: {far_new} took over; outage {outage:?}");
-    assert!(outage < Duration::from_secs(5), "outage {outage:?}");
+    let f = fail_over(&mut lab, "foreign", "home", "KILL", Duration::from_secs(4)).unwrap();
+    println!(
+        "kill -9 of foreign's {}: {} took over; outage {:?}",
+        f.old,
+        f.new,
+        f.outage()
+    );
+    assert!(f.outage() < Duration::from_secs(5), "{f:?}");
     assert_routes(&lab, "foreign");
-    lab.start_pod("foreign", &far_old, GATEWAY_DS).unwrap();
+    lab.start_pod("foreign", &f.old, GATEWAY_DS).unwrap();
 
     // SIGTERM of the active gateway (a rolling update): it stops forwarding, releases the
     // Lease, and the other replica takes over at once.
-    let old = wait_leader(&lab, "home", None);
-    let (a, b) = pingers(&lab, "home", "foreign");
-    std::thread::sleep(Duration::from_millis(500));
-    lab.signal_pod("home", &old, GATEWAY_DS, "TERM").unwrap();
-    let new = wait_leader(&lab, "home", Some(&old));
-    std::thread::sleep(Duration::from_secs(3));
-    let (ga, gb) = (a.stop().unwrap(), b.stop().unwrap());
-    let outage = ga.longest.max(gb.longest);
-    println!("SIGTERM of home's {old}: handed over to {new}; outage {outage:?}");
-    assert!(outage < Duration::from_secs(3), "outage {outage:?}");
+    let f = fail_over(&mut lab, "home", "foreign", "TERM", Duration::from_secs(3)).unwrap();
+    println!(
+        "SIGTERM of home's {}: handed over to {}; outage {:?}",
+        f.old,
+        f.new,
+        f.outage()
+    );
+    assert!(f.outage() < Duration::from_secs(3), "{f:?}");
     assert_routes(&lab, "home");
     assert_routes(&lab, "foreign");
 }
@@ -266,7 +233,7 @@ fn the_tunnel_outlives_the_api_server_and_watches_survive_410_gone() {
     assert_path(&lab, "home", "foreign");
 
     for how in ["stopped", "hung"] {
-        let (a, b) = pingers(&lab, "home", "foreign");
+        let (a, b) = pingers(&lab, "home", "foreign").unwrap();
         let tuns = TunWatch::start(gateway_namespaces(&lab, "home"), "liqo0");
         match how {
             "stopped" => lab.clusters[0].cp.stop_apiserver().unwrap(),

@@ -13,6 +13,7 @@
 //! Both clusters number their pods from 10.244.0.0/16 (node n: 10.244.n.0/24, its pod at .10).
 
 pub mod controlplane;
+pub mod failover;
 pub mod forward;
 pub mod lab;
 pub mod nodeport;

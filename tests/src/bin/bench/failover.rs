@@ -5,53 +5,26 @@
 use std::time::{Duration, Instant};
 
 use liqonet_lab::kube::controlplane::versions;
+use liqonet_lab::kube::failover::{fail_over, pingers};
 use liqonet_lab::kube::lab::GATEWAY_DS;
-use liqonet_lab::kube::outage::{Gaps, Pinger};
+use liqonet_lab::kube::outage::Gaps;
 use liqonet_lab::kube::KubeLab;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-fn pingers(lab: &KubeLab) -> anyhow::Result<(Pinger, Pinger)> {
-    let there = lab.remote_pod_ip("home", "foreign", "w1")?;
-    let back = lab.remote_pod_ip("foreign", "home", "w1")?;
-    Ok((
-        Pinger::start(&lab.cluster("home").node("w2").pod.ns, &there, "there")?,
-        Pinger::start(&lab.cluster("foreign").node("w2").pod.ns, &back, "back")?,
-    ))
-}
-
-fn leader(lab: &KubeLab, not: Option<&str>) -> anyhow::Result<String> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        if let Some(h) = lab.cluster("home").lease_holder() {
-            if Some(h.as_str()) != not {
-                return Ok(h);
-            }
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("no leader other than {not:?} after {SETTLE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One failover of home's active replica by `sig`; the outage, in ms.
+/// One failover of home's active replica by `sig`; the outage, in ms. The stopped replica is
+/// started again before the next round.
 fn round(lab: &mut KubeLab, sig: &str) -> anyhow::Result<f64> {
-    let old = leader(lab, None)?;
-    let (a, b) = pingers(lab)?;
-    std::thread::sleep(Duration::from_millis(500));
-    lab.signal_pod("home", &old, GATEWAY_DS, sig)?;
-    let new = leader(lab, Some(&old))?;
-    // Long enough for a slow recovery to show as a gap, not as a cut-off end.
-    std::thread::sleep(Duration::from_secs(4));
-    let (ga, gb) = (a.stop()?, b.stop()?);
-    let ms = ga.longest.max(gb.longest).as_secs_f64() * 1000.0;
+    let f = fail_over(lab, "home", "foreign", sig, Duration::from_secs(4))?;
+    let ms = f.outage().as_secs_f64() * 1000.0;
     println!(
-        "  {sig:<4} {old} -> {new}: {ms:.0} ms (there {}, back {})",
-        show(&ga),
-        show(&gb)
+        "  {sig:<4} {} -> {}: {ms:.0} ms (there {}, back {})",
+        f.old,
+        f.new,
+        show(&f.there),
+        show(&f.back)
     );
-    lab.start_pod("home", &old, GATEWAY_DS)?;
+    lab.start_pod("home", &f.old, GATEWAY_DS)?;
     std::thread::sleep(Duration::from_secs(2));
     Ok(ms)
 }
@@ -135,7 +108,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     lab.wait_phase("home", "foreign", "Connected", SETTLE)?;
 
     // The API server stopped for 10 s: the tunnel must not notice.
-    let (a, b) = pingers(&lab)?;
+    let (a, b) = pingers(&lab, "home", "foreign")?;
     lab.clusters[0].cp.stop_apiserver()?;
     std::thread::sleep(Duration::from_secs(10));
     lab.clusters[0].cp.start_apiserver_again()?;
