@@ -168,11 +168,7 @@ pub fn gaps(replies: &[(u64, Instant)], start: Instant, end: Instant, sent: u64)
         longest,
         sent,
         received: replies.len() as u64,
-        last_answered: replies
-            .iter()
-            .map(|(s, _)| u64::from(*s))
-            .max()
-            .unwrap_or(0),
+        last_answered: replies.iter().map(|(s, _)| *s).max().unwrap_or(0),
     }
 }
 
