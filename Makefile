@@ -35,12 +35,14 @@ kube-demo-down:
 
 # Unit tests, config tests, and the lab tests (need root); the lab tests twice, with
 # segmentation offloads and without; then the Kubernetes lab tests once, one at a time (each
-# runs two real control planes). The lab finds the debug binaries `cargo build --bins` leaves
-# next to the test executables.
+# runs two real control planes). The lab finds the debug binaries next to the test
+# executables.
 test: deps
 	@# The control plane's Go build overlaps the Rust build (each leaves a core idle at times).
+	@# `cargo test --no-run` builds the binaries too, with the tests' feature set, so nothing
+	@# is compiled twice.
 	@mkdir -p target; ./scripts/controlplane.sh > target/controlplane.log 2>&1 & cp=$$!; \
-	$(CARGO) build --bins; built=$$?; \
+	$(CARGO) test --no-run; built=$$?; \
 	wait $$cp || { cat target/controlplane.log; echo "the lab's control plane did not build" >&2; exit 1; }; \
 	exit $$built
 	$(CARGO) $(TEST_RUNNER)
