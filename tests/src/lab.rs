@@ -370,19 +370,9 @@ impl Lab {
                 &ns,
                 "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
             )?;
-            sh(
-                &ns,
-                "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1",
-            )?;
             let bridge = if subnet == 21 { "br1" } else { "br0" };
             let port = format!("{}{n}", short(&cs.name));
-            sh(
-                &net,
-                &format!("ip link add {port} type veth peer name eth0 netns {ns}"),
-            )?;
-            sh(&net, &format!("ip link set {port} master {bridge} up"))?;
-            sh(&ns, &format!("ip addr add {ip}/24 dev eth0"))?;
-            sh(&ns, "ip link set eth0 up")?;
+            join_node_network(&net, bridge, &port, &ns, &ip)?;
             if cs.routed {
                 sh(&ns, &format!("ip route add default via 172.{subnet}.0.1"))?;
             }
@@ -993,6 +983,29 @@ fn check_root() -> anyhow::Result<()> {
     if run(&["id", "-u"])?.trim() != "0" {
         bail!("the lab needs root (network namespaces, TUN devices)");
     }
+    Ok(())
+}
+
+/// Node namespace `ns` on the node network: `rp_filter=1`, and `eth0` with `ip`/24 on a veth
+/// whose other end, `port`, is in `bridge` of namespace `net`.
+pub fn join_node_network(
+    net: &str,
+    bridge: &str,
+    port: &str,
+    ns: &str,
+    ip: &str,
+) -> anyhow::Result<()> {
+    sh(
+        ns,
+        "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1",
+    )?;
+    sh(
+        net,
+        &format!("ip link add {port} type veth peer name eth0 netns {ns}"),
+    )?;
+    sh(net, &format!("ip link set {port} master {bridge} up"))?;
+    sh(ns, &format!("ip addr add {ip}/24 dev eth0"))?;
+    sh(ns, "ip link set eth0 up")?;
     Ok(())
 }
 

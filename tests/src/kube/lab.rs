@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::controlplane::{ControlPlane, API_PORT};
 use super::nodeport::{GatewayNode, NodePort};
 use super::pods::{self, PodFacts};
-use crate::lab::{add_ns, build_pod, Pod};
+use crate::lab::{add_ns, build_pod, join_node_network, Pod};
 use crate::netns::{self, ns_output, run, sh, wait_for};
 
 /// The namespace deploy/ installs into.
@@ -210,18 +210,7 @@ impl KubeLab {
             let ns = format!("{}{name}-{node}", self.prefix);
             add_ns(&ns)?;
             sh(&ns, "sysctl -qw net.ipv4.ip_forward=1")?;
-            sh(
-                &ns,
-                "sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1",
-            )?;
-            let port = format!("{short}{node}");
-            sh(
-                &net_ns,
-                &format!("ip link add {port} type veth peer name eth0 netns {ns}"),
-            )?;
-            sh(&net_ns, &format!("ip link set {port} master br0 up"))?;
-            sh(&ns, &format!("ip addr add {ip}/24 dev eth0"))?;
-            sh(&ns, "ip link set eth0 up")?;
+            join_node_network(&net_ns, "br0", &format!("{short}{node}"), &ns, ip)?;
             let wan_ip = if *gateway {
                 let wan_ip = format!("192.168.250.{}", 10 * (i + 1) + n + 1);
                 let wport = format!("{short}{node}w");
