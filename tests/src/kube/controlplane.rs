@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::netns::{ns_output, output, run, wait_for};
+use crate::netns::{ns_run, output, run, wait_for};
 
 pub const API_PORT: u16 = 6443;
 
@@ -253,15 +253,7 @@ impl ControlPlane {
             "--endpoints=http://127.0.0.1:2379",
         ];
         v.extend_from_slice(args);
-        let out = ns_output(&self.ns, &v)?;
-        if !out.status.success() {
-            bail!(
-                "etcdctl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        ns_run(&self.ns, &v)
     }
 
     /// Compacts etcd's history up to its current revision: watches resuming from an older
