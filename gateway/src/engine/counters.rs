@@ -25,10 +25,12 @@ pub enum DropReason {
     SourceNotAllowed,
     /// A packet larger than the engine's buffers.
     TooBig,
+    /// A handshake message from a source that had its share of answers while under load.
+    HandshakeRateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::TunMalformed,
         DropReason::NoRoute,
         DropReason::NoEndpoint,
@@ -39,6 +41,7 @@ impl DropReason {
         DropReason::NoSession,
         DropReason::SourceNotAllowed,
         DropReason::TooBig,
+        DropReason::HandshakeRateLimited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,13 +56,20 @@ impl DropReason {
             DropReason::NoSession => "no_session",
             DropReason::SourceNotAllowed => "source_not_allowed",
             DropReason::TooBig => "too_big",
+            DropReason::HandshakeRateLimited => "handshake_rate_limited",
         }
     }
 }
 
+/// Handshake message types, as WireGuard numbers them (index = type - 1).
+const HANDSHAKE_TYPES: [&str; 3] = ["initiation", "response", "cookie_reply"];
+
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
     drops: [u64; DropReason::ALL.len()],
+    /// Handshake messages sent, by type.
+    sent: [u64; 3],
+    cookies_received: u64,
 }
 
 impl Counters {
@@ -71,7 +81,46 @@ impl Counters {
         self.drops[reason as usize]
     }
 
+    /// Counts a datagram about to be sent if it is a handshake message (data is not counted here).
+    pub fn sent(&mut self, datagram: &[u8]) {
+        if let Some(n) = datagram
+            .first()
+            .and_then(|&t| self.sent.get_mut(usize::from(t).wrapping_sub(1)))
+        {
+            *n += 1;
+        }
+    }
+
+    pub fn received_cookie(&mut self) {
+        self.cookies_received += 1;
+    }
+
+    /// Handshake messages of `kind` ("initiation", "response", "cookie_reply") sent.
+    pub fn handshakes_sent(&self, kind: &str) -> u64 {
+        HANDSHAKE_TYPES
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.sent[i])
+    }
+
     pub fn render(&self, out: &mut String) {
+        out.push_str(
+            "# HELP liqonet_handshake_messages_sent_total Handshake messages sent, by type.\n",
+        );
+        out.push_str("# TYPE liqonet_handshake_messages_sent_total counter\n");
+        for (kind, n) in HANDSHAKE_TYPES.iter().zip(self.sent) {
+            let _ = writeln!(
+                out,
+                "liqonet_handshake_messages_sent_total{{type=\"{kind}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP liqonet_cookie_replies_received_total Cookie replies accepted from peers under load.\n");
+        out.push_str("# TYPE liqonet_cookie_replies_received_total counter\n");
+        let _ = writeln!(
+            out,
+            "liqonet_cookie_replies_received_total {}",
+            self.cookies_received
+        );
         out.push_str(
             "# HELP liqonet_dropped_packets_total Packets dropped by the gateway, by reason.\n",
         );

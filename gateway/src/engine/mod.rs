@@ -5,18 +5,18 @@
 //! the engine hands to its [`Sink`]. One scratch buffer is allocated up front; nothing is allocated
 //! per packet once sessions are up (boringtun queues packets only while a handshake is pending).
 
+mod admission;
 mod counters;
-
 mod peer;
 
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::time::Instant;
 
+use admission::{Admission, Verdict};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use liqonet_proto::{Key, PrefixTable};
@@ -30,11 +30,11 @@ pub use peer::{Network, PeerSpec};
 /// Largest datagram or packet the engine handles (a full IP packet plus WireGuard's overhead).
 pub const MAX_PACKET: usize = 65535 + 64;
 
-/// Handshake messages per second before the engine answers with cookies (DoS protection).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
-
-/// WireGuard message type of a cookie reply (sent unauthenticated, so it must not move the endpoint).
+/// WireGuard message type of a cookie reply: anyone who knows the peer's public key and saw our
+/// initiation can forge one, so it must not move the endpoint.
 const COOKIE_REPLY: u8 = 3;
+/// WireGuard message type of transport data.
+const DATA: u8 = 4;
 
 /// Where the engine's output goes. Implemented by the I/O shell, and by tests.
 pub trait Sink {
@@ -45,7 +45,7 @@ pub trait Sink {
 pub struct Engine {
     secret: StaticSecret,
     public: PublicKey,
-    limiter: Arc<RateLimiter>,
+    admission: Admission,
     /// Peers in stable slots: a slot's index is in its sessions' indices, so a peer keeps its
     /// slot for as long as it exists; removed peers leave a hole for the next one.
     peers: Vec<Option<Peer>>,
@@ -87,6 +87,8 @@ pub enum EngineError {
     },
     #[error("peer {peer:?}: its public key is also peer {other:?}'s")]
     DuplicateKey { peer: String, other: String },
+    #[error("peer {peer:?}: its public key is this gateway's own")]
+    OwnKey { peer: String },
     #[error("too many peers (at most {0})")]
     TooManyPeers(usize),
 }
@@ -95,11 +97,10 @@ impl Engine {
     pub fn new(private_key: &Key, peers: Vec<PeerSpec>, mtu: u16) -> Result<Self, EngineError> {
         let secret = StaticSecret::from(private_key.0);
         let public = PublicKey::from(&secret);
-        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
         let mut engine = Engine {
+            admission: Admission::new(&public),
             secret,
             public,
-            limiter,
             peers: Vec::with_capacity(peers.len()),
             by_key: HashMap::new(),
             routes: PrefixTable::new(),
@@ -116,6 +117,14 @@ impl Engine {
     /// afresh; a peer not in `specs` goes. Nothing changes if `specs` is inconsistent.
     pub fn apply_peers(&mut self, specs: Vec<PeerSpec>) -> Result<PeerChanges, EngineError> {
         check_unique(&specs)?;
+        if let Some(own) = specs
+            .iter()
+            .find(|s| s.public_key.0 == self.public.to_bytes())
+        {
+            return Err(EngineError::OwnKey {
+                peer: own.name.clone(),
+            });
+        }
         // Session indices carry the slot in their top 24 bits.
         const MAX_PEERS: usize = 1 << 24;
         if specs.len() > MAX_PEERS {
@@ -182,7 +191,7 @@ impl Engine {
             None,
             spec.persistent_keepalive.filter(|&k| k > 0),
             slot as u32,
-            Some(self.limiter.clone()),
+            Some(self.admission.session_limiter()),
         );
         Peer {
             remaps: spec.networks.iter().any(|n| n.cidr != n.remapped),
@@ -191,6 +200,7 @@ impl Engine {
             spec,
             tunn,
             session_age: None,
+            cookie_retry: None,
         }
     }
 
@@ -231,7 +241,13 @@ impl Engine {
             return self.counters.count(DropReason::NoEndpoint);
         };
         match peer.tunn.encapsulate(packet, &mut self.buf) {
-            TunnResult::WriteToNetwork(datagram) => sink.send_to_network(endpoint, datagram),
+            TunnResult::WriteToNetwork(datagram) => {
+                // A handshake initiation when no session is up (the packet waits for it).
+                if datagram.first() != Some(&DATA) {
+                    self.counters.sent(datagram);
+                }
+                sink.send_to_network(endpoint, datagram)
+            }
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %peer.spec.name, error = ?e, "encapsulation failed");
                 self.counters.count(drop_reason(&e));
@@ -258,15 +274,31 @@ impl Engine {
             {
                 TunnResult::WriteToTunnelV4(packet, inner) => (packet, IpAddr::from(inner)),
                 TunnResult::WriteToTunnelV6(packet, inner) => (packet, IpAddr::from(inner)),
+                // A cookie reply: the far side is under load and wants our next initiation to
+                // prove our address. Send it now rather than at the 5 s retry, at most once a
+                // second (a forged reply could ask for one each time).
+                TunnResult::Done if datagram.first() == Some(&COOKIE_REPLY) => {
+                    self.counters.received_cookie();
+                    if let (Some(ep), true) = (peer.endpoint, peer.may_retry_with_cookie()) {
+                        if let TunnResult::WriteToNetwork(init) =
+                            peer.tunn.format_handshake_initiation(&mut self.buf, true)
+                        {
+                            self.counters.sent(init);
+                            sink.send_to_network(ep, init);
+                        }
+                    }
+                    return;
+                }
+                // A keepalive: authenticated data, so the peer is where it came from.
                 TunnResult::Done => return peer.roam(src),
                 TunnResult::Err(e) => {
                     tracing::debug!(peer = %peer.spec.name, %src, error = ?e, "datagram rejected");
                     return self.counters.count(drop_reason(&e));
                 }
+                // The answer to a handshake message, which authenticated its sender.
                 TunnResult::WriteToNetwork(reply) => {
-                    if reply.first() != Some(&COOKIE_REPLY) {
-                        peer.roam(src);
-                    }
+                    peer.roam(src);
+                    self.counters.sent(reply);
                     sink.send_to_network(src, reply);
                     // A completed handshake releases the packets queued while it was pending.
                     while let TunnResult::WriteToNetwork(queued) =
@@ -291,34 +323,43 @@ impl Engine {
     }
 
     /// Which peer a datagram belongs to: by the sender's static key for a handshake initiation, by
-    /// our session index otherwise. Answers with a cookie when handshakes arrive too fast.
+    /// our session index otherwise. Handshake messages pass [`Admission`] first, which answers
+    /// some with a cookie reply and drops others.
     fn identify(
         &mut self,
         src: SocketAddr,
         datagram: &[u8],
         sink: &mut impl Sink,
     ) -> Option<usize> {
-        let idx = match Tunn::parse_incoming_packet(datagram) {
+        let packet = match Tunn::parse_incoming_packet(datagram) {
+            Ok(p) => p,
             Err(_) => {
                 self.counters.count(DropReason::Malformed);
                 return None;
             }
-            Ok(Packet::HandshakeInit(ref init)) => {
-                // MAC and load check before the Diffie-Hellman that identifies the sender.
-                match self
-                    .limiter
-                    .verify_packet(Some(src.ip()), datagram, &mut self.buf)
-                {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        sink.send_to_network(src, cookie);
-                        return None;
-                    }
-                    Err(_) => {
-                        self.counters.count(DropReason::AuthFailed);
-                        return None;
-                    }
+        };
+        if matches!(
+            packet,
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+        ) {
+            match self
+                .admission
+                .check(src.ip(), datagram, &mut self.buf, Instant::now())
+            {
+                Verdict::Admit => {}
+                Verdict::Cookie(cookie) => {
+                    self.counters.sent(cookie);
+                    sink.send_to_network(src, cookie);
+                    return None;
                 }
+                Verdict::Drop(reason) => {
+                    self.counters.count(reason);
+                    return None;
+                }
+            }
+        }
+        let idx = match packet {
+            Packet::HandshakeInit(ref init) => {
                 match parse_handshake_anon(&self.secret, &self.public, init) {
                     Ok(half) => match self.by_key.get(&half.peer_static_public) {
                         Some(&idx) => idx,
@@ -333,9 +374,9 @@ impl Engine {
                     }
                 }
             }
-            Ok(Packet::HandshakeResponse(p)) => (p.receiver_idx >> 8) as usize,
-            Ok(Packet::PacketCookieReply(p)) => (p.receiver_idx >> 8) as usize,
-            Ok(Packet::PacketData(p)) => (p.receiver_idx >> 8) as usize,
+            Packet::HandshakeResponse(p) => (p.receiver_idx >> 8) as usize,
+            Packet::PacketCookieReply(p) => (p.receiver_idx >> 8) as usize,
+            Packet::PacketData(p) => (p.receiver_idx >> 8) as usize,
         };
         if self.peers.get(idx).is_some_and(Option::is_some) {
             Some(idx)
@@ -347,7 +388,7 @@ impl Engine {
 
     /// Runs WireGuard's timers (handshake retries, rekeys, keepalives); call every ~250 ms.
     pub fn tick(&mut self, sink: &mut impl Sink) {
-        self.limiter.reset_count();
+        self.admission.tick(Instant::now());
         for peer in self.peers.iter_mut().flatten() {
             if std::mem::take(&mut peer.initiate) {
                 if let (Some(ep), TunnResult::WriteToNetwork(init)) = (
@@ -355,12 +396,14 @@ impl Engine {
                     peer.tunn.format_handshake_initiation(&mut self.buf, false),
                 ) {
                     tracing::debug!(peer = %peer.spec.name, endpoint = %ep, "starting a handshake");
+                    self.counters.sent(init);
                     sink.send_to_network(ep, init);
                 }
             }
             match peer.tunn.update_timers(&mut self.buf) {
                 TunnResult::WriteToNetwork(datagram) => {
                     if let Some(ep) = peer.endpoint {
+                        self.counters.sent(datagram);
                         sink.send_to_network(ep, datagram);
                     }
                 }
@@ -431,6 +474,12 @@ impl Engine {
                 );
             }
         }
+        out.push_str("# HELP liqonet_handshake_under_load Whether handshake messages arrive too fast to answer without a cookie.\n# TYPE liqonet_handshake_under_load gauge\n");
+        let _ = writeln!(
+            out,
+            "liqonet_handshake_under_load {}",
+            u8::from(self.admission.under_load(Instant::now()))
+        );
         self.counters.render(out);
     }
 }

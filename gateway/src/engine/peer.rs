@@ -1,7 +1,7 @@
 //! One foreign cluster as the engine sees it: a boringtun session, an endpoint, its networks.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::Tunn;
 use liqonet_proto::{Cidr, Key};
@@ -36,6 +36,8 @@ pub(crate) struct Peer {
     /// added peer) or got a new endpoint, so the far side learns at once where we are instead
     /// of encrypting to a dead session until its own timers give up.
     pub initiate: bool,
+    /// When a cookie reply last made us initiate again at once.
+    pub cookie_retry: Option<Instant>,
 }
 
 impl Peer {
@@ -58,6 +60,19 @@ impl Peer {
             .networks
             .iter()
             .find_map(|n| n.cidr.swap_prefix(ip, &n.remapped))
+    }
+
+    /// May a cookie reply make us send a new initiation now? At most once a second.
+    pub fn may_retry_with_cookie(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .cookie_retry
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.cookie_retry = Some(now);
+        true
     }
 
     /// Follows the peer to the address its latest authenticated packet came from.

@@ -544,3 +544,115 @@ fn a_peer_with_an_endpoint_gets_a_handshake_at_the_first_tick() {
         again.net
     );
 }
+
+/// A handshake initiation from a key nobody configured: valid MAC1 (it takes only the public
+/// key of the gateway it is sent to), as a flood would send.
+fn stranger_initiation(to: &Key) -> Vec<u8> {
+    let mut t = Tunn::new(
+        StaticSecret::from([0x55; 32]),
+        PublicKey::from(to.0),
+        None,
+        None,
+        0,
+        None,
+    );
+    let mut buf = vec![0u8; 256];
+    match t.format_handshake_initiation(&mut buf, false) {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+#[test]
+fn a_forged_cookie_reply_moves_nothing() {
+    let mut p = Pair::new(true);
+    p.home.tick(&mut p.home_out);
+    let init = p.home_out.net.pop().unwrap().1;
+    assert_eq!(init[0], 1);
+    // Anyone who saw the initiation and knows foreign's public key can write this reply.
+    let forger =
+        boringtun::noise::rate_limiter::RateLimiter::new(&PublicKey::from(public(&key(2)).0), 0);
+    let attacker = addr("192.0.2.66:4444");
+    let mut buf = [0u8; 256];
+    let cookie = match forger.verify_packet(Some(attacker.ip()), &init, &mut buf) {
+        Err(TunnResult::WriteToNetwork(c)) => c.to_vec(),
+        _ => panic!("no cookie"),
+    };
+    let mut out = Recorder::default();
+    p.home.from_network(attacker, &cookie, &mut out);
+    let mut stats = Vec::new();
+    p.home.peer_stats(&mut stats);
+    assert_eq!(stats[0].endpoint, Some(addr(FOREIGN)));
+    // It may make home try again (with a MAC2), towards the real endpoint, once a second.
+    assert!(
+        out.net
+            .iter()
+            .all(|(to, d)| *to == addr(FOREIGN) && d[0] == 1),
+        "{:?}",
+        out.net
+    );
+    let mut again = Recorder::default();
+    p.home.from_network(attacker, &cookie, &mut again);
+    assert!(again.net.is_empty());
+    // The session still comes up with the real foreign.
+    let mut pkt = udp4([10, 244, 0, 10], [10, 245, 0, 10]);
+    p.home.from_tun(&mut pkt, &mut p.home_out);
+    p.home_out.net.extend(out.net);
+    p.pump();
+    assert!(p.home.peer_is_up("foreign"));
+    p.home.peer_stats(&mut stats);
+    assert_eq!(stats[0].endpoint, Some(addr(FOREIGN)));
+}
+
+#[test]
+fn a_handshake_flood_from_one_source_is_answered_a_few_times_and_a_restarted_peer_still_gets_in() {
+    let mut p = Pair::new(true);
+    let mut pkt = udp4([10, 244, 0, 10], [10, 245, 0, 10]);
+    p.home.from_tun(&mut pkt, &mut p.home_out);
+    p.pump();
+    assert!(p.home.peer_is_up("foreign"));
+    let flood = stranger_initiation(&public(&key(1)));
+    let flooder = addr("198.51.100.66:9999");
+    let mut out = Recorder::default();
+    for _ in 0..20_000 {
+        p.home.from_network(flooder, &flood, &mut out);
+    }
+    let c = p.home.counters();
+    let cookies = c.handshakes_sent("cookie_reply");
+    assert!(cookies <= 10, "{cookies} cookie replies");
+    assert!(c.get(DropReason::HandshakeRateLimited) > 19_000);
+    assert!(out.net.iter().all(|(to, d)| *to == flooder && d[0] == 3));
+    // Data still flows on the established session.
+    let mut pkt = udp4([10, 244, 0, 10], [10, 245, 0, 10]);
+    p.home.from_tun(&mut pkt, &mut p.home_out);
+    p.pump();
+    assert_eq!(p.foreign_out.tun.len(), 2);
+    // Foreign restarts (same key, fresh state) while home is under load: a cookie reply, an
+    // initiation with MAC2 at once, and the session is back without waiting for a retry timer.
+    p.foreign = Engine::new(
+        &key(2),
+        vec![spec("home", &key(1), Some(HOME), &["10.244.0.0/16"])],
+        1420,
+    )
+    .unwrap();
+    p.foreign.tick(&mut p.foreign_out);
+    p.pump();
+    assert!(p.foreign.peer_is_up("home"));
+    assert_eq!(p.foreign.counters().handshakes_sent("initiation"), 2);
+    let mut pkt = udp4([10, 245, 0, 10], [10, 244, 0, 10]);
+    p.foreign.from_tun(&mut pkt, &mut p.foreign_out);
+    p.pump();
+    assert_eq!(p.home_out.tun.len(), 1);
+}
+
+#[test]
+fn a_peer_with_the_gateways_own_key_is_refused() {
+    let err = Engine::new(
+        &key(1),
+        vec![spec("me", &key(1), None, &["10.245.0.0/16"])],
+        1420,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("this gateway's own"), "{err}");
+}
