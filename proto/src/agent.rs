@@ -78,7 +78,12 @@ pub struct VxlanConfig {
     #[serde(default = "default_vxlan_mtu")]
     pub mtu: u16,
     /// Each node's overlay address is this prefix with the host bits of its node IP.
-    #[serde(default = "default_overlay_cidr")]
+    /// Spelt `overlayCIDR` like `podCIDR`; `overlayCidr` (what earlier versions accepted) still parses.
+    #[serde(
+        default = "default_overlay_cidr",
+        rename = "overlayCIDR",
+        alias = "overlayCidr"
+    )]
     pub overlay_cidr: Cidr,
     /// Each node's IPv6 overlay address is this prefix with the host bits of its (IPv4) node IP.
     #[serde(default = "default_overlay_cidr6", rename = "overlayCIDR6")]
@@ -164,7 +169,8 @@ impl AgentConfig {
 
     pub fn overlay_ip(&self, node: &NodeConfig) -> Ipv4Addr {
         let o = &self.vxlan.overlay_cidr;
-        let host_bits = 32 - u32::from(o.prefix_len());
+        // Saturating: an IPv6 prefix here is a validation error, not a panic.
+        let host_bits = 32u32.saturating_sub(u32::from(o.prefix_len()));
         let host_mask = u32::MAX.checked_shr(32 - host_bits).unwrap_or(0);
         let net = match o.addr() {
             IpAddr::V4(a) => u32::from(a),
@@ -201,13 +207,36 @@ impl AgentConfig {
                     format!("{} is also nodes[{j}].ip", n.ip.0),
                 );
             }
+            // Two nodes' pods in one subnet: the gateway node's return routes would collide.
+            type PodSubnet = fn(&NodeConfig) -> Option<Cidr>;
+            let pod_subnets: [(&str, PodSubnet); 2] = [
+                ("podCIDR", |m| Some(m.pod_cidr)),
+                ("podCIDR6", |m| m.pod_cidr6),
+            ];
+            for (field, of) in pod_subnets {
+                let Some(mine) = of(n) else { continue };
+                let clash = self.nodes[..i]
+                    .iter()
+                    .enumerate()
+                    .find_map(|(j, m)| of(m).filter(|o| o.overlaps(&mine)).map(|o| (j, m, o)));
+                if let Some((j, m, other)) = clash {
+                    let how = if other == mine { "is also" } else { "overlaps" };
+                    err(
+                        format!("nodes[{i}].{field}"),
+                        format!(
+                            "\"{mine}\" (node {:?}) {how} nodes[{j}].{field} \"{other}\" (node {:?}); every node needs its own pod subnet",
+                            n.name, m.name
+                        ),
+                    );
+                }
+            }
             if !n.pod_cidr.is_ipv4() {
                 err(
                     format!("nodes[{i}].podCIDR"),
                     format!("\"{}\": IPv4 only", n.pod_cidr),
                 );
             }
-            if self.mode == Mode::Vxlan {
+            if self.mode == Mode::Vxlan && self.vxlan.overlay_cidr.is_ipv4() {
                 let ip = self.overlay_ip(n);
                 if let Some(j) = self.nodes[..i]
                     .iter()
@@ -333,6 +362,75 @@ mod tests {
         let c = AgentConfig::from_yaml(include_str!("../../deploy/standalone/route-agent.yaml"))
             .unwrap();
         assert_eq!(c.nodes.len(), 3);
+    }
+
+    /// The README's route agent example, verbatim: the first YAML block of its "Route agent"
+    /// section (read from the README so the two cannot drift apart).
+    fn readme_example() -> &'static str {
+        let readme = include_str!("../../README.md");
+        let (_, section) = readme
+            .split_once("\n## Route agent\n")
+            .expect("README.md has a \"## Route agent\" section");
+        let (_, block) = section
+            .split_once("```yaml\n")
+            .expect("the section has a YAML example");
+        block.split_once("```").expect("the example ends").0
+    }
+
+    #[test]
+    fn the_readme_example_is_valid() {
+        let c = AgentConfig::from_yaml(readme_example()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.vxlan.overlay_cidr,
+            "10.80.0.0/12".parse::<Cidr>().unwrap()
+        );
+        assert_eq!(c.nodes.len(), 2);
+    }
+
+    #[test]
+    fn overlay_cidr_is_spelt_as_documented_and_the_old_spelling_still_parses() {
+        for key in ["overlayCIDR", "overlayCidr"] {
+            let c = AgentConfig::from_yaml(&format!("{BASE}vxlan: {{{key}: 10.64.0.0/12}}\n"))
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(
+                c.vxlan.overlay_cidr,
+                "10.64.0.0/12".parse::<Cidr>().unwrap()
+            );
+        }
+        // Errors name the field as it is written.
+        let e = first_error(&format!("{BASE}vxlan: {{overlayCIDR: fd00::/64}}\n"));
+        assert_eq!(e.path, "vxlan.overlayCIDR");
+    }
+
+    #[test]
+    fn nodes_cannot_share_a_pod_cidr() {
+        let text = format!("{BASE}  - {{name: w2, ip: 172.20.0.12, podCIDR: 10.244.1.0/24}}\n");
+        let e = first_error(&text);
+        assert_eq!(e.path, "nodes[2].podCIDR");
+        assert!(
+            e.message.contains("\"10.244.1.0/24\"")
+                && e.message.contains("\"w1\"")
+                && e.message.contains("\"w2\"")
+                && e.message.contains("nodes[1].podCIDR"),
+            "{e}"
+        );
+        // Overlapping is as bad as equal: return routes would collide.
+        let e = first_error(&format!(
+            "{BASE}  - {{name: w2, ip: 172.20.0.12, podCIDR: 10.244.0.0/16}}\n"
+        ));
+        assert_eq!(e.path, "nodes[2].podCIDR");
+        assert!(e.message.contains("overlaps"), "{e}");
+        // The same for IPv6 pod subnets.
+        let text = BASE
+            .replace(
+                "podCIDR: 10.244.0.0/24",
+                "podCIDR: 10.244.0.0/24, podCIDR6: 'fd10:244::/64'",
+            )
+            .replace(
+                "podCIDR: 10.244.1.0/24",
+                "podCIDR: 10.244.1.0/24, podCIDR6: 'fd10:244::/64'",
+            );
+        assert_eq!(first_error(&text).path, "nodes[1].podCIDR6");
     }
 
     #[test]

@@ -4,5 +4,5 @@
 #[test]
 fn every_bad_config_names_its_field() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-configs");
-    liqonet_lab::bad_configs::check_all(env!("CARGO_BIN_EXE_liqonet-route-agent"), &dir, 8, None);
+    liqonet_lab::bad_configs::check_all(env!("CARGO_BIN_EXE_liqonet-route-agent"), &dir, 11, None);
 }
