@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use liqonet_gateway::engine::Engine;
-use liqonet_gateway::io::serve::{apply_peers, log_remapping, routed_networks, serve};
-use liqonet_gateway::io::{event_loop, metrics_http, routes::Routes};
+use liqonet_gateway::io::control::{log_remapping, routed_networks, Control};
+use liqonet_gateway::io::metrics_http;
+use liqonet_gateway::io::serve::serve;
 use liqonet_gateway::kubernetes::{self, peering as kube_peering, KubeSettings};
 use liqonet_gateway::{keys, peering, settings};
 use liqonet_proto::Key;
@@ -193,19 +194,20 @@ fn pubkey() -> anyhow::Result<()> {
 }
 
 /// SIGHUP: the peers of the config file, applied live (other peers' sessions go on). Settings
-/// of the device or socket need a restart; a bad file changes nothing.
+/// of the device or socket need a restart; a bad file changes nothing. It runs on a thread of
+/// its own: reading, parsing and resolving take what they take, and the data path goes on.
 fn reload(
     path: &std::path::Path,
     running: &liqonet_proto::config::GatewayConfig,
-    engine: &mut Engine,
-    routes: &mut Routes,
+    public: Key,
+    control: &Control,
 ) {
     let new = match settings::load(path) {
         Ok(s) => s,
         Err(e) => return tracing::error!("reload: {e:#}; the running configuration stays"),
     };
     let c = &new.config;
-    if keys::public_of(&new.private_key) != engine.public_key()
+    if keys::public_of(&new.private_key) != public
         || c.interface != running.interface
         || c.listen_port != running.listen_port
         || c.mtu != running.mtu
@@ -215,7 +217,7 @@ fn reload(
     {
         tracing::warn!("reload: only peers change live; the key, interface, port, MTU, offload, addresses and metrics address apply at the next start");
     }
-    match apply_peers(engine, routes, new.peers) {
+    match control.apply(new.peers) {
         Ok(ch) => {
             tracing::info!(added = ?ch.added, updated = ?ch.updated, removed = ?ch.removed, "configuration reloaded")
         }
@@ -256,17 +258,26 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         "starting gateway"
     );
 
-    // Signals go through pipes into the event loop, so shutdown always runs the cleanup below.
+    // SIGINT and SIGTERM go through a pipe into the event loop, so shutdown always runs the
+    // cleanup; SIGHUP wakes the reload thread.
     let (stop, stop_tx) = UnixStream::pair()?;
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::low_level::pipe::register(sig, stop_tx.try_clone()?)?;
     }
-    let (reload_rx, reload_tx) = UnixStream::pair()?;
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_tx)?;
-    let mut signals = event_loop::Signals {
-        stop,
-        reload: reload_rx,
-    };
+    let (mut hup, hup_tx) = UnixStream::pair()?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, hup_tx)?;
+    let control = Control::new()?;
+    let reloader = control.clone();
+    let (reload_path, running, public) = (path.clone(), config.clone(), engine.public_key());
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let mut byte = [0u8; 16];
+            // Signals that arrive while a reload runs are one more reload, not one each.
+            while matches!(hup.read(&mut byte), Ok(n) if n > 0) {
+                reload(&reload_path, &running, public, &reloader);
+            }
+        })?;
 
     let metrics = match config.metrics_address {
         Some(addr) => Some(metrics_http::spawn(addr.0)?),
@@ -276,9 +287,9 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         &config,
         &mut engine,
         &networks,
-        &mut signals,
+        &stop,
+        &control,
         metrics.as_ref(),
-        |engine, routes| reload(&path, &config, engine, routes),
     )
 }
 

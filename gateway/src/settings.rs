@@ -1,7 +1,9 @@
 //! Loads a standalone config file into what the gateway runs on: the validated config, the
 //! private key, and peers with resolved endpoints. Errors name the field and value.
 
+use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use liqonet_proto::config::{ConfigError, ConfigErrors, Endpoint, GatewayConfig};
@@ -39,7 +41,7 @@ pub fn read_private_key(path: &Path, config: &GatewayConfig) -> Result<Key, Conf
         path: "privateKeyFile".into(),
         message,
     };
-    let text = std::fs::read_to_string(&key_path)
+    let text = read_text(&key_path, MAX_KEY_FILE)
         .map_err(|e| err(format!("cannot read {key_path:?}: {e}")))?;
     text.parse::<Key>().map_err(|e| {
         err(format!(
@@ -59,8 +61,11 @@ pub fn read_state(path: &Path) -> Result<IpamState, LoadError> {
         path: path.to_owned(),
         message,
     };
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_yaml::from_str(&text).map_err(|e| err(e.to_string())),
+    match read_text(path, MAX_CONFIG_FILE) {
+        Ok(text) => {
+            check_nesting(&text).map_err(err)?;
+            serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IpamState::default()),
         Err(e) => Err(err(e.to_string())),
     }
@@ -93,8 +98,72 @@ pub fn resolve_endpoint(endpoint: &Endpoint) -> Result<SocketAddr, String> {
     }
 }
 
+/// Largest config or state file read (a real one is a few KB).
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+const MAX_KEY_FILE: u64 = 4096;
+/// Deepest `[`/`{` nesting accepted: the YAML parser's time grows with the square of the depth.
+const MAX_NESTING: usize = 64;
+
+/// Reads a regular file of at most `limit` bytes as text. A FIFO, a device (`/dev/zero`) or an
+/// oversized file is an error at once, never a hang or an unbounded read.
+pub fn read_text(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    // O_NONBLOCK: opening a FIFO with no writer would wait forever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} bytes, more than the {limit} accepted", meta.len()),
+        ));
+    }
+    let mut text = String::new();
+    file.take(limit + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("more than the {limit} bytes accepted"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Refuses flow collections nested deeper than [`MAX_NESTING`] (outside quotes and comments).
+fn check_nesting(text: &str) -> Result<(), String> {
+    let (mut depth, mut quote, mut comment) = (0usize, None, false);
+    let mut prev = '\n';
+    for c in text.chars() {
+        match (quote, c) {
+            (_, '\n') => comment = false,
+            _ if comment => {}
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '#') if prev.is_whitespace() => comment = true,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "collections nested deeper than {MAX_NESTING} levels"
+                    ));
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    Ok(())
+}
+
 pub fn load(path: &Path) -> Result<Settings, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+    let text = read_text(path, MAX_CONFIG_FILE).map_err(|error| LoadError::Read {
         path: path.to_owned(),
         error,
     })?;
@@ -102,6 +171,12 @@ pub fn load(path: &Path) -> Result<Settings, LoadError> {
         path: path.to_owned(),
         errors,
     };
+    check_nesting(&text).map_err(|message| {
+        invalid(ConfigErrors(vec![ConfigError {
+            path: "(document)".into(),
+            message,
+        }]))
+    })?;
     let config = GatewayConfig::from_yaml(&text).map_err(invalid)?;
     let state_path = ipam_state_path(path);
     let state = read_state(&state_path)?;
@@ -147,5 +222,45 @@ pub fn load(path: &Path) -> Result<Settings, LoadError> {
             peers,
         }),
         _ => Err(invalid(ConfigErrors(errs))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifos_devices_and_huge_files_are_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("liqonet-read-text-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("key");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = read_text(&fifo, MAX_KEY_FILE).unwrap_err();
+        assert_eq!(e.to_string(), "not a regular file");
+        let e = read_text(Path::new("/dev/zero"), MAX_KEY_FILE).unwrap_err();
+        assert_eq!(e.to_string(), "not a regular file");
+        let big = dir.join("big.yaml");
+        std::fs::write(&big, vec![b'#'; 5000]).unwrap();
+        let e = read_text(&big, MAX_KEY_FILE).unwrap_err();
+        assert!(e.to_string().contains("more than the 4096"), "{e}");
+        std::fs::write(&big, "ok\n").unwrap();
+        assert_eq!(read_text(&big, MAX_KEY_FILE).unwrap(), "ok\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing_and_quotes_do_not_count() {
+        let deep = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let t = std::time::Instant::now();
+        assert!(check_nesting(&deep).unwrap_err().contains("deeper than 64"));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        let fine = "a: [[1, 2], {b: \"[[[[\"}] # [[[[[[\nc: '{{{{'\n";
+        assert!(check_nesting(fine).is_ok());
+        assert!(check_nesting(&"[".repeat(64)).is_ok());
     }
 }

@@ -169,14 +169,13 @@ impl TunBatch {
             return;
         }
         let bufs = &mut self.bufs[..self.count];
+        // Once: a TUN write does not block (the kernel queues or drops), and send_multiple
+        // merges the buffers as it goes, so a second call would send merged packets again.
         let result = if self.offset > 0 {
-            retry_when_full(dev.as_fd(), || {
-                dev.send_multiple(&mut self.gro, bufs, self.offset)
-            })
-            .map(|_| ())
+            dev.send_multiple(&mut self.gro, bufs, self.offset)
+                .map(|_| ())
         } else {
-            bufs.iter()
-                .try_for_each(|b| retry_when_full(dev.as_fd(), || dev.send(b)))
+            bufs.iter().try_for_each(|b| dev.send(b).map(|_| ()))
         };
         if let Err(e) = result {
             self.errors += self.count as u64;

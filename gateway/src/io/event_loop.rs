@@ -1,5 +1,6 @@
-//! One thread, one engine: poll the TUN, the UDP sockets and a signal pipe; drain whatever is
-//! readable through the engine in batches; run the engine's timers. No locks on the data path.
+//! One thread, one engine: poll the TUN, the UDP sockets, a stop pipe and the [`Control`] pipe;
+//! drain whatever is readable through the engine in batches; run the engine's timers. No locks
+//! on the data path, and nothing slow: peer changes arrive ready to swap in.
 //!
 //! With offloads, one TUN read yields a TCP super-packet that tun-rs splits into MTU-sized
 //! packets, one UDP receive yields a run of coalesced datagrams, and what the engine emits is
@@ -15,6 +16,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::batch::{TunBatch, UdpBatch};
+use super::control::Control;
 use super::metrics_http::Snapshot;
 use super::udp::{self, Sockets};
 use crate::engine::{Engine, Sink, MAX_PACKET};
@@ -52,6 +54,8 @@ impl Shell<'_> {
 /// Buffers for reading from the TUN: one super-packet, and the packets it splits into.
 struct TunReader {
     offload: bool,
+    /// Reads the TUN gave that could not be split into packets (dropped).
+    dropped: u64,
     original: Vec<u8>,
     bufs: Vec<Vec<u8>>,
     sizes: Vec<usize>,
@@ -61,6 +65,7 @@ impl TunReader {
     fn new(offload: bool) -> Self {
         TunReader {
             offload,
+            dropped: 0,
             original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
             bufs: (0..if offload { IDEAL_BATCH_SIZE } else { 1 })
                 .map(|_| vec![0; MAX_PACKET])
@@ -92,11 +97,10 @@ impl TunReader {
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            // A super-packet tun-rs cannot split is one bad packet, not a dead device.
-            Err(e)
-                if e.kind() == io::ErrorKind::InvalidData
-                    || e.kind() == io::ErrorKind::InvalidInput =>
-            {
+            // A super-packet tun-rs cannot split is one bad packet, not a dead device: tun-rs
+            // reports those itself, without an OS error number.
+            Err(e) if e.raw_os_error().is_none() => {
+                self.dropped += 1;
                 tracing::debug!("TUN read dropped: {e}");
                 Ok(true)
             }
@@ -105,31 +109,16 @@ impl TunReader {
     }
 }
 
-/// The pipes that signal handlers write to.
-pub struct Signals {
-    /// SIGINT, SIGTERM.
-    pub stop: UnixStream,
-    /// SIGHUP.
-    pub reload: UnixStream,
-}
-
-/// Why [`run`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Stop,
-    /// The config file is to be read again; then `run` resumes.
-    Reload,
-}
-
-/// Runs until a signal arrives on `signals`.
+/// Runs until a byte arrives on `stop`.
 pub fn run(
     engine: &mut Engine,
     tun: &SyncDevice,
     tun_offload: bool,
     sockets: &Sockets,
-    signals: &mut Signals,
+    mut stop: &UnixStream,
+    control: &Control,
     metrics: Option<&Snapshot>,
-) -> io::Result<Exit> {
+) -> io::Result<()> {
     let mut shell = Shell {
         tun,
         sockets,
@@ -151,24 +140,24 @@ pub fn run(
         }
         if let Some(snapshot) = metrics {
             if now >= next_metrics {
-                publish(engine, &shell, snapshot);
+                publish(engine, &shell, &reader, snapshot, now);
                 next_metrics = now + METRICS_EVERY;
             }
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
         let wait = PollTimeout::try_from(wait.as_millis().min(1000) as i32 + 1)
             .unwrap_or(PollTimeout::NONE);
-        // Without IPv6 the last slot polls the signal pipe for nothing, keeping the set fixed-size.
+        // Without IPv6 the last slot polls the stop pipe for nothing, keeping the set fixed-size.
         let (v6_fd, v6_events) = match v6 {
             Some(s) => (s.as_fd(), PollFlags::POLLIN),
-            None => (signals.stop.as_fd(), PollFlags::empty()),
+            None => (stop.as_fd(), PollFlags::empty()),
         };
         let mut fds = [
-            PollFd::new(signals.stop.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
             PollFd::new(tun.as_fd(), PollFlags::POLLIN),
             PollFd::new(sockets.v4.as_fd(), PollFlags::POLLIN),
             PollFd::new(v6_fd, v6_events),
-            PollFd::new(signals.reload.as_fd(), PollFlags::POLLIN),
+            PollFd::new(control.wake_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, wait) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -179,13 +168,12 @@ pub fn run(
                 .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
         });
         if ready[0] {
-            let _ = signals.stop.read(&mut [0u8; 16]);
-            tracing::info!("signal received, shutting down");
-            return Ok(Exit::Stop);
+            let _ = stop.read(&mut [0u8; 16]);
+            tracing::info!("stopping the tunnel");
+            return Ok(());
         }
         if ready[4] {
-            let _ = signals.reload.read(&mut [0u8; 16]);
-            return Ok(Exit::Reload);
+            control.take(engine);
         }
         if ready[1] {
             for _ in 0..BURST {
@@ -213,6 +201,8 @@ fn drain_udp(
 ) {
     for _ in 0..BURST {
         match udp::recv(sock, buf, cmsg) {
+            // An empty datagram is still one: the engine counts it as malformed.
+            Ok((0, _, src)) => engine.from_network(src, &[], shell),
             Ok((n, segment, src)) => {
                 for datagram in buf[..n].chunks(segment.max(1)) {
                     engine.from_network(src, datagram, shell);
@@ -229,10 +219,22 @@ fn drain_udp(
     shell.flush();
 }
 
-fn publish(engine: &Engine, shell: &Shell<'_>, snapshot: &Snapshot) {
+/// Hands a fresh view to the HTTP thread; its time also tells `/healthz` the loop is turning.
+fn publish(
+    engine: &Engine,
+    shell: &Shell<'_>,
+    reader: &TunReader,
+    snapshot: &Snapshot,
+    now: Instant,
+) {
     let mut text = String::with_capacity(4096);
     engine.render_metrics(&mut text);
     use std::fmt::Write;
+    let _ = writeln!(
+        text,
+        "# HELP liqonet_tun_read_dropped_total TUN reads that could not be split into packets.\n# TYPE liqonet_tun_read_dropped_total counter\nliqonet_tun_read_dropped_total {}",
+        reader.dropped
+    );
     let _ = writeln!(
         text,
         "liqonet_underlay_send_errors_total {}",
@@ -245,6 +247,7 @@ fn publish(engine: &Engine, shell: &Shell<'_>, snapshot: &Snapshot) {
     );
     if let Ok(mut s) = snapshot.lock() {
         s.metrics = text;
+        s.loop_turned = Some(now);
         engine.peer_stats(&mut s.peers);
     }
 }

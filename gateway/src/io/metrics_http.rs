@@ -1,6 +1,7 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers; in
-//! Kubernetes mode with its Lease identity and readiness, which a follower checks before taking
-//! over an expired Lease, so it must answer whatever else is going on) and `/readyz` (this
+//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers, and its
+//! data-path loop, if it runs one, has turned within [`LOOP_STALL`]; in Kubernetes mode with its
+//! Lease identity and readiness, which a follower checks before taking over an expired Lease, so
+//! it must answer whatever else is going on) and `/readyz` (this
 //! replica carries the tunnel: only the leader is ready, so the gateway Service sends the
 //! foreign clusters' datagrams to it alone).
 //!
@@ -12,7 +13,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -23,6 +24,8 @@ use crate::engine::PeerStats;
 
 /// A client that has not sent its request headers by then is disconnected.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The loop publishes every second; this long without means it is stuck (liveness fails).
+pub const LOOP_STALL: Duration = Duration::from_secs(3);
 
 /// What the event loop publishes for readers outside the data path.
 #[derive(Debug, Default)]
@@ -32,6 +35,8 @@ pub struct Published {
     pub peers: Vec<PeerStats>,
     /// The tunnel is up on this replica.
     pub ready: bool,
+    /// When the data-path loop last published (while it runs).
+    pub loop_turned: Option<Instant>,
     /// Kubernetes mode: this replica's identity in the Lease. `/healthz` names it and whether
     /// the replica carries the tunnel, so a follower checking an expired Lease's holder knows it
     /// reached that holder (not a newer pod on the same node) and that it still leads.
@@ -89,6 +94,27 @@ async fn accept(listener: std::net::TcpListener, snapshot: Snapshot) {
     }
 }
 
+fn health(s: &Published, now: Instant) -> (StatusCode, String) {
+    if let Some(stalled) = s
+        .loop_turned
+        .map(|t| now.saturating_duration_since(t))
+        .filter(|d| *d > LOOP_STALL)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the data path has not turned for {:.1} s\n",
+                stalled.as_secs_f64()
+            ),
+        );
+    }
+    let body = match &s.identity {
+        Some(id) => format!("ok\nidentity: {id}\nready: {}\n", s.ready),
+        None => "ok\n".to_string(),
+    };
+    (StatusCode::OK, body)
+}
+
 fn respond(req: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
         "/metrics" => (
@@ -98,16 +124,10 @@ fn respond(req: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>
                 .map(|s| s.metrics.clone())
                 .unwrap_or_default(),
         ),
-        "/healthz" => (
-            StatusCode::OK,
-            match snapshot.lock() {
-                Ok(s) => match &s.identity {
-                    Some(id) => format!("ok\nidentity: {id}\nready: {}\n", s.ready),
-                    None => "ok\n".to_string(),
-                },
-                Err(_) => "ok\n".to_string(),
-            },
-        ),
+        "/healthz" => match snapshot.lock() {
+            Ok(s) => health(&s, Instant::now()),
+            Err(_) => (StatusCode::OK, "ok\n".to_string()),
+        },
         "/readyz" => match snapshot.lock().map(|s| s.ready) {
             Ok(true) => (StatusCode::OK, "ready\n".to_string()),
             _ => (
@@ -124,4 +144,29 @@ fn respond(req: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_fails_when_the_loop_stops_turning_and_not_before() {
+        let t0 = Instant::now();
+        let mut p = Published {
+            identity: Some("gw1_abc".into()),
+            ready: true,
+            loop_turned: Some(t0),
+            ..Published::default()
+        };
+        let (code, body) = health(&p, t0 + Duration::from_secs(1));
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body, "ok\nidentity: gw1_abc\nready: true\n");
+        let (code, body) = health(&p, t0 + Duration::from_secs(4));
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("has not turned for 4.0 s"), "{body}");
+        // A follower runs no loop: nothing to be stuck.
+        p.loop_turned = None;
+        assert_eq!(health(&p, t0 + Duration::from_secs(60)).0, StatusCode::OK);
+    }
 }
