@@ -15,6 +15,17 @@ pub struct Route {
     pub overlay: bool,
 }
 
+/// As `ip route` writes it: `10.245.0.0/16 via 10.84.0.10 (overlay)`.
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} via {}", self.dst, self.via)?;
+        if self.overlay {
+            write!(f, " (overlay)")?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Selector {
     /// `ip rule add to PREFIX lookup TABLE`
@@ -28,6 +39,17 @@ pub enum Selector {
 pub struct Rule {
     pub selector: Selector,
     pub prefix: Cidr,
+}
+
+/// As `ip rule` writes it: `to 10.245.0.0/16`.
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let selector = match self.selector {
+            Selector::To => "to",
+            Selector::From => "from",
+        };
+        write!(f, "{selector} {}", self.prefix)
+    }
 }
 
 /// The VXLAN device of the overlay between this node and the others.

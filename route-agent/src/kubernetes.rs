@@ -302,6 +302,8 @@ fn from_stores(
 pub fn spawn(args: KubeArgs, node_name: String) -> anyhow::Result<(KubeSource, UnixStream)> {
     let (tx, rx) = mpsc::channel();
     let (wake_rx, wake_tx) = UnixStream::pair()?;
+    // The agent loop drains it without blocking.
+    wake_rx.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1,9 +1,9 @@
 //! `liqonet-route-agent run`: reconcile this node's routes to the gateway node at start, at once
-//! when the configuration changes, and periodically; remove them on SIGTERM. The configuration
-//! is a standalone file (`--config`, looked at every second) or derived from the cluster
-//! (`--kubernetes`: TunnelEndpoints and Nodes, watched).
+//! when the configuration changes, on SIGHUP or when the kernel reports a change to them, and
+//! periodically; remove them on SIGTERM. The configuration is a standalone file (`--config`,
+//! looked at every second and re-read on SIGHUP) or derived from the cluster (`--kubernetes`:
+//! TunnelEndpoints and Nodes, watched).
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -11,10 +11,12 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use liqonet_proto::agent::AgentConfig;
-use liqonet_route_agent::agent_loop::{self, owned, Source, Update};
+use liqonet_route_agent::agent_loop::{self, owned, Source, Update, Wakeups};
 use liqonet_route_agent::kubernetes::{self, KubeArgs};
+use liqonet_route_agent::monitor::Monitor;
 use liqonet_route_agent::netlink::Netlink;
 use liqonet_route_agent::reconcile::Owned;
+use liqonet_route_agent::signals::Signals;
 
 #[derive(Parser)]
 #[command(
@@ -94,47 +96,56 @@ struct FileSource {
     mtime: Option<SystemTime>,
 }
 
-impl Source for FileSource {
-    fn poll(&mut self) -> Option<Update> {
-        let now = modified(&self.path);
-        if now == self.mtime {
-            return None;
-        }
-        self.mtime = now;
-        Some(match load(&self.path) {
+impl FileSource {
+    fn read(&mut self) -> Update {
+        self.mtime = modified(&self.path);
+        match load(&self.path) {
             Ok(c) => Update::Config(Some(c)),
             Err(e) => Update::Invalid(format!("{e:#}")),
-        })
+        }
     }
 }
 
-fn stop_pipe() -> anyhow::Result<UnixStream> {
-    let (stop, tx) = UnixStream::pair()?;
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
+impl Source for FileSource {
+    fn poll(&mut self) -> Option<Update> {
+        (modified(&self.path) != self.mtime).then(|| self.read())
     }
-    Ok(stop)
+
+    fn reload(&mut self) -> Option<Update> {
+        Some(self.read())
+    }
+}
+
+/// Watches the kernel for changes to what the agent owns; without it (the subscription was
+/// refused) repairs wait for the periodic pass.
+fn monitor(marks: &Owned) -> Option<Monitor> {
+    Monitor::spawn(marks)
+        .inspect_err(|e| {
+            tracing::warn!(
+                "cannot watch the kernel for changes, repairs will be periodic only: {e:#}"
+            )
+        })
+        .ok()
 }
 
 fn run_file(path: &Path, keep_on_exit: bool) -> anyhow::Result<()> {
     let config = load(path)?;
     let nl = Netlink::new()?;
-    let stop = stop_pipe()?;
+    let signals = Signals::register()?;
     tracing::info!(node = %config.node_name, gateway = %config.gateway_node, mode = ?config.mode, table = config.table, "route agent starting");
     let mut source = FileSource {
         path: path.to_owned(),
         mtime: modified(path),
     };
     let marks = owned(&config);
-    agent_loop::run(
-        &nl,
-        Some(config),
-        marks,
-        &mut source,
-        &stop,
-        None,
-        keep_on_exit,
-    )
+    let monitor = monitor(&marks);
+    let wakeups = Wakeups {
+        stop: &signals.stop,
+        reload: Some(&signals.reload),
+        source: None,
+        monitor: monitor.as_ref(),
+    };
+    agent_loop::run(&nl, Some(config), marks, &mut source, wakeups, keep_on_exit)
 }
 
 fn run_kubernetes(args: KubeArgs, keep_on_exit: bool) -> anyhow::Result<()> {
@@ -144,7 +155,7 @@ fn run_kubernetes(args: KubeArgs, keep_on_exit: bool) -> anyhow::Result<()> {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| anyhow::anyhow!("--node-name (LIQONET_NODE_NAME) is required in Kubernetes mode (the manifests set it from the downward API)"))?;
     let nl = Netlink::new()?;
-    let stop = stop_pipe()?;
+    let signals = Signals::register()?;
     let marks = Owned {
         table: args.table,
         priority: args.rule_priority,
@@ -152,15 +163,15 @@ fn run_kubernetes(args: KubeArgs, keep_on_exit: bool) -> anyhow::Result<()> {
     };
     tracing::info!(node = %node, namespace = %args.namespace, mode = ?args.mode, table = args.table, "route agent starting (Kubernetes)");
     let (mut source, wake) = kubernetes::spawn(args, node)?;
-    agent_loop::run(
-        &nl,
-        None,
-        marks,
-        &mut source,
-        &stop,
-        Some(&wake),
-        keep_on_exit,
-    )
+    let monitor = monitor(&marks);
+    // SIGHUP reconciles at once; the configuration itself is always the cluster's current one.
+    let wakeups = Wakeups {
+        stop: &signals.stop,
+        reload: Some(&signals.reload),
+        source: Some(&wake),
+        monitor: monitor.as_ref(),
+    };
+    agent_loop::run(&nl, None, marks, &mut source, wakeups, keep_on_exit)
 }
 
 #[cfg(test)]

@@ -21,24 +21,14 @@ use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
 use crate::desired::{Route, Rule, Selector, Vxlan};
-use crate::ROUTE_PROTOCOL;
+use crate::kernel::{Installed, Kernel, VxlanLink};
+use crate::{sysctl, ROUTE_PROTOCOL};
 use liqonet_proto::Cidr;
 
 /// A netlink socket and the small runtime that drives it; calls block.
 pub struct Netlink {
     rt: Runtime,
     handle: Handle,
-}
-
-/// The VXLAN parameters of an existing device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VxlanLink {
-    pub index: u32,
-    pub vni: Option<u32>,
-    pub port: Option<u16>,
-    pub local: Option<Ipv4Addr>,
-    pub mtu: Option<u32>,
-    pub up: bool,
 }
 
 impl Netlink {
@@ -50,9 +40,14 @@ impl Netlink {
         rt.spawn(conn);
         Ok(Netlink { rt, handle })
     }
+}
 
-    /// The agent's routes: IPv4, in `table`, with the agent's protocol.
-    pub fn routes(&self, table: u32) -> anyhow::Result<Vec<(RouteMessage, Installed)>> {
+// Errors say why; the caller says what it was doing.
+impl Kernel for Netlink {
+    type RouteRef = RouteMessage;
+    type RuleRef = RuleMessage;
+
+    fn routes(&self, table: u32) -> anyhow::Result<Vec<(RouteMessage, Installed)>> {
         let queries = [
             RouteMessageBuilder::<Ipv4Addr>::new()
                 .table_id(table)
@@ -65,8 +60,7 @@ impl Netlink {
         for q in queries {
             let mut part: Vec<RouteMessage> = self
                 .rt
-                .block_on(self.handle.route().get(q).execute().try_collect())
-                .context("cannot list routes")?;
+                .block_on(self.handle.route().get(q).execute().try_collect())?;
             all.append(&mut part);
         }
         Ok(all
@@ -78,13 +72,8 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds (or replaces, so a changed next hop is fixed in place) a route in `table`.
-    pub fn add_route(
-        &self,
-        r: &Route,
-        table: u32,
-        overlay_index: Option<u32>,
-    ) -> anyhow::Result<()> {
+    /// Replaces rather than adds, so a changed next hop is fixed in place.
+    fn add_route(&self, r: &Route, table: u32, overlay_index: Option<u32>) -> anyhow::Result<()> {
         let len = r.dst.prefix_len();
         let msg = match (r.dst.addr(), r.via) {
             (IpAddr::V4(dst), IpAddr::V4(via)) => owned_route(
@@ -101,27 +90,23 @@ impl Netlink {
                 table,
                 overlay_index,
             ),
-            _ => return Err(anyhow!("{} via {}: mixed address families", r.dst, r.via)),
+            _ => return Err(anyhow!("mixed address families")),
         };
-        self.rt
-            .block_on(self.handle.route().add(msg).replace().execute())
-            .with_context(|| format!("cannot add route {} via {} to table {table}", r.dst, r.via))
+        Ok(self
+            .rt
+            .block_on(self.handle.route().add(msg).replace().execute())?)
     }
 
-    pub fn del_route(&self, m: RouteMessage) -> anyhow::Result<()> {
-        self.rt
-            .block_on(self.handle.route().del(m).execute())
-            .context("cannot delete route")
+    fn del_route(&self, m: RouteMessage) -> anyhow::Result<()> {
+        Ok(self.rt.block_on(self.handle.route().del(m).execute())?)
     }
 
-    /// The agent's rules (both families) at `priority`, looking up `table`.
-    pub fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(RuleMessage, Rule)>> {
+    fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(RuleMessage, Rule)>> {
         let mut all: Vec<RuleMessage> = Vec::new();
         for family in [IpVersion::V4, IpVersion::V6] {
             let mut part: Vec<RuleMessage> = self
                 .rt
-                .block_on(self.handle.rule().get(family).execute().try_collect())
-                .context("cannot list rules")?;
+                .block_on(self.handle.rule().get(family).execute().try_collect())?;
             all.append(&mut part);
         }
         Ok(all
@@ -133,7 +118,7 @@ impl Netlink {
             .collect())
     }
 
-    pub fn add_rule(&self, r: &Rule, priority: u32, table: u32) -> anyhow::Result<()> {
+    fn add_rule(&self, r: &Rule, priority: u32, table: u32) -> anyhow::Result<()> {
         let base = self
             .handle
             .rule()
@@ -162,22 +147,14 @@ impl Netlink {
             )));
         let mut req = self.handle.rule().add();
         *req.message_mut() = msg;
-        self.rt.block_on(req.execute()).with_context(|| {
-            format!(
-                "cannot add rule {:?} {} lookup {table}",
-                r.selector, r.prefix
-            )
-        })
+        Ok(self.rt.block_on(req.execute())?)
     }
 
-    pub fn del_rule(&self, m: RuleMessage) -> anyhow::Result<()> {
-        self.rt
-            .block_on(self.handle.rule().del(m).execute())
-            .context("cannot delete rule")
+    fn del_rule(&self, m: RuleMessage) -> anyhow::Result<()> {
+        Ok(self.rt.block_on(self.handle.rule().del(m).execute())?)
     }
 
-    /// The device called `name`, if it exists, with its VXLAN parameters (if it is one).
-    pub fn vxlan_link(&self, name: &str) -> anyhow::Result<Option<VxlanLink>> {
+    fn vxlan_link(&self, name: &str) -> anyhow::Result<Option<VxlanLink>> {
         let mut s = self
             .handle
             .link()
@@ -188,7 +165,7 @@ impl Netlink {
         let m: LinkMessage = match found {
             None => return Ok(None),
             Some(Err(rtnetlink::Error::NetlinkError(e))) if e.raw_code() == -19 => return Ok(None),
-            Some(Err(e)) => return Err(e).with_context(|| format!("cannot look up {name}")),
+            Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => m,
         };
         let mut link = VxlanLink {
@@ -225,8 +202,8 @@ impl Netlink {
         Ok(Some(link))
     }
 
-    /// Creates the overlay device: no learning (the FDB is the agent's), up.
-    pub fn create_vxlan(&self, v: &Vxlan) -> anyhow::Result<u32> {
+    /// No learning: the FDB is the agent's.
+    fn create_vxlan(&self, v: &Vxlan) -> anyhow::Result<u32> {
         let msg = LinkVxlan::new(&v.name, v.vni)
             .port(v.port)
             .local(v.local)
@@ -234,42 +211,32 @@ impl Netlink {
             .mtu(u32::from(v.mtu))
             .up()
             .build();
-        self.rt
-            .block_on(self.handle.link().add(msg).execute())
-            .with_context(|| format!("cannot create VXLAN device {}", v.name))?;
+        self.rt.block_on(self.handle.link().add(msg).execute())?;
         self.vxlan_link(&v.name)?
             .map(|l| l.index)
-            .with_context(|| format!("{} vanished after creation", v.name))
+            .context("it vanished after its creation")
     }
 
-    pub fn set_mtu_up(&self, index: u32, mtu: u16) -> anyhow::Result<()> {
+    fn set_mtu_up(&self, index: u32, mtu: u16) -> anyhow::Result<()> {
         let msg = LinkUnspec::new_with_index(index)
             .mtu(u32::from(mtu))
             .up()
             .build();
-        self.rt
-            .block_on(self.handle.link().set(msg).execute())
-            .context("cannot set the overlay device's MTU")
+        Ok(self.rt.block_on(self.handle.link().set(msg).execute())?)
     }
 
-    pub fn del_link(&self, index: u32) -> anyhow::Result<()> {
-        self.rt
-            .block_on(self.handle.link().del(index).execute())
-            .context("cannot delete the overlay device")
+    fn del_link(&self, index: u32) -> anyhow::Result<()> {
+        Ok(self.rt.block_on(self.handle.link().del(index).execute())?)
     }
 
-    /// Addresses of device `index` (both families).
-    pub fn addresses(&self, index: u32) -> anyhow::Result<Vec<(IpAddr, u8)>> {
+    fn addresses(&self, index: u32) -> anyhow::Result<Vec<(IpAddr, u8)>> {
         let req = self
             .handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute();
-        let all: Vec<_> = self
-            .rt
-            .block_on(req.try_collect())
-            .context("cannot list addresses")?;
+        let all: Vec<_> = self.rt.block_on(req.try_collect())?;
         Ok(all
             .into_iter()
             .filter(|m| m.header.index == index)
@@ -286,31 +253,25 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds an address to device `index`; an IPv6 one skips duplicate address detection, as the
-    /// overlay's addresses are derived from node IPs and usable at once.
-    pub fn add_address(&self, index: u32, ip: IpAddr, len: u8) -> anyhow::Result<()> {
+    /// An IPv6 address skips duplicate address detection: the overlay's addresses are derived
+    /// from node IPs and usable at once.
+    fn add_address(&self, index: u32, ip: IpAddr, len: u8) -> anyhow::Result<()> {
         let mut req = self.handle.address().add(index, ip, len);
         if ip.is_ipv6() {
             req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
         }
-        self.rt
-            .block_on(req.execute())
-            .with_context(|| format!("cannot add {ip}/{len} to the overlay device"))
+        Ok(self.rt.block_on(req.execute())?)
     }
 
-    /// The overlay's flood list: node IPs of all-zero-MAC FDB entries of device `index`.
-    pub fn fdb(&self, index: u32) -> anyhow::Result<Vec<Ipv4Addr>> {
-        let all: Vec<NeighbourMessage> = self
-            .rt
-            .block_on(
-                self.handle
-                    .neighbours()
-                    .get()
-                    .set_address_family(AddressFamily::Bridge)
-                    .execute()
-                    .try_collect(),
-            )
-            .context("cannot list the FDB")?;
+    fn fdb(&self, index: u32) -> anyhow::Result<Vec<Ipv4Addr>> {
+        let all: Vec<NeighbourMessage> = self.rt.block_on(
+            self.handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect(),
+        )?;
         Ok(all
             .iter()
             .filter(|m| m.header.ifindex == index)
@@ -332,7 +293,7 @@ impl Netlink {
     }
 
     /// `bridge fdb append 00:00:00:00:00:00 dev DEVICE dst IP`: ARP and broadcasts reach that node.
-    pub fn add_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
+    fn add_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
         let mut req =
             NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_entry(index, dst)));
         // Several all-zero entries (one per remote node) need APPEND; rtnetlink's add sends EXCL.
@@ -343,7 +304,7 @@ impl Netlink {
             while let Some(m) = resp.next().await {
                 if let NetlinkPayload::Error(e) = m.payload {
                     if e.code.is_some() {
-                        return Err(anyhow!("cannot add FDB entry for {dst}: {e}"));
+                        return Err(anyhow!("{e}"));
                     }
                 }
             }
@@ -351,15 +312,21 @@ impl Netlink {
         })
     }
 
-    pub fn del_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
-        self.rt
-            .block_on(
-                self.handle
-                    .neighbours()
-                    .del(fdb_entry(index, dst))
-                    .execute(),
-            )
-            .with_context(|| format!("cannot delete FDB entry for {dst}"))
+    fn del_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
+        Ok(self.rt.block_on(
+            self.handle
+                .neighbours()
+                .del(fdb_entry(index, dst))
+                .execute(),
+        )?)
+    }
+
+    fn sysctl(&self, key: &str) -> anyhow::Result<String> {
+        sysctl::read(key)
+    }
+
+    fn set_sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        sysctl::write(key, value)
     }
 }
 
@@ -387,7 +354,7 @@ fn fdb_entry(index: u32, dst: Ipv4Addr) -> NeighbourMessage {
     m
 }
 
-fn route_table(m: &RouteMessage) -> u32 {
+pub(crate) fn route_table(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
         .find_map(|a| match a {
@@ -395,22 +362,6 @@ fn route_table(m: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or(u32::from(m.header.table))
-}
-
-/// A route of the agent's as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Installed {
-    pub dst: Cidr,
-    pub via: Option<IpAddr>,
-    pub oif: Option<u32>,
-}
-
-impl Installed {
-    /// Does this installed route implement `r` (the overlay device being `overlay_index`)?
-    pub fn is(&self, r: &Route, overlay_index: Option<u32>) -> bool {
-        let on_overlay = self.oif.is_some() && self.oif == overlay_index;
-        self.dst == r.dst && self.via == Some(r.via) && on_overlay == r.overlay
-    }
 }
 
 fn parse_route(m: &RouteMessage) -> Option<Installed> {
@@ -433,7 +384,7 @@ fn parse_route(m: &RouteMessage) -> Option<Installed> {
     Some(Installed { dst, via, oif })
 }
 
-fn rule_table(m: &RuleMessage) -> u32 {
+pub(crate) fn rule_table(m: &RuleMessage) -> u32 {
     m.attributes
         .iter()
         .find_map(|a| match a {

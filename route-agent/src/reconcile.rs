@@ -1,12 +1,14 @@
 //! Desired state − observed state → idempotent actions. Running it twice changes nothing the
-//! second time; it only ever removes what carries the agent's marks.
+//! second time (and writes nothing); it only ever removes what carries the agent's marks.
+//!
+//! Every action is attempted: one that fails is recorded, with what it was, and the others still
+//! run, so one route the kernel refuses does not leave the rest uninstalled.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 
-use anyhow::Context;
-
 use crate::desired::{Desired, Vxlan};
-use crate::netlink::Netlink;
+use crate::kernel::Kernel;
 
 /// Where the agent's state lives: its table, its rule priority, its overlay device name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,125 +31,401 @@ impl Changes {
     }
 }
 
-pub fn reconcile(nl: &Netlink, d: &Desired, owned: &Owned) -> anyhow::Result<Changes> {
-    let mut ch = Changes::default();
+/// An action that failed: what it was (`add route 10.245.0.0/16 via 10.84.0.10 to table 2741`)
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub action: String,
+    pub cause: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot {}: {}", self.action, self.cause)
+    }
+}
+
+/// A pass that could not do everything: what it did change, and each action that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incomplete {
+    pub changes: Changes,
+    pub failures: Vec<Failure>,
+}
+
+impl fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} action(s) failed", self.failures.len())?;
+        for (i, failure) in self.failures.iter().enumerate() {
+            write!(f, "{} {failure}", if i == 0 { ":" } else { ";" })?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Incomplete {}
+
+pub fn reconcile<K: Kernel>(k: &K, d: &Desired, owned: &Owned) -> Result<Changes, Incomplete> {
+    let mut pass = Pass {
+        k,
+        changes: Changes::default(),
+        failures: Vec::new(),
+    };
     if d.forwarding {
-        ensure_sysctl("net/ipv4/ip_forward", "1")?;
-        ensure_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        pass.sysctl("net/ipv4/ip_forward", "1");
+        pass.sysctl("net/ipv6/conf/all/forwarding", "1");
     }
     let overlay = match &d.vxlan {
-        Some(v) => Some(reconcile_vxlan(nl, v, &mut ch)?),
+        Some(v) => pass.vxlan(v),
         None => {
-            if let Some(l) = nl.vxlan_link(&owned.device)? {
-                nl.del_link(l.index)?;
-                ch.removed += 1;
-            }
+            pass.no_vxlan(&owned.device);
             None
         }
     };
-
-    let installed = nl.routes(owned.table)?;
-    let mut present = Vec::new();
-    for (msg, route) in installed {
-        match d.routes.iter().find(|r| route.is(r, overlay)) {
-            Some(r) if !present.contains(r) => present.push(*r),
-            // Stale, or a duplicate of one already kept.
-            _ => {
-                nl.del_route(msg)?;
-                ch.removed += 1;
-            }
-        }
+    if d.vxlan.is_some() && overlay.is_none() {
+        // Without the device, its routes can neither be installed nor told from stale ones;
+        // the device's failure is reported, and the next pass tries again.
+        tracing::debug!("routes left as they are: the overlay device is not set up");
+    } else {
+        pass.routes(d, owned.table, overlay);
     }
-    for r in d.routes.iter().filter(|r| !present.contains(r)) {
-        tracing::debug!(?r, "adding a route");
-        nl.add_route(r, owned.table, overlay.filter(|_| r.overlay))?;
-        ch.added += 1;
+    pass.rules(d, owned);
+    if pass.failures.is_empty() {
+        Ok(pass.changes)
+    } else {
+        Err(Incomplete {
+            changes: pass.changes,
+            failures: pass.failures,
+        })
     }
-
-    let mut kept = Vec::new();
-    for (msg, rule) in nl.rules(owned.priority, owned.table)? {
-        if d.rules.contains(&rule) && !kept.contains(&rule) {
-            kept.push(rule);
-        } else {
-            nl.del_rule(msg)?;
-            ch.removed += 1;
-        }
-    }
-    for r in d.rules.iter().filter(|r| !kept.contains(r)) {
-        tracing::debug!(?r, "adding a rule");
-        nl.add_rule(r, owned.priority, owned.table)?;
-        ch.added += 1;
-    }
-    Ok(ch)
-}
-
-/// Brings the overlay device to `v` (recreating it if its identity changed); returns its index.
-fn reconcile_vxlan(nl: &Netlink, v: &Vxlan, ch: &mut Changes) -> anyhow::Result<u32> {
-    let index = match nl.vxlan_link(&v.name)? {
-        Some(l) if l.vni == Some(v.vni) && l.port == Some(v.port) && l.local == Some(v.local) => {
-            if l.mtu != Some(u32::from(v.mtu)) || !l.up {
-                tracing::debug!(mtu = ?l.mtu, up = l.up, "setting the overlay device's MTU and state");
-                nl.set_mtu_up(l.index, v.mtu)?;
-                ch.added += 1;
-            }
-            l.index
-        }
-        existing => {
-            if let Some(l) = existing {
-                tracing::debug!(?l, "recreating the overlay device");
-                nl.del_link(l.index)?;
-                ch.removed += 1;
-            }
-            ch.added += 1;
-            nl.create_vxlan(v)?
-        }
-    };
-    let addrs = nl.addresses(index)?;
-    for &(ip, len) in &v.addresses {
-        if !addrs.contains(&(ip, len)) {
-            tracing::debug!(?addrs, %ip, "adding an overlay address");
-            nl.add_address(index, ip, len)?;
-            ch.added += 1;
-        }
-    }
-    // Return traffic from the overlay has a source whose route is elsewhere (the TUN, or the
-    // node network): strict reverse-path filtering would drop it. Loose (2) still requires a route.
-    ensure_sysctl(&format!("net/ipv4/conf/{}/rp_filter", v.name), "2")?;
-
-    let fdb: Vec<Ipv4Addr> = nl.fdb(index)?;
-    for stale in fdb.iter().filter(|ip| !v.remotes.contains(ip)) {
-        nl.del_fdb(index, *stale)?;
-        ch.removed += 1;
-    }
-    for missing in v.remotes.iter().filter(|ip| !fdb.contains(ip)) {
-        tracing::debug!(%missing, ?fdb, "adding an FDB entry");
-        nl.add_fdb(index, *missing)?;
-        ch.added += 1;
-    }
-    Ok(index)
 }
 
 /// Removes every rule, route and device the agent owns.
-pub fn cleanup(nl: &Netlink, owned: &Owned) -> anyhow::Result<Changes> {
-    reconcile(nl, &Desired::default(), owned)
+pub fn cleanup<K: Kernel>(k: &K, owned: &Owned) -> Result<Changes, Incomplete> {
+    reconcile(k, &Desired::default(), owned)
 }
 
-/// Where sysctls are written: `/proc/sys`, or `LIQONET_PROC_SYS` where a container sees the
-/// host's (containers get a read-only `/proc/sys`; the DaemonSet mounts the host's elsewhere).
-fn sysctl_root() -> String {
-    std::env::var("LIQONET_PROC_SYS").unwrap_or_else(|_| "/proc/sys".into())
+/// One reconciliation pass: what it changed and what failed so far.
+struct Pass<'a, K> {
+    k: &'a K,
+    changes: Changes,
+    failures: Vec<Failure>,
 }
 
-fn ensure_sysctl(key: &str, value: &str) -> anyhow::Result<()> {
-    let path = format!("{}/{key}", sysctl_root());
-    let current = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    if current.trim() != value {
-        std::fs::write(&path, value).with_context(|| format!("cannot set {key} to {value}"))?;
-        tracing::info!(
-            "set {} = {value} (was {})",
-            key.replace('/', "."),
-            current.trim()
-        );
+enum Change {
+    Add,
+    Remove,
+}
+
+impl<K: Kernel> Pass<'_, K> {
+    /// Runs `f`; on failure records it as `action` and returns `None`.
+    fn attempt<T>(
+        &mut self,
+        action: impl FnOnce() -> String,
+        f: impl FnOnce(&K) -> anyhow::Result<T>,
+    ) -> Option<T> {
+        match f(self.k) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.failures.push(Failure {
+                    action: action(),
+                    cause: format!("{e:#}"),
+                });
+                None
+            }
+        }
     }
-    Ok(())
+
+    /// A write, counted when it succeeds.
+    fn change(
+        &mut self,
+        kind: Change,
+        action: impl FnOnce() -> String,
+        f: impl FnOnce(&K) -> anyhow::Result<()>,
+    ) -> bool {
+        let done = self.attempt(action, f).is_some();
+        if done {
+            match kind {
+                Change::Add => self.changes.added += 1,
+                Change::Remove => self.changes.removed += 1,
+            }
+        }
+        done
+    }
+
+    /// Sets a sysctl if it has another value, and says so.
+    fn sysctl(&mut self, key: &str, value: &str) {
+        let name = key.replace('/', ".");
+        let Some(current) = self.attempt(|| format!("read {name}"), |k| k.sysctl(key)) else {
+            return;
+        };
+        if current != value
+            && self
+                .attempt(
+                    || format!("set {name} to {value}"),
+                    |k| k.set_sysctl(key, value),
+                )
+                .is_some()
+        {
+            tracing::info!("set {name} = {value} (was {current})");
+        }
+    }
+
+    fn no_vxlan(&mut self, device: &str) {
+        let found = self.attempt(
+            || format!("look up device {device}"),
+            |k| k.vxlan_link(device),
+        );
+        if let Some(Some(l)) = found {
+            self.change(
+                Change::Remove,
+                || format!("delete device {device}"),
+                |k| k.del_link(l.index),
+            );
+        }
+    }
+
+    /// Brings the overlay device to `v` (recreating it if its identity changed); its index, if
+    /// it exists.
+    fn vxlan(&mut self, v: &Vxlan) -> Option<u32> {
+        let name = &v.name;
+        let found = self.attempt(|| format!("look up device {name}"), |k| k.vxlan_link(name))?;
+        let index = match found {
+            Some(l)
+                if l.vni == Some(v.vni) && l.port == Some(v.port) && l.local == Some(v.local) =>
+            {
+                if l.mtu != Some(u32::from(v.mtu)) || !l.up {
+                    tracing::debug!(mtu = ?l.mtu, up = l.up, "setting the overlay device's MTU and state");
+                    self.change(
+                        Change::Add,
+                        || format!("set device {name} up with MTU {}", v.mtu),
+                        |k| k.set_mtu_up(l.index, v.mtu),
+                    );
+                }
+                l.index
+            }
+            existing => {
+                if let Some(l) = existing {
+                    tracing::debug!(?l, "recreating the overlay device");
+                    let deleted = self.change(
+                        Change::Remove,
+                        || format!("delete device {name} to recreate it with VNI {}, port {}, local {}", v.vni, v.port, v.local),
+                        |k| k.del_link(l.index),
+                    );
+                    if !deleted {
+                        return None;
+                    }
+                }
+                let index = self.attempt(
+                    || {
+                        format!(
+                            "create VXLAN device {name} (VNI {}, port {}, local {})",
+                            v.vni, v.port, v.local
+                        )
+                    },
+                    |k| k.create_vxlan(v),
+                )?;
+                self.changes.added += 1;
+                index
+            }
+        };
+        let addrs = self.attempt(
+            || format!("list the addresses of {name}"),
+            |k| k.addresses(index),
+        );
+        if let Some(addrs) = addrs {
+            for &(ip, len) in v.addresses.iter().filter(|a| !addrs.contains(a)) {
+                self.change(
+                    Change::Add,
+                    || format!("add address {ip}/{len} to {name}"),
+                    |k| k.add_address(index, ip, len),
+                );
+            }
+        }
+        // Return traffic from the overlay has a source whose route is elsewhere (the TUN, or the
+        // node network): strict reverse-path filtering would drop it. Loose (2) still requires a route.
+        self.sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "2");
+
+        let fdb: Option<Vec<Ipv4Addr>> =
+            self.attempt(|| format!("list the FDB of {name}"), |k| k.fdb(index));
+        if let Some(fdb) = fdb {
+            for &stale in fdb.iter().filter(|ip| !v.remotes.contains(ip)) {
+                self.change(
+                    Change::Remove,
+                    || format!("delete the FDB entry of {name} for {stale}"),
+                    |k| k.del_fdb(index, stale),
+                );
+            }
+            for &missing in v.remotes.iter().filter(|ip| !fdb.contains(ip)) {
+                self.change(
+                    Change::Add,
+                    || format!("add an FDB entry to {name} for {missing}"),
+                    |k| k.add_fdb(index, missing),
+                );
+            }
+        }
+        Some(index)
+    }
+
+    fn routes(&mut self, d: &Desired, table: u32, overlay: Option<u32>) {
+        let Some(installed) = self.attempt(
+            || format!("list the routes of table {table}"),
+            |k| k.routes(table),
+        ) else {
+            return;
+        };
+        let mut present = Vec::new();
+        for (msg, route) in installed {
+            match d.routes.iter().find(|r| route.is(r, overlay)) {
+                Some(r) if !present.contains(r) => present.push(*r),
+                // Stale, or a duplicate of one already kept.
+                _ => {
+                    self.change(
+                        Change::Remove,
+                        || format!("delete route {route} from table {table}"),
+                        |k| k.del_route(msg),
+                    );
+                }
+            }
+        }
+        for r in d.routes.iter().filter(|r| !present.contains(r)) {
+            tracing::debug!(?r, "adding a route");
+            self.change(
+                Change::Add,
+                || format!("add route {r} to table {table}"),
+                |k| k.add_route(r, table, overlay.filter(|_| r.overlay)),
+            );
+        }
+    }
+
+    fn rules(&mut self, d: &Desired, owned: &Owned) {
+        let (priority, table) = (owned.priority, owned.table);
+        let Some(installed) = self.attempt(
+            || format!("list the rules at priority {priority}"),
+            |k| k.rules(priority, table),
+        ) else {
+            return;
+        };
+        let mut kept = Vec::new();
+        for (msg, rule) in installed {
+            if d.rules.contains(&rule) && !kept.contains(&rule) {
+                kept.push(rule);
+            } else {
+                self.change(
+                    Change::Remove,
+                    || format!("delete rule {rule} lookup {table} at priority {priority}"),
+                    |k| k.del_rule(msg),
+                );
+            }
+        }
+        for r in d.rules.iter().filter(|r| !kept.contains(r)) {
+            tracing::debug!(?r, "adding a rule");
+            self.change(
+                Change::Add,
+                || format!("add rule {r} lookup {table} at priority {priority}"),
+                |k| k.add_rule(r, priority, table),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_loop::owned;
+    use crate::desired::desired;
+    use crate::fake_kernel::{config, FakeKernel};
+
+    #[test]
+    fn a_second_pass_changes_nothing_and_writes_nothing() {
+        for (node, mode) in [
+            ("w1", "vxlan"),
+            ("gw", "vxlan"),
+            ("w1", "direct"),
+            ("gw", "direct"),
+        ] {
+            let c = config(node, mode);
+            let k = FakeKernel::default();
+            let first = reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+            assert!(first.any() || node == "gw", "{node} {mode}");
+            let writes = k.state().writes;
+            let second = reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+            assert_eq!(second, Changes::default(), "{node} {mode}");
+            assert_eq!(
+                k.state().writes,
+                writes,
+                "{node} {mode}: a pass with nothing to do wrote"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_route_leaves_every_other_route_and_rule_installed() {
+        let c = config("w1", "vxlan");
+        let k = FakeKernel {
+            refuse: vec!["10.97.0.0/16".parse().unwrap()],
+            ..FakeKernel::default()
+        };
+        let d = desired(&c);
+        let e = reconcile(&k, &d, &owned(&c)).unwrap_err();
+        assert_eq!(e.failures.len(), 1, "{e}");
+        assert_eq!(
+            e.failures[0].to_string(),
+            "cannot add route 10.97.0.0/16 via 10.84.0.10 (overlay) to table 2741: Network is unreachable (os error 101)"
+        );
+        let s = k.state();
+        let routes: Vec<String> = s.routes.iter().map(|(_, r)| r.dst.to_string()).collect();
+        assert_eq!(routes, ["10.245.0.0/16", "fd10:245::/56"]);
+        assert_eq!(s.rules.len(), d.rules.len());
+        assert!(s.link.is_some() && s.fdb.len() == 1 && s.addresses.len() == 2);
+        // The summary says how many failed and what.
+        assert!(
+            e.to_string()
+                .starts_with("1 action(s) failed: cannot add route 10.97.0.0/16"),
+            "{e}"
+        );
+        let writes = s.writes;
+        drop(s);
+        // The next pass retries the one route and writes nothing else.
+        let again = reconcile(&k, &d, &owned(&c)).unwrap_err();
+        assert_eq!(again.failures, e.failures);
+        assert_eq!(again.changes, Changes::default());
+        assert_eq!(k.state().writes, writes);
+    }
+
+    #[test]
+    fn a_device_that_cannot_be_set_up_leaves_its_routes_alone_and_the_rules_installed() {
+        let c = config("w1", "vxlan");
+        let k = FakeKernel {
+            refuse_device: true,
+            ..FakeKernel::default()
+        };
+        // A route through a device that is gone: not judged until the device is back.
+        let old = crate::kernel::Installed {
+            dst: "10.245.0.0/16".parse().unwrap(),
+            via: Some("10.84.0.10".parse().unwrap()),
+            oif: Some(7),
+        };
+        k.state().routes.push((2741, old));
+        let e = reconcile(&k, &desired(&c), &owned(&c)).unwrap_err();
+        assert_eq!(e.failures.len(), 1, "{e}");
+        assert_eq!(
+            e.failures[0].to_string(),
+            "cannot create VXLAN device liqo.vxlan (VNI 2741, port 4789, local 172.20.0.11): Operation not permitted (os error 1)"
+        );
+        let s = k.state();
+        assert_eq!(s.routes, [(2741, old)]);
+        assert_eq!(s.rules.len(), 3);
+    }
+
+    #[test]
+    fn cleanup_removes_all_it_owns() {
+        let c = config("gw", "vxlan");
+        let k = FakeKernel::default();
+        reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+        assert!(!k.state().routes.is_empty());
+        let ch = cleanup(&k, &owned(&c)).unwrap();
+        assert!(ch.removed > 0);
+        let s = k.state();
+        assert!(s.routes.is_empty() && s.rules.is_empty() && s.link.is_none());
+    }
 }

@@ -3,9 +3,10 @@
 //! a moving gateway, restarts, SIGTERM — never touching what the agent does not own.
 
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use liqonet_lab::netns::{ns_output, sh, wait_for};
+use liqonet_lab::netns::{ns_output, run, sh, wait_for};
 use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
 use liqonet_lab::{ClusterSpec, Lab, LabSpec};
 use liqonet_proto::agent::Mode;
@@ -372,4 +373,223 @@ fn routes_and_rules_the_agent_does_not_own_survive() {
         sh(&w1, "ip rule show").unwrap()
     );
     assert!(!table(&w1).contains("10.245.0.0/16"));
+}
+
+/// The pids of the processes in namespace `ns` (on a worker node: its route agent alone).
+fn pids_in(ns: &str) -> Vec<String> {
+    run(&["ip", "netns", "pids", ns])
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Replaces `path` with `text` keeping its modification time, so that the agent's check of the
+/// file's mtime cannot see the change: only a SIGHUP can make it read the file.
+fn replace_keeping_mtime(path: &Path, text: &str) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, text).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn sighup_reloads_the_config_and_the_agent_keeps_running() {
+    let mut lab = Lab::start(&LabSpec::default()).unwrap();
+    let w1 = lab.home().node("w1").ns.clone();
+    let log = lab.agent_log(0, 1);
+    let path = lab.agent_config_path(0, 1);
+    let before = pids_in(&w1);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // A new network in the file, invisible to the mtime check: the signal applies it.
+    let text = fs::read_to_string(&path).unwrap();
+    let added = text.replace(
+        "remoteNetworks: [10.245.0.0/16,",
+        "remoteNetworks: [10.245.0.0/16, 10.99.0.0/16,",
+    );
+    assert_ne!(added, text);
+    replace_keeping_mtime(&path, &added);
+    let start = Instant::now();
+    lab.signal(&log, "HUP").unwrap();
+    let applied = wait_for(Duration::from_secs(3), || {
+        table(&w1).contains("10.99.0.0/16") && rules(&w1).contains("to 10.99.0.0/16")
+    });
+    let took = start.elapsed();
+    assert_eq!(
+        pids_in(&w1),
+        before,
+        "SIGHUP ended the agent:\n{}",
+        lab.log(&log)
+    );
+    assert!(
+        applied,
+        "not applied after SIGHUP:\n{}\n{}",
+        table(&w1),
+        lab.log(&log)
+    );
+    eprintln!("SIGHUP to applied route: {took:?}");
+    assert!(lab.log(&log).contains("configuration reloaded"));
+
+    // A bad file on SIGHUP: the error names the field, the running configuration stays.
+    replace_keeping_mtime(&path, &format!("{added}table: 254\n"));
+    lab.signal(&log, "HUP").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(3), || lab
+            .log(&log)
+            .contains("table: 254 is a reserved routing table")),
+        "{}",
+        lab.log(&log)
+    );
+    assert!(lab.log(&log).contains("keeping the previous configuration"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pids_in(&w1), before);
+    assert!(table(&w1).contains("10.99.0.0/16"), "{}", table(&w1));
+    assert!(table(&w1).contains("10.245.0.0/16"), "{}", table(&w1));
+
+    // It still reconciles, and exits cleanly on SIGTERM.
+    replace_keeping_mtime(&path, &text);
+    lab.signal(&log, "HUP").unwrap();
+    assert!(wait_for(Duration::from_secs(3), || !table(&w1)
+        .contains("10.99.0.0/16")));
+    assert!(lab.stop(&log).unwrap().success(), "{}", lab.log(&log));
+}
+
+/// Polls (as fast as `ip` runs) until `check` holds; the time it took, or `None` after 5 s.
+fn time_until(check: impl Fn() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if check() {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
+/// User and system CPU time a process has used, in clock ticks.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn state_deleted_by_hand_is_back_within_a_second() {
+    let lab = Lab::start(&LabSpec::default()).unwrap();
+    let w1 = lab.home().node("w1").ns.clone();
+    let route = "10.245.0.0/16 via 10.84.0.10 dev liqo.vxlan proto 202";
+    let rule = "to 10.245.0.0/16 lookup 2741";
+    assert!(table(&w1).contains(route), "{}", table(&w1));
+    assert!(rules(&w1).contains(rule), "{}", rules(&w1));
+
+    sh(&w1, "ip route del 10.245.0.0/16 table 2741").unwrap();
+    let route_back = time_until(|| table(&w1).contains(route));
+    sh(&w1, "ip rule del pref 2741 to 10.245.0.0/16 lookup 2741").unwrap();
+    let rule_back = time_until(|| rules(&w1).contains(rule));
+    // The overlay address (its routes go with the last IPv4 address) and the FDB entry.
+    let addr = || sh(&w1, "ip -4 addr show dev liqo.vxlan").unwrap_or_default();
+    assert!(addr().contains("10.84.0.11/12"), "{}", addr());
+    sh(&w1, "ip addr del 10.84.0.11/12 dev liqo.vxlan").unwrap();
+    let address_back =
+        time_until(|| addr().contains("10.84.0.11/12") && table(&w1).contains(route));
+    let fdb = || sh(&w1, "bridge fdb show dev liqo.vxlan").unwrap_or_default();
+    let entry = "00:00:00:00:00:00 dst 172.20.0.10";
+    assert!(fdb().contains(entry), "{}", fdb());
+    sh(
+        &w1,
+        "bridge fdb del 00:00:00:00:00:00 dev liqo.vxlan dst 172.20.0.10",
+    )
+    .unwrap();
+    let fdb_back = time_until(|| fdb().contains(entry));
+    // Its routes go with the device: everything through it has to come back.
+    sh(&w1, "ip link del liqo.vxlan").unwrap();
+    let device_back = time_until(|| has_overlay(&w1) && table(&w1).contains(route));
+    eprintln!(
+        "back after deletion by hand: route {route_back:?}, rule {rule_back:?}, address {address_back:?}, FDB entry {fdb_back:?}, device {device_back:?}"
+    );
+    for (what, took) in [
+        ("route", route_back),
+        ("rule", rule_back),
+        ("address", address_back),
+        ("FDB entry", fdb_back),
+        ("device", device_back),
+    ] {
+        let took = took.unwrap_or_else(|| panic!("the {what} did not come back within 5 s"));
+        assert!(took < Duration::from_secs(1), "the {what} took {took:?}");
+    }
+    worker_to_worker(&lab, "w1");
+
+    // The agent's own changes do not set it off again: idle, it uses (next to) no CPU.
+    let pid = pids_in(&w1).pop().unwrap();
+    let before = cpu_ticks(&pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(&pid) - before;
+    assert!(used < 20, "{used} ticks of CPU in 2 s of quiet");
+}
+
+#[test]
+fn a_route_that_cannot_be_installed_leaves_the_others_installed() {
+    let x = ClusterSpec::new("x", "10.244.0.0/16")
+        .dual_stack("fd10:244::/56")
+        .agents(Mode::Direct);
+    let spec = LabSpec {
+        clusters: both(x).to_vec(),
+        ..LabSpec::default()
+    };
+    let mut lab = Lab::start(&spec).unwrap();
+    let w1 = lab.home().node("w1").ns.clone();
+    // A fresh agent on w1 is told an IPv6 address of the gateway node that no link of w1's
+    // reaches: the IPv6 route cannot be installed. Everything else still must be.
+    assert!(lab.stop(&lab.agent_log(0, 1)).unwrap().success());
+    assert_eq!(table(&w1), "");
+    let path = lab.agent_config_path(0, 1);
+    let config = lab
+        .agent_config(0, 1, "gw")
+        .replace("ip6: 'fd00:172:20::10'", "ip6: 'fd00:99::10'");
+    fs::write(&path, config).unwrap();
+    let log = "home-w1-unreachable-agent";
+    let bin = lab.bin("liqonet-route-agent");
+    let args = [
+        bin.to_str().unwrap(),
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+    ];
+    lab.spawn(log, &w1, &args, &[]).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || lab
+            .log(log)
+            .contains("fd10:245::/56 via fd00:99::10")),
+        "{}",
+        lab.log(log)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let t4 = table(&w1);
+    let t6 = sh(&w1, &format!("ip -6 route show table {TABLE}")).unwrap();
+    assert!(t4.contains("10.245.0.0/16 via 172.20.0.10"), "{t4}");
+    assert!(!t6.contains("fd10:245::/56"), "{t6}");
+    let r = rules(&w1);
+    assert!(r.contains("to 10.245.0.0/16 lookup 2741"), "{r}");
+    let r6 = sh(&w1, "ip -6 rule show").unwrap();
+    assert!(r6.contains("to fd10:245::/56 lookup 2741"), "{r6}");
+    // The failure is reported once, with what was being installed, and retried quietly.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = lab.log(log);
+    assert_eq!(
+        text.matches("fd10:245::/56 via fd00:99::10").count(),
+        1,
+        "{text}"
+    );
+    worker_to_worker(&lab, "w1");
 }
