@@ -2,9 +2,11 @@
 CARGO ?= cargo
 # nextest runs every test in its own process, so labs run side by side; cargo test works too.
 TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run --no-fail-fast" || echo "test --no-fail-fast")
-KUBE_TEST_RUNNER := $(shell $(CARGO) nextest --version >/dev/null 2>&1 \
-	&& echo "nextest run -p liqonet-lab --test kube --run-ignored ignored-only --test-threads 1 --no-capture" \
-	|| echo "test -p liqonet-lab --test kube -- --ignored --test-threads=1 --nocapture")
+# Lab tests that measure outages and throughput are `#[ignore]`d in the ordinary passes and run
+# alone, one at a time: `$(call alone,FILE)`.
+alone = $(shell $(CARGO) nextest --version >/dev/null 2>&1 \
+	&& echo "nextest run -p liqonet-lab --test $(1) --run-ignored ignored-only --test-threads 1 --no-capture" \
+	|| echo "test -p liqonet-lab --test $(1) -- --ignored --test-threads=1 --nocapture")
 
 .PHONY: all demo kube-demo kube-demo-down test deps controlplane build lint bench clean
 
@@ -34,9 +36,9 @@ kube-demo-down:
 	./target/debug/liqonet-kube-demo down
 
 # Unit tests, config tests, and the lab tests (need root); the lab tests twice, with
-# segmentation offloads and without; then the Kubernetes lab tests once, one at a time (each
-# runs two real control planes). The lab finds the debug binaries next to the test
-# executables.
+# segmentation offloads and without; then the hardening and Kubernetes lab tests once, one at
+# a time (the first measure outages, each of the others runs two control planes). The lab finds
+# the debug binaries next to the test executables.
 test: deps
 	@# The control plane's Go build overlaps the Rust build (each leaves a core idle at times).
 	@# `cargo test --no-run` builds the binaries too, with the tests' feature set, so nothing
@@ -48,8 +50,10 @@ test: deps
 	$(CARGO) $(TEST_RUNNER)
 	@echo "== the lab tests again, with segmentation offloads forced off"
 	LIQONET_LAB_OFFLOAD=0 $(CARGO) $(TEST_RUNNER) -p liqonet-lab
+	@echo "== attacks, restarts and reloads under traffic, one at a time (they measure outages)"
+	$(CARGO) $(call alone,hardening)
 	@echo "== the Kubernetes lab tests (real kube-apiserver and etcd), one at a time"
-	$(CARGO) $(KUBE_TEST_RUNNER)
+	$(CARGO) $(call alone,kube)
 
 lint:
 	rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use liqonet_lab::kube::failover::{fail_over, pingers};
 use liqonet_lab::kube::lab::{AGENT_DS, GATEWAY_DS};
-use liqonet_lab::kube::outage::TunWatch;
 use liqonet_lab::kube::KubeLab;
+use liqonet_lab::outage::TunWatch;
 use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
 
 const CONNECT: Duration = Duration::from_secs(60);

@@ -487,8 +487,46 @@ impl Lab {
         }
     }
 
+    /// A host on the WAN outside every cluster (an attacker, say) at 192.168.250.`octet`: its
+    /// namespace, which goes with the lab.
+    pub fn add_wan_host(&mut self, name: &str, octet: u8) -> anyhow::Result<String> {
+        let (wan, ns) = (
+            format!("{}wan", self.prefix),
+            format!("{}{name}", self.prefix),
+        );
+        add_ns(&ns)?;
+        let port = format!("{}-wan", short(name));
+        sh(
+            &wan,
+            &format!("ip link add {port} type veth peer name wan0 netns {ns}"),
+        )?;
+        sh(&wan, &format!("ip link set {port} master br0 up"))?;
+        sh(&ns, &format!("ip addr add 192.168.250.{octet}/24 dev wan0"))?;
+        sh(&ns, "ip link set wan0 up")?;
+        Ok(ns)
+    }
+
+    /// Sends `sig` (`"KILL"`, `"TERM"`) to a process the lab started and waits for it to end.
+    pub fn kill(&mut self, name: &str, sig: &str) -> anyhow::Result<ExitStatus> {
+        let pos = self
+            .procs
+            .iter()
+            .position(|(n, _)| n == name)
+            .with_context(|| format!("no process {name}"))?;
+        let (_, mut child) = self.procs.remove(pos);
+        run(&["kill", &format!("-{sig}"), &child.id().to_string()])?;
+        for _ in 0..100 {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        bail!("{name} did not exit within 5 s of SIG{sig}")
+    }
+
     /// Writes `config` as cluster `name`'s gateway config and starts its liqonet gateway.
-    fn run_liqonet(&mut self, name: &str, config: &str) -> anyhow::Result<()> {
+    pub fn run_liqonet(&mut self, name: &str, config: &str) -> anyhow::Result<()> {
         let path = self.dir.join(format!("{name}.yaml"));
         fs::write(&path, config)?;
         let bin = self.bin("liqonet-gateway");
@@ -902,21 +940,7 @@ impl Lab {
 
     /// Sends SIGTERM to a process the lab started and waits for it to exit.
     pub fn stop(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
-        let pos = self
-            .procs
-            .iter()
-            .position(|(n, _)| n == name)
-            .with_context(|| format!("no process {name}"))?;
-        let (_, mut child) = self.procs.remove(pos);
-        run(&["kill", "-TERM", &child.id().to_string()])?;
-        for _ in 0..100 {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        bail!("{name} did not exit within 5 s of SIGTERM")
+        self.kill(name, "TERM")
     }
 
     /// The gateway's Prometheus metrics (liqonet gateways only).

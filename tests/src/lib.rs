@@ -5,11 +5,13 @@
 //! torn down when dropped (also while a failing test unwinds); labs left by killed processes are
 //! swept when the next lab starts.
 
+pub mod attack;
 pub mod bad_configs;
 pub mod kube;
 pub mod kube_mock;
 pub mod lab;
 pub mod netns;
+pub mod outage;
 pub mod probe;
 
 pub use lab::{Cluster, ClusterSpec, GatewayKind, Lab, LabSpec, Underlay};

@@ -89,7 +89,24 @@ pub fn remove_prefixed(prefix: &str) {
     }
     for ns in &spaces {
         let _ = output(&["ip", "netns", "del", ns]);
+        // Per-namespace files `ip netns exec` mounts (a lab's resolv.conf).
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
     }
+}
+
+/// Runs `f` on a thread inside namespace `ns` and returns what it returns: sockets it opens stay
+/// in that namespace wherever they are used afterwards.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let netns = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a thread in a lab namespace panicked"))?
 }
 
 /// Removes labs whose creating process is gone (prefix `lq<pid>x`), e.g. after a SIGKILL.

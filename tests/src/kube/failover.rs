@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::lab::{KubeLab, GATEWAY_DS};
-use super::outage::{Gaps, Pinger};
+use crate::outage::{Gaps, Pinger};
 
 /// How long a new leader may take to show in the Lease.
 const ELECTION: Duration = Duration::from_secs(30);

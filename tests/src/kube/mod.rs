@@ -17,7 +17,6 @@ pub mod failover;
 pub mod forward;
 pub mod lab;
 pub mod nodeport;
-pub mod outage;
 pub mod pods;
 
 pub use controlplane::ControlPlane;

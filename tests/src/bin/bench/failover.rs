@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use liqonet_lab::kube::controlplane::versions;
 use liqonet_lab::kube::failover::{fail_over, pingers};
 use liqonet_lab::kube::lab::GATEWAY_DS;
-use liqonet_lab::kube::outage::Gaps;
 use liqonet_lab::kube::KubeLab;
+use liqonet_lab::outage::Gaps;
 
 const SETTLE: Duration = Duration::from_secs(60);
 

@@ -77,19 +77,15 @@ impl Pinger {
         let dst: Ipv4Addr = dst
             .parse()
             .with_context(|| format!("{dst} is not an IPv4 address"))?;
-        let netns = std::fs::File::open(format!("/run/netns/{ns}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let replies = Arc::new(Mutex::new(Vec::new()));
         let id = (std::process::id() as u16) ^ (label.len() as u16).rotate_left(8);
         // The socket is made inside the pod's namespace, on a thread that enters it.
-        let socket = std::thread::spawn(move || -> anyhow::Result<Socket> {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let socket = crate::netns::in_netns(ns, || {
             let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
             s.set_read_timeout(Some(Duration::from_millis(100)))?;
             Ok(s)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("prober thread panicked"))??;
+        })?;
         let rx = socket.try_clone()?;
         // Echoes sent so far: a reply's 16-bit sequence number is unwrapped against it.
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
