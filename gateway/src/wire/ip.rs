@@ -139,10 +139,11 @@ impl<'a> IpPacket<'a> {
                 return None;
             }
             let offset = self.header_len();
+            // A quoted header may state a total length shorter than itself.
             return Some(Transport {
                 protocol: self.buf[9],
                 offset,
-                len: self.total_len() - offset,
+                len: self.total_len().checked_sub(offset)?,
             });
         }
         let mut next = self.buf[6];
@@ -179,7 +180,7 @@ impl<'a> IpPacket<'a> {
         Some(Transport {
             protocol: next,
             offset,
-            len: self.total_len() - offset,
+            len: self.total_len().checked_sub(offset)?,
         })
     }
 }
@@ -245,6 +246,15 @@ mod tests {
             IpPacket::new_checked(&p).unwrap_err(),
             Malformed::BadVersion
         );
+    }
+
+    #[test]
+    fn a_quoted_header_stating_less_than_itself_has_no_transport() {
+        let mut q = [0u8; 28];
+        q[0] = 0x45;
+        q[3] = 4;
+        q[9] = 17;
+        assert_eq!(IpPacket::new_quoted(&q).unwrap().transport(), None);
     }
 
     #[test]

@@ -328,3 +328,28 @@ fn a_first_fragment_cut_before_the_checksum_is_refused() {
     assert!(rewrite(&mut f, Field::Dst, &|a| from.swap_prefix(a, &to)).is_err());
     assert_eq!(f, before);
 }
+
+/// An ICMP error from a pod whose quoted IPv4 header states a total length shorter than the
+/// header itself: rewriting its destination (egress, as to a remapped peer) must not underflow.
+#[test]
+fn a_quote_stating_less_than_its_own_header_does_not_underflow() {
+    let mut p = vec![0u8; 20 + 8 + 28];
+    p[0] = 0x45;
+    p[8] = 64;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&[10, 244, 0, 10]);
+    p[16..20].copy_from_slice(&[10, 245, 0, 10]);
+    p[20] = 3; // destination unreachable
+    let len = p.len() as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    let q = &mut p[28..];
+    q[0] = 0x45;
+    q[3] = 4; // total length 4
+    q[9] = 17;
+    q[12..16].copy_from_slice(&[10, 245, 0, 10]);
+    q[16..20].copy_from_slice(&[10, 244, 0, 10]);
+    let map = |a: IpAddr| {
+        (a == "10.245.0.10".parse::<IpAddr>().unwrap()).then(|| "10.250.0.10".parse().unwrap())
+    };
+    let _ = rewrite(&mut p, Field::Dst, &map);
+}
