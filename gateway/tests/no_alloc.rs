@@ -1,0 +1,210 @@
+//! No allocation per packet: a counting global allocator watches two engines carry a million
+//! packets each way (remapped both ways, TCP and UDP, small to full-size, timers running), after
+//! the session is up. Its own test binary, so nothing else runs on the counted thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use boringtun::x25519::{PublicKey, StaticSecret};
+use liqonet_gateway::engine::{Engine, Network, PeerSpec, Sink};
+use liqonet_proto::{Cidr, Key};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note() {
+    if COUNTING.with(Cell::get) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; only counted.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Keeps the last datagram and packet in buffers allocated up front, as the I/O shell does.
+struct Wire {
+    datagram: Vec<u8>,
+    datagram_len: usize,
+    packet: Vec<u8>,
+    packet_len: usize,
+    datagrams: u64,
+    packets: u64,
+}
+
+impl Wire {
+    fn new() -> Self {
+        Wire {
+            datagram: vec![0; 65_600],
+            datagram_len: 0,
+            packet: vec![0; 65_600],
+            packet_len: 0,
+            datagrams: 0,
+            packets: 0,
+        }
+    }
+}
+
+impl Sink for Wire {
+    fn send_to_network(&mut self, _dst: SocketAddr, datagram: &[u8]) {
+        self.datagram[..datagram.len()].copy_from_slice(datagram);
+        self.datagram_len = datagram.len();
+        self.datagrams += 1;
+    }
+    fn write_to_tun(&mut self, packet: &[u8]) {
+        self.packet[..packet.len()].copy_from_slice(packet);
+        self.packet_len = packet.len();
+        self.packets += 1;
+    }
+}
+
+fn peer(name: &str, secret: u8, endpoint: &str, cidr: &str, remapped: &str) -> PeerSpec {
+    PeerSpec {
+        name: name.into(),
+        public_key: Key(
+            PublicKey::from(&StaticSecret::from(Key::clamped([secret; 32]).0)).to_bytes(),
+        ),
+        endpoint: Some(endpoint.parse().unwrap()),
+        persistent_keepalive: None,
+        networks: vec![Network {
+            cidr: cidr.parse::<Cidr>().unwrap(),
+            remapped: remapped.parse::<Cidr>().unwrap(),
+        }],
+    }
+}
+
+/// An IPv4 packet from `src` to `dst`: TCP (ACK, or SYN with an MSS option) or UDP, `len` bytes.
+fn packet(src: [u8; 4], dst: [u8; 4], len: usize, kind: u8) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    if kind == 17 {
+        p[9] = 17;
+        p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+    } else {
+        p[9] = 6;
+        p[32] = 6 << 4; // data offset: 24 bytes, room for the MSS option
+        p[33] = if kind == 2 { 0x02 } else { 0x10 };
+        p[40..44].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    }
+    p
+}
+
+#[test]
+fn a_million_packets_each_way_allocate_nothing() {
+    const HOME: &str = "192.0.2.1:51840";
+    const FOREIGN: &str = "192.0.2.2:51840";
+    // Both clusters number their pods 10.244/16; each reaches the other as an alias.
+    let mut home = Engine::new(
+        &Key::clamped([1; 32]),
+        vec![peer(
+            "foreign",
+            2,
+            FOREIGN,
+            "10.244.0.0/16",
+            "10.245.0.0/16",
+        )],
+        1420,
+    )
+    .unwrap();
+    let mut foreign = Engine::new(
+        &Key::clamped([2; 32]),
+        vec![peer("home", 1, HOME, "10.244.0.0/16", "10.246.0.0/16")],
+        1420,
+    )
+    .unwrap();
+    let (home_addr, foreign_addr): (SocketAddr, SocketAddr) =
+        (HOME.parse().unwrap(), FOREIGN.parse().unwrap());
+    let mut out = Wire::new();
+    let mut back = Wire::new();
+    let mut scratch = Wire::new();
+    // The session comes up (allocations allowed: boringtun queues while a handshake is pending).
+    home.tick(&mut out);
+    foreign.from_network(home_addr, &out.datagram[..out.datagram_len], &mut back);
+    home.from_network(foreign_addr, &back.datagram[..back.datagram_len], &mut out);
+    foreign.from_network(home_addr, &out.datagram[..out.datagram_len], &mut scratch);
+    assert!(home.peer_is_up("foreign") && foreign.peer_is_up("home"));
+
+    let sizes = [64usize, 576, 1400];
+    let mut outbound: Vec<Vec<u8>> = Vec::new();
+    let mut inbound: Vec<Vec<u8>> = Vec::new();
+    for (i, &len) in sizes.iter().enumerate() {
+        for kind in [17u8, 6, 2] {
+            outbound.push(packet(
+                [10, 244, 0, 10],
+                [10, 245, 0, 20 + i as u8],
+                len,
+                kind,
+            ));
+            inbound.push(packet(
+                [10, 244, 0, 20 + i as u8],
+                [10, 246, 0, 10],
+                len,
+                kind,
+            ));
+        }
+    }
+    let mut buf = vec![0u8; 2048];
+    const PACKETS: usize = 1_000_000;
+    let (mut carried_out, mut carried_back) = (0u64, 0u64);
+    COUNTING.with(|c| c.set(true));
+    // The counter sees allocations on this thread (or this test could not fail).
+    drop(std::hint::black_box(Box::new(7u64)));
+    assert_eq!(ALLOCATIONS.swap(0, Ordering::Relaxed), 1);
+    for n in 0..PACKETS {
+        let p = &outbound[n % outbound.len()];
+        buf[..p.len()].copy_from_slice(p);
+        out.datagram_len = 0;
+        home.from_tun(&mut buf[..p.len()], &mut out);
+        foreign.from_network(home_addr, &out.datagram[..out.datagram_len], &mut back);
+        carried_out += u64::from(back.packet_len == p.len());
+        let p = &inbound[n % inbound.len()];
+        buf[..p.len()].copy_from_slice(p);
+        back.datagram_len = 0;
+        foreign.from_tun(&mut buf[..p.len()], &mut back);
+        home.from_network(foreign_addr, &back.datagram[..back.datagram_len], &mut out);
+        carried_back += u64::from(out.packet_len == p.len());
+        if n % 10_000 == 0 {
+            home.tick(&mut scratch);
+            foreign.tick(&mut scratch);
+        }
+    }
+    COUNTING.with(|c| c.set(false));
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    println!(
+        "{PACKETS} packets each way ({carried_out} and {carried_back} delivered): {allocations} allocations"
+    );
+    assert_eq!(
+        (carried_out, carried_back),
+        (PACKETS as u64, PACKETS as u64)
+    );
+    assert_eq!(allocations, 0);
+}
