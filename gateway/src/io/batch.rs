@@ -1,21 +1,112 @@
 //! Batches between the engine and the kernel: datagrams to one endpoint leave in one `sendmsg`
 //! (UDP GSO), packets for the TUN leave in one coalesced write (TCP/UDP GRO through the TUN's
 //! virtio header). Buffers are allocated once; pushing copies the engine's output into them.
+//!
+//! The devices are behind two small traits, [`Datagrams`] and [`Packets`], so that the batching,
+//! the GSO fallback and the retry on a full buffer are tested against fakes.
 
 use std::io::{self, IoSlice};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::retry_when_full;
 use super::udp::Sockets;
 
 /// Segments per GSO send (the kernel's limit is 64).
 const GSO_SEGMENTS: usize = 64;
 /// Bytes per GSO send (one UDP datagram before segmentation).
 const GSO_BYTES: usize = 65000;
+/// How long a send waits for room in a full socket buffer, once, before the batch is dropped.
+const FULL_WAIT: Duration = Duration::from_millis(100);
+
+/// Where UDP batches go: the underlay sockets (or a fake).
+pub trait Datagrams {
+    /// Sends `buf` to `dst`: one datagram, or with `segment` a run the kernel cuts (UDP GSO).
+    fn send(&self, dst: SocketAddr, buf: &[u8], segment: Option<u16>) -> io::Result<()>;
+    /// Returns once a send to `dst` would not block, or `timeout` has passed.
+    fn wait_writable(&self, dst: SocketAddr, timeout: Duration) -> io::Result<()>;
+}
+
+/// Where TUN batches go: the TUN device (or a fake).
+pub trait Packets {
+    /// Writes `bufs` (each with `offset` bytes of room for the virtio header), merging flows.
+    fn send_multiple(
+        &self,
+        gro: &mut GROTable,
+        bufs: &mut [Vec<u8>],
+        offset: usize,
+    ) -> io::Result<usize>;
+    fn send(&self, packet: &[u8]) -> io::Result<usize>;
+}
+
+impl Datagrams for Sockets {
+    fn send(&self, dst: SocketAddr, buf: &[u8], segment: Option<u16>) -> io::Result<()> {
+        let sock = self.for_dst(&dst).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::AddrNotAvailable, "no socket of that family")
+        })?;
+        let Some(seg) = segment else {
+            return sock.send_to(buf, dst).map(|_| ());
+        };
+        let addr = SockaddrStorage::from(dst);
+        let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
+        sendmsg(
+            sock.as_raw_fd(),
+            &[IoSlice::new(buf)],
+            &cmsg,
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map(|_| ())
+        .map_err(io::Error::from)
+    }
+
+    fn wait_writable(&self, dst: SocketAddr, timeout: Duration) -> io::Result<()> {
+        let Some(sock) = self.for_dst(&dst) else {
+            return Ok(());
+        };
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLOUT)];
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        poll(&mut fds, PollTimeout::from(ms))?;
+        Ok(())
+    }
+}
+
+impl Packets for SyncDevice {
+    fn send_multiple(
+        &self,
+        gro: &mut GROTable,
+        bufs: &mut [Vec<u8>],
+        offset: usize,
+    ) -> io::Result<usize> {
+        // The device's own method (on the DeviceImpl it derefs to), not this trait's.
+        std::ops::Deref::deref(self).send_multiple(gro, bufs, offset)
+    }
+
+    fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        SyncDevice::send(self, packet)
+    }
+}
+
+/// One send; if the socket buffer is full, one wait for room and one more try: a burst that
+/// outruns the NIC is held back briefly rather than lost, and never for long.
+fn send_or_wait(
+    out: &impl Datagrams,
+    dst: SocketAddr,
+    buf: &[u8],
+    segment: Option<u16>,
+) -> io::Result<()> {
+    match out.send(dst, buf, segment) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            out.wait_writable(dst, FULL_WAIT)?;
+            out.send(dst, buf, segment)
+        }
+        other => other,
+    }
+}
 
 /// Datagrams for one endpoint, laid end to end: all `segment` bytes long but the last.
 pub struct UdpBatch {
@@ -26,6 +117,7 @@ pub struct UdpBatch {
     dst: Option<SocketAddr>,
     /// Cleared (and said once) when the kernel refuses UDP_SEGMENT.
     pub gso: bool,
+    /// Datagrams that could not be sent.
     pub errors: u64,
 }
 
@@ -42,7 +134,7 @@ impl UdpBatch {
         }
     }
 
-    pub fn push(&mut self, sockets: &Sockets, dst: SocketAddr, datagram: &[u8]) {
+    pub fn push(&mut self, out: &impl Datagrams, dst: SocketAddr, datagram: &[u8]) {
         let fits = self.dst == Some(dst)
             && self.gso
             && datagram.len() <= self.segment
@@ -51,7 +143,7 @@ impl UdpBatch {
             && self.count < GSO_SEGMENTS
             && self.len + datagram.len() <= GSO_BYTES;
         if !fits {
-            self.flush(sockets);
+            self.flush(out);
             self.dst = Some(dst);
             self.segment = datagram.len();
         }
@@ -60,22 +152,17 @@ impl UdpBatch {
         self.count += 1;
     }
 
-    pub fn flush(&mut self, sockets: &Sockets) {
+    pub fn flush(&mut self, out: &impl Datagrams) {
         let (Some(dst), len) = (self.dst, self.len) else {
             return;
         };
         if len == 0 {
             return;
         }
-        let Some(sock) = sockets.for_dst(&dst) else {
-            self.errors += self.count as u64;
-            self.reset();
-            return;
-        };
         let result = if self.count == 1 {
-            send_one(sock, &self.buf[..len], dst)
+            send_or_wait(out, dst, &self.buf[..len], None)
         } else {
-            let r = send_gso(sock, &self.buf[..len], self.segment, dst);
+            let r = send_or_wait(out, dst, &self.buf[..len], Some(self.segment as u16));
             if matches!(&r, Err(e) if e.raw_os_error() == Some(nix::libc::EIO) || e.raw_os_error() == Some(nix::libc::EINVAL))
             {
                 // No UDP GSO here (or not for this route): send one by one from now on.
@@ -83,16 +170,17 @@ impl UdpBatch {
                     "UDP GSO refused by the kernel ({r:?}); sending datagrams one by one"
                 );
                 self.gso = false;
-                let mut ok = Ok(());
+                let mut failed = 0;
                 for chunk in self.buf[..len].chunks(self.segment) {
-                    if let Err(e) = send_one(sock, chunk, dst) {
-                        ok = Err(e);
+                    if send_or_wait(out, dst, chunk, None).is_err() {
+                        failed += 1;
                     }
                 }
-                ok
-            } else {
-                r
+                self.errors += failed;
+                self.reset();
+                return;
             }
+            r
         };
         if let Err(e) = result {
             self.errors += self.count as u64;
@@ -108,26 +196,6 @@ impl UdpBatch {
     }
 }
 
-fn send_one(sock: &UdpSocket, datagram: &[u8], dst: SocketAddr) -> io::Result<()> {
-    retry_when_full(sock.as_fd(), || sock.send_to(datagram, dst))
-}
-
-fn send_gso(sock: &UdpSocket, buf: &[u8], segment: usize, dst: SocketAddr) -> io::Result<()> {
-    let seg = segment as u16;
-    let addr = SockaddrStorage::from(dst);
-    retry_when_full(sock.as_fd(), || {
-        let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
-        sendmsg(
-            sock.as_raw_fd(),
-            &[IoSlice::new(buf)],
-            &cmsg,
-            MsgFlags::empty(),
-            Some(&addr),
-        )
-        .map_err(io::Error::from)
-    })
-}
-
 /// Packets for the TUN, written together so that tun-rs can coalesce TCP/UDP flows (GRO).
 pub struct TunBatch {
     bufs: Vec<Vec<u8>>,
@@ -135,6 +203,7 @@ pub struct TunBatch {
     gro: GROTable,
     /// Bytes before each packet: room for the virtio header when offloads are on.
     offset: usize,
+    /// Packets in batches the TUN refused.
     pub errors: u64,
 }
 
@@ -153,7 +222,7 @@ impl TunBatch {
         }
     }
 
-    pub fn push(&mut self, dev: &SyncDevice, packet: &[u8]) {
+    pub fn push(&mut self, dev: &impl Packets, packet: &[u8]) {
         if self.count == self.bufs.len() {
             self.flush(dev);
         }
@@ -164,7 +233,7 @@ impl TunBatch {
         self.count += 1;
     }
 
-    pub fn flush(&mut self, dev: &SyncDevice) {
+    pub fn flush(&mut self, dev: &impl Packets) {
         if self.count == 0 {
             return;
         }
@@ -182,5 +251,161 @@ impl TunBatch {
             tracing::debug!("TUN write failed: {e}");
         }
         self.count = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// A send as the fake saw it: where, what, and the GSO segment size.
+    type Sent = (SocketAddr, Vec<u8>, Option<u16>);
+
+    /// Records every send; answers from a script of results (then Ok).
+    #[derive(Default)]
+    struct FakeSocket {
+        sends: RefCell<Vec<Sent>>,
+        script: RefCell<VecDeque<io::Result<()>>>,
+        waits: RefCell<u32>,
+    }
+
+    impl Datagrams for FakeSocket {
+        fn send(&self, dst: SocketAddr, buf: &[u8], segment: Option<u16>) -> io::Result<()> {
+            self.sends.borrow_mut().push((dst, buf.to_vec(), segment));
+            self.script.borrow_mut().pop_front().unwrap_or(Ok(()))
+        }
+        fn wait_writable(&self, _dst: SocketAddr, timeout: Duration) -> io::Result<()> {
+            assert_eq!(timeout, FULL_WAIT);
+            *self.waits.borrow_mut() += 1;
+            Ok(())
+        }
+    }
+
+    fn a() -> SocketAddr {
+        "192.0.2.1:51840".parse().unwrap()
+    }
+    fn b() -> SocketAddr {
+        "192.0.2.2:51840".parse().unwrap()
+    }
+
+    #[test]
+    fn datagrams_to_one_endpoint_leave_together_until_a_short_one_or_another_endpoint() {
+        let out = FakeSocket::default();
+        let mut batch = UdpBatch::new(true);
+        for _ in 0..3 {
+            batch.push(&out, a(), &[1; 100]);
+        }
+        batch.push(&out, a(), &[2; 40]); // shorter: ends the run
+        batch.push(&out, a(), &[3; 100]);
+        batch.push(&out, b(), &[4; 100]);
+        batch.flush(&out);
+        let sends = out.sends.borrow();
+        let shape: Vec<_> = sends
+            .iter()
+            .map(|(d, buf, s)| (*d, buf.len(), *s))
+            .collect();
+        assert_eq!(
+            shape,
+            [(a(), 340, Some(100)), (a(), 100, None), (b(), 100, None)]
+        );
+        assert_eq!(batch.errors, 0);
+    }
+
+    #[test]
+    fn a_run_stops_at_64_segments() {
+        let out = FakeSocket::default();
+        let mut batch = UdpBatch::new(true);
+        for _ in 0..65 {
+            batch.push(&out, a(), &[1; 500]);
+        }
+        batch.flush(&out);
+        let sizes: Vec<_> = out.sends.borrow().iter().map(|s| s.1.len()).collect();
+        assert_eq!(sizes, [64 * 500, 500]);
+    }
+
+    #[test]
+    fn refused_gso_falls_back_to_one_by_one_for_good() {
+        let out = FakeSocket::default();
+        out.script
+            .borrow_mut()
+            .push_back(Err(io::Error::from_raw_os_error(nix::libc::EIO)));
+        let mut batch = UdpBatch::new(true);
+        for _ in 0..3 {
+            batch.push(&out, a(), &[1; 100]);
+        }
+        batch.flush(&out);
+        assert!(!batch.gso);
+        for _ in 0..2 {
+            batch.push(&out, a(), &[1; 100]);
+        }
+        batch.flush(&out);
+        let segments: Vec<_> = out.sends.borrow().iter().map(|s| s.2).collect();
+        assert_eq!(segments, [Some(100), None, None, None, None, None]);
+        assert_eq!(batch.errors, 0);
+    }
+
+    #[test]
+    fn a_full_buffer_is_waited_for_once_then_the_batch_is_counted_lost() {
+        let out = FakeSocket::default();
+        let full = || Err(io::Error::from(io::ErrorKind::WouldBlock));
+        out.script.borrow_mut().extend([full(), Ok(())]);
+        let mut batch = UdpBatch::new(true);
+        batch.push(&out, a(), &[1; 100]);
+        batch.flush(&out);
+        assert_eq!((out.sends.borrow().len(), *out.waits.borrow()), (2, 1));
+        assert_eq!(batch.errors, 0);
+        // Still full after the wait: no second wait, the datagrams are counted.
+        out.script.borrow_mut().extend([full(), full()]);
+        batch.push(&out, a(), &[1; 100]);
+        batch.push(&out, a(), &[1; 100]);
+        batch.flush(&out);
+        assert_eq!((out.sends.borrow().len(), *out.waits.borrow()), (4, 2));
+        assert_eq!(batch.errors, 2);
+    }
+
+    #[derive(Default)]
+    struct FakeTun {
+        batches: RefCell<Vec<usize>>,
+        fail: RefCell<bool>,
+    }
+
+    impl Packets for FakeTun {
+        fn send_multiple(
+            &self,
+            _gro: &mut GROTable,
+            bufs: &mut [Vec<u8>],
+            offset: usize,
+        ) -> io::Result<usize> {
+            assert!(bufs.iter().all(|b| b.len() > offset));
+            self.batches.borrow_mut().push(bufs.len());
+            if *self.fail.borrow() {
+                return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+            }
+            Ok(bufs.iter().map(Vec::len).sum())
+        }
+        fn send(&self, packet: &[u8]) -> io::Result<usize> {
+            self.batches.borrow_mut().push(1);
+            Ok(packet.len())
+        }
+    }
+
+    #[test]
+    fn tun_batches_are_written_once_when_full_or_flushed_and_failures_counted() {
+        let tun = FakeTun::default();
+        let mut batch = TunBatch::new(true);
+        for _ in 0..IDEAL_BATCH_SIZE + 3 {
+            batch.push(&tun, &[0x45; 60]);
+        }
+        batch.flush(&tun);
+        assert_eq!(*tun.batches.borrow(), [IDEAL_BATCH_SIZE, 3]);
+        // A refused write is not retried (tun-rs has merged the buffers by then).
+        *tun.fail.borrow_mut() = true;
+        batch.push(&tun, &[0x45; 60]);
+        batch.push(&tun, &[0x45; 60]);
+        batch.flush(&tun);
+        assert_eq!(tun.batches.borrow().len(), 3);
+        assert_eq!(batch.errors, 2);
     }
 }
