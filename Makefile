@@ -48,6 +48,7 @@ test: deps
 	wait $$cp || { cat target/controlplane.log; echo "the lab's control plane did not build" >&2; exit 1; }; \
 	exit $$built
 	$(CARGO) $(TEST_RUNNER)
+	$(CARGO) run -q -p liqonet-fuzz -- --inputs 20000 --time-limit 8 --allow-known
 	@echo "== the lab tests again, with segmentation offloads forced off"
 	LIQONET_LAB_OFFLOAD=0 $(CARGO) $(TEST_RUNNER) -p liqonet-lab
 	@echo "== attacks, restarts and reloads under traffic, one at a time (they measure outages)"
@@ -68,6 +69,18 @@ bench: deps controlplane build
 	./target/release/liqonet-bench
 	./target/release/liqonet-bench failover
 	$(CARGO) bench -p liqonet-benches
+
+# Structure-aware fuzzing on stable Rust (fuzz/): every target for FUZZ_INPUTS inputs, built with
+# the `fuzzing` profile (release speed, overflow checks in our crates); the HTTP target costs
+# milliseconds an input, so it gets about two minutes. A crash is printed with its seed and input
+# and saved under target/fuzz/crashes; any crash fails the run.
+FUZZ_INPUTS ?= 10M
+.PHONY: fuzz
+fuzz:
+	$(CARGO) build --profile fuzzing -p liqonet-fuzz
+	./target/fuzzing/liqonet-fuzz --inputs $(FUZZ_INPUTS) ip_packets icmp_errors engine_from_network engine_from_tun gateway_config agent_config; a=$$?; \
+	./target/fuzzing/liqonet-fuzz --inputs $(FUZZ_INPUTS) --time-limit 120 http_requests; b=$$?; \
+	test $$a -eq 0 && test $$b -eq 0
 
 clean:
 	$(CARGO) clean
