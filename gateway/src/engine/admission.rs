@@ -2,13 +2,14 @@
 //! source, as the kernel and wireguard-go do it.
 //!
 //! Every handshake message must carry a valid MAC1, which only proves that its sender knows our
-//! *public* key (peering information hands it out). Past [`LOAD_PER_SECOND`] such messages in a
-//! second the gateway is *under load* until a second after the last busy second. Under load a
+//! *public* key (peering information hands it out). Past [`LOAD_PER_SECOND`] handshake messages
+//! in a second, valid or not, the gateway is *under load* until a second after the last busy
+//! second. Under load a
 //! message must also carry a valid MAC2, which proves that its sender receives at its source
 //! address; one without gets a cookie reply to compute it. And each source (an IPv4 address, an
 //! IPv6 /64) gets at most [`PER_SOURCE_RATE`] answers a second, burst [`PER_SOURCE_BURST`],
 //! cookie replies included: one source can buy neither Diffie-Hellman work nor a reply per
-//! datagram, and sessions already up never wait behind a flood.
+//! datagram, and once it has had its share its messages cost a table lookup, not a MAC.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,7 +22,7 @@ use boringtun::x25519::PublicKey;
 
 use super::counters::DropReason;
 
-/// Handshake messages with a valid MAC1 per second before the gateway is under load.
+/// Handshake messages per second before the gateway is under load.
 pub const LOAD_PER_SECOND: u32 = 128;
 /// How long the gateway stays under load after a busy second.
 const LOAD_HOLD: Duration = Duration::from_secs(1);
@@ -84,16 +85,20 @@ impl Admission {
         buf: &'b mut [u8],
         now: Instant,
     ) -> Verdict<'b> {
+        // Every message counts towards the load, valid or not (the kernel counts its queue).
+        self.count(now);
+        let under_load = self.under_load(now);
+        // A source that had its share is dropped before any hashing: a flood costs a lookup.
+        if under_load && !self.has_token(src, now) {
+            return Verdict::Drop(DropReason::HandshakeRateLimited);
+        }
         if self.mac1.verify_packet(Some(src), datagram, buf).is_err() {
             return Verdict::Drop(DropReason::AuthFailed);
         }
-        self.count(now);
-        if !self.under_load(now) {
+        if !under_load {
             return Verdict::Admit;
         }
-        if !self.take_token(src, now) {
-            return Verdict::Drop(DropReason::HandshakeRateLimited);
-        }
+        self.take_token(src, now);
         match self.mac2.verify_packet(Some(src), datagram, buf) {
             Ok(_) => Verdict::Admit,
             Err(TunnResult::WriteToNetwork(cookie)) => Verdict::Cookie(cookie),
@@ -111,7 +116,7 @@ impl Admission {
     fn count(&mut self, now: Instant) {
         match self.window_start {
             Some(start) if now.duration_since(start) < Duration::from_secs(1) => {
-                self.window_count += 1;
+                self.window_count = self.window_count.saturating_add(1);
             }
             _ => {
                 self.window_start = Some(now);
@@ -128,21 +133,28 @@ impl Admission {
         }
     }
 
-    /// One answer to `src`'s bucket, if it has one left.
-    fn take_token(&mut self, src: IpAddr, now: Instant) -> bool {
-        let interval = Duration::from_secs(1) / PER_SOURCE_RATE;
-        let tolerance = interval * (PER_SOURCE_BURST - 1);
+    fn interval() -> Duration {
+        Duration::from_secs(1) / PER_SOURCE_RATE
+    }
+
+    /// Has `src` an answer left in its bucket?
+    fn has_token(&self, src: IpAddr, now: Instant) -> bool {
+        let tolerance = Self::interval() * (PER_SOURCE_BURST - 1);
+        self.sources
+            .get(&source_key(src))
+            .is_none_or(|full_at| full_at.saturating_duration_since(now) <= tolerance)
+    }
+
+    /// Spends one answer of `src`'s bucket (it has one: see [`Self::has_token`]).
+    fn take_token(&mut self, src: IpAddr, now: Instant) {
         let key = source_key(src);
         let full_at = match self.sources.get(&key) {
             Some(&t) => t.max(now),
-            None if self.sources.len() >= MAX_SOURCES => return true,
+            // Past the table's size a new source goes unlimited rather than allocate.
+            None if self.sources.len() >= MAX_SOURCES => return,
             None => now,
         };
-        if full_at.duration_since(now) > tolerance {
-            return false;
-        }
-        self.sources.insert(key, full_at + interval);
-        true
+        self.sources.insert(key, full_at + Self::interval());
     }
 }
 
@@ -184,7 +196,7 @@ mod tests {
         let mut buf = [0u8; 256];
         let t0 = Instant::now();
         let src: IpAddr = "192.0.2.9".parse().unwrap();
-        for _ in 0..LOAD_PER_SECOND {
+        for _ in 0..LOAD_PER_SECOND - 1 {
             assert_eq!(a.check(src, &init, &mut buf, t0), Verdict::Admit);
         }
         let mut bad = init.clone();

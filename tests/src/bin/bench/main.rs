@@ -1,7 +1,8 @@
 //! `make bench`, end to end: the same two-gateway lab with plain routing, liqonet, wireguard-go
 //! and boringtun-cli, measured in one run; one table, liqonet's ratio to each, and a JSON file
 //! to compare across commits. Ratios matter more than absolute figures: machines drift.
-//! `liqonet-bench failover [--rounds N]` times gateway failovers on the Kubernetes lab instead.
+//! `liqonet-bench failover [--rounds N]` times gateway failovers on the Kubernetes lab instead;
+//! `liqonet-bench flood` measures a tunnel under a handshake flood.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -87,6 +88,7 @@ fn measure(name: &str, kind: GatewayKind, secs: u32, runs: usize) -> anyhow::Res
 }
 
 mod failover;
+mod flood;
 
 fn main() -> ExitCode {
     liqonet_lab::teardown_on_signal();
@@ -118,6 +120,15 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    if args.first().map(String::as_str) == Some("flood") {
+        return match flood::run(secs, runs) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flood bench failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let out = std::env::var("LIQONET_BENCH_OUT").unwrap_or_else(|_| "target/bench/e2e.json".into());
     let configs = [
         ("plain routing", GatewayKind::Plain),
