@@ -285,6 +285,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     };
     serve(
         &config,
+        &private_key,
         &mut engine,
         &networks,
         &stop,

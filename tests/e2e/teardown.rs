@@ -8,12 +8,19 @@ use liqonet_lab::{Lab, LabSpec};
 fn gateway_removes_tun_and_routes_on_sigterm() {
     let mut lab = Lab::start(&LabSpec::default()).unwrap();
     let gw = lab.home().gw_ns().to_string();
+    let tun = lab.home().interface.clone();
     let routes = ns_run(&gw, &["ip", "route", "show", "proto", "201"]).unwrap();
-    assert!(routes.contains("10.245.0.0/16 dev liqo0"), "{routes}");
+    assert!(
+        routes.contains(&format!("10.245.0.0/16 dev {tun}")),
+        "{routes}"
+    );
+    let socket = format!("/var/run/wireguard/{tun}.sock");
+    assert!(std::path::Path::new(&socket).exists());
     let status = lab.stop("home-gateway").unwrap();
     assert!(status.success(), "{status}");
-    let link = ns_output(&gw, &["ip", "link", "show", "liqo0"]).unwrap();
-    assert!(!link.status.success(), "liqo0 still exists");
+    let link = ns_output(&gw, &["ip", "link", "show", &tun]).unwrap();
+    assert!(!link.status.success(), "{tun} still exists");
+    assert!(!std::path::Path::new(&socket).exists(), "{socket} is left");
     let routes = ns_run(&gw, &["ip", "route", "show", "proto", "201"]).unwrap();
     assert!(routes.trim().is_empty(), "{routes}");
     assert!(lab

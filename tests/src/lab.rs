@@ -31,7 +31,6 @@ use crate::netns::{self, ns_run, run, sh, wait_for};
 pub const LISTEN_PORT: u16 = 51840;
 pub const MTU: u16 = 1420;
 pub const METRICS_PORT: u16 = 9586;
-pub const LIQONET_IF: &str = "liqo0";
 /// Size of `big.bin`, served by every pod (for MTU and MSS tests).
 pub const BIG_FILE: usize = 4 << 20;
 
@@ -45,13 +44,6 @@ pub enum GatewayKind {
     /// No tunnel: the gateway nodes route the peers' pod CIDRs to each other over the WAN
     /// (the baseline of the benchmarks; IPv4 underlay, distinct pod CIDRs).
     Plain,
-}
-
-impl GatewayKind {
-    /// The userspace WireGuard implementations driven through `wg` and a UAPI socket.
-    fn is_stock_wireguard(self) -> bool {
-        matches!(self, GatewayKind::WireguardGo | GatewayKind::BoringtunCli)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,9 +431,9 @@ impl Lab {
             .to_string();
         let public_key = crate::probe::pubkey(&gateway, &private_key)?;
         let interface = match cs.gateway {
-            GatewayKind::Liqonet => LIQONET_IF.to_string(),
-            // wireguard-go's control socket path is global (/var/run/wireguard/NAME.sock).
-            GatewayKind::WireguardGo | GatewayKind::BoringtunCli => {
+            // Every userspace WireGuard's control socket path is global
+            // (/var/run/wireguard/NAME.sock), liqonet's too: names unique across labs.
+            GatewayKind::Liqonet | GatewayKind::WireguardGo | GatewayKind::BoringtunCli => {
                 format!("wg{}c{i}", &self.prefix[2..self.prefix.len() - 1])
             }
             GatewayKind::Plain => String::new(),
@@ -980,10 +972,8 @@ impl Lab {
         }
         self.procs.clear();
         netns::remove_prefixed(&self.prefix);
-        for c in &self.clusters {
-            if c.spec.gateway.is_stock_wireguard() {
-                let _ = fs::remove_file(format!("/var/run/wireguard/{}.sock", c.interface));
-            }
+        for c in self.clusters.iter().filter(|c| !c.interface.is_empty()) {
+            let _ = fs::remove_file(format!("/var/run/wireguard/{}.sock", c.interface));
         }
         if std::env::var_os("LIQONET_LAB_KEEP_LOGS").is_none() {
             let _ = fs::remove_dir_all(&self.dir);

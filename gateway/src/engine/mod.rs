@@ -62,6 +62,10 @@ pub struct Engine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStats {
     pub name: String,
+    pub public_key: Key,
+    pub persistent_keepalive: Option<u16>,
+    /// The peer's networks: `cidr` as it numbers them (what the cryptokey check accepts).
+    pub networks: Vec<Network>,
     /// Age of the current session; `None` while no handshake has completed (or it expired).
     pub last_handshake_age: Option<std::time::Duration>,
     pub endpoint: Option<SocketAddr>,
@@ -445,6 +449,9 @@ impl Engine {
             let (age, tx, rx, _, _) = p.tunn.stats();
             PeerStats {
                 name: p.spec.name.clone(),
+                public_key: p.spec.public_key,
+                persistent_keepalive: p.spec.persistent_keepalive,
+                networks: p.spec.networks.clone(),
                 last_handshake_age: age,
                 endpoint: p.endpoint,
                 rx_bytes: rx as u64,

@@ -248,6 +248,7 @@ fn publish(
     if let Ok(mut s) = snapshot.lock() {
         s.metrics = text;
         s.loop_turned = Some(now);
+        s.published_at = Some(std::time::SystemTime::now());
         engine.peer_stats(&mut s.peers);
     }
 }

@@ -7,4 +7,5 @@ pub mod metrics_http;
 pub mod routes;
 pub mod serve;
 pub mod tun;
+pub mod uapi;
 pub mod udp;

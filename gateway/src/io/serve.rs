@@ -7,27 +7,48 @@ use std::os::unix::net::UnixStream;
 
 use anyhow::Context;
 use liqonet_proto::config::GatewayConfig;
-use liqonet_proto::Cidr;
+use liqonet_proto::{Cidr, Key};
 
 use super::control::Control;
 use super::event_loop;
 use super::metrics_http::Snapshot;
 use super::routes::Routes;
 use super::tun;
+use super::uapi::{self, Device};
 use super::udp::Sockets;
 use crate::engine::Engine;
 
-/// Runs the tunnel for `engine` with routes to `networks` until a byte arrives on `stop`.
+/// Runs the tunnel for `engine` (whose private key is `key`) with routes to `networks` until a
+/// byte arrives on `stop`. The loop publishes into `metrics`, which the HTTP endpoint and the
+/// WireGuard userspace API (`wg show`) serve.
 pub fn serve(
     config: &GatewayConfig,
+    key: &Key,
     engine: &mut Engine,
     networks: &[Cidr],
     stop: &UnixStream,
     control: &Control,
     metrics: Option<&Snapshot>,
 ) -> anyhow::Result<()> {
+    let own = Snapshot::default();
+    let metrics = Some(metrics.unwrap_or(&own));
     let (dev, tun_offload) = tun::create(&config.interface, config.mtu, config.offload)
         .with_context(|| format!("cannot create TUN device {:?}", config.interface))?;
+    // Without the API the tunnel still works: say why and go on.
+    let device = Device {
+        private_key: *key,
+        listen_port: config.listen_port,
+    };
+    let _uapi = metrics.and_then(|m| {
+        uapi::spawn(
+            std::path::Path::new(uapi::SOCKET_DIR),
+            &config.interface,
+            device,
+            m.clone(),
+        )
+        .map_err(|e| tracing::warn!("no WireGuard userspace API (wg show): {e}"))
+        .ok()
+    });
     control.attach(Routes::new(dev.if_index()?)?);
     let result = (|| -> anyhow::Result<()> {
         control.with_routes(|routes| {

@@ -34,6 +34,7 @@ impl Dataplane {
         snapshot: Snapshot,
     ) -> anyhow::Result<(Self, oneshot::Receiver<()>)> {
         let mut engine = Engine::new(key, Vec::new(), config.mtu)?;
+        let key = *key;
         let (stop_rx, stop) = UnixStream::pair()?;
         let control = Control::new()?;
         let (ended_tx, ended) = oneshot::channel();
@@ -44,6 +45,7 @@ impl Dataplane {
             .spawn(move || {
                 let result = serve(
                     &config,
+                    &key,
                     &mut engine,
                     &[],
                     &stop_rx,

@@ -111,6 +111,9 @@ mod tests {
 
     fn stats(age: Option<u64>, rx: u64) -> PeerStats {
         PeerStats {
+            public_key: liqonet_proto::Key([0; 32]),
+            persistent_keepalive: None,
+            networks: Vec::new(),
             name: "a".into(),
             last_handshake_age: age.map(Duration::from_secs),
             endpoint: None,

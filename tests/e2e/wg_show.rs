@@ -1,0 +1,146 @@
+//! Debian's `wg` against the gateway's WireGuard userspace API: `wg show`, its `dump`, `wg
+//! showconf`, a refused `wg set`; and hostile clients on the socket while traffic flows, which the
+//! data path must not notice.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use liqonet_lab::netns::{output, run};
+use liqonet_lab::outage::Pinger;
+use liqonet_lab::probe::wait_reachable;
+use liqonet_lab::{Lab, LabSpec};
+
+#[test]
+fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
+    let lab = Lab::start(&LabSpec::distinct_cidrs()).unwrap();
+    let (home, foreign) = (lab.cluster("home").clone(), lab.cluster("foreign").clone());
+    assert!(wait_reachable(
+        &home.main_pod().ns,
+        &foreign.main_pod().ip,
+        Duration::from_secs(10)
+    ));
+    // The loop publishes every second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let tun = &home.interface;
+
+    let show = run(&["wg", "show", tun]).unwrap();
+    println!("{show}");
+    assert!(show.contains(&format!("interface: {tun}")), "{show}");
+    assert!(
+        show.contains(&format!("public key: {}", home.public_key)),
+        "{show}"
+    );
+    assert!(show.contains("listening port: 51840"), "{show}");
+    assert!(
+        show.contains(&format!("peer: {}", foreign.public_key)),
+        "{show}"
+    );
+    assert!(show.contains("endpoint: 192.168.250.11:51840"), "{show}");
+    assert!(show.contains("allowed ips: 10.245.0.0/16"), "{show}");
+    assert!(
+        show.contains("latest handshake: ") && show.contains("seconds ago"),
+        "{show}"
+    );
+    assert!(!show.contains("years"), "{show}");
+    assert!(show.contains("transfer: "), "{show}");
+
+    // dump: private key, public key, port, fwmark; then the peer's fields, tab-separated.
+    let dump = run(&["wg", "show", tun, "dump"]).unwrap();
+    let lines: Vec<Vec<&str>> = dump.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 2, "{dump}");
+    assert_eq!(lines[0][0], home.private_key);
+    assert_eq!(lines[0][2], "51840");
+    let peer = &lines[1];
+    assert_eq!(peer[0], foreign.public_key);
+    assert_eq!(peer[2], "192.168.250.11:51840");
+    assert_eq!(peer[3], "10.245.0.0/16");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let handshake: u64 = peer[4].parse().unwrap();
+    assert!(
+        now.abs_diff(handshake) < 30,
+        "handshake {handshake}, now {now}"
+    );
+    assert!(peer[5].parse::<u64>().unwrap() > 0 && peer[6].parse::<u64>().unwrap() > 0);
+
+    let conf = run(&["wg", "showconf", tun]).unwrap();
+    assert!(
+        conf.contains(&format!("PrivateKey = {}", home.private_key)),
+        "{conf}"
+    );
+    assert!(
+        conf.contains(&format!("PublicKey = {}", foreign.public_key)),
+        "{conf}"
+    );
+
+    // Changes belong to the config file: `wg set` is refused, and says so.
+    let set = output(&["wg", "set", tun, "listen-port", "1"]).unwrap();
+    assert!(!set.status.success());
+    let err = String::from_utf8_lossy(&set.stderr);
+    assert!(err.contains("Operation not permitted"), "{err}");
+
+    // Hostile clients while pings run every 10 ms both ways.
+    let socket = format!("/var/run/wireguard/{tun}.sock");
+    let probes = [
+        Pinger::start(
+            &home.main_pod().ns,
+            &foreign.main_pod().ip,
+            "home → foreign",
+        )
+        .unwrap(),
+        Pinger::start(
+            &foreign.main_pod().ns,
+            &home.main_pod().ip,
+            "foreign → home",
+        )
+        .unwrap(),
+    ];
+    let mut held = Vec::new();
+    for hostile in [
+        &b"\x00\xff garbage \r\n\r\n"[..],
+        b"get=1\n",                 // half a request, then silence
+        b"set=1\nprivate_key=zz\n", // half a set
+        &[b'a'; 200_000][..],       // one endless line
+    ] {
+        let mut c = UnixStream::connect(&socket).unwrap();
+        let _ = c.write_all(hostile);
+        held.push(c);
+    }
+    // One that asks again and again and never reads its answers.
+    let mut greedy = UnixStream::connect(&socket).unwrap();
+    greedy
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    for _ in 0..2000 {
+        if greedy.write_all(b"get=1\n\n").is_err() {
+            break;
+        }
+    }
+    // More clients than it serves at once.
+    let crowd: Vec<_> = (0..20)
+        .filter_map(|_| UnixStream::connect(&socket).ok())
+        .collect();
+    // `wg` still works once the crowd is gone (the limit frees as clients time out).
+    drop(crowd);
+    drop(greedy);
+    std::thread::sleep(Duration::from_secs(3));
+    let again = run(&["wg", "show", tun, "latest-handshakes"]).unwrap();
+    assert!(again.contains(&foreign.public_key), "{again}");
+    std::thread::sleep(Duration::from_millis(500));
+    for p in probes {
+        let label = p.label.clone();
+        let g = p.stop().unwrap();
+        println!("hostile UAPI clients, {label}: {g:?}");
+        assert_eq!(g.lost(), 0, "{label}: {g:?}");
+        assert!(g.longest < Duration::from_millis(500), "{label}: {g:?}");
+    }
+    // The silent ones were dropped by the server's timeout.
+    for mut c in held {
+        let mut rest = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = c.read_to_end(&mut rest);
+    }
+}
