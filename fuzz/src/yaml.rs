@@ -129,23 +129,42 @@ fn hostile_key(rng: &mut Rng) -> String {
 }
 
 /// A node of any shape and content: huge numbers, odd strings, nesting, tags and aliases.
-pub fn hostile_node(rng: &mut Rng, depth: usize) -> Node {
+pub fn hostile_node(rng: &mut Rng, level: usize) -> Node {
     match rng.below(12) {
-        0 if depth < 3 => Node::Seq(
+        0 if level < 3 => Node::Seq(
             (0..rng.below(4))
-                .map(|_| hostile_node(rng, depth + 1))
+                .map(|_| hostile_node(rng, level + 1))
                 .collect(),
         ),
-        1 if depth < 3 => Node::Map(
+        1 if level < 3 => Node::Map(
             (0..rng.below(4))
-                .map(|_| (hostile_key(rng), hostile_node(rng, depth + 1)))
+                .map(|_| (hostile_key(rng), hostile_node(rng, level + 1)))
                 .collect(),
         ),
         2 => {
-            let d = rng.range(10, 400);
+            let d = depth(rng);
             deep(rng, d)
         }
         _ => s(hostile_scalar(rng)),
+    }
+}
+
+/// A nesting depth: mostly a few levels, now and then a few hundred (the parser's cost grows
+/// with the square of the depth, so those are kept rare).
+pub fn depth(rng: &mut Rng) -> usize {
+    if rng.chance(1, 64) {
+        rng.range(100, 400)
+    } else {
+        rng.range(2, 40)
+    }
+}
+
+/// A long string's length: mostly a few KB, now and then near 100 KB.
+fn long(rng: &mut Rng) -> usize {
+    if rng.chance(1, 32) {
+        rng.range(10_000, 100_000)
+    } else {
+        rng.range(256, 2_000)
     }
 }
 
@@ -192,8 +211,15 @@ pub fn hostile_scalar(rng: &mut Rng) -> String {
         ]))
         .into(),
         5 => format!("{}", rng.next_u64()),
-        6 => format!("\"{}\"", "x".repeat(rng.range(1000, 100_000))),
-        7 => "a".repeat(rng.range(256, 70_000)),
+        6 => {
+            let n = long(rng);
+            if rng.bool() {
+                format!("\"{}\"", "x".repeat(n))
+            } else {
+                "a".repeat(n)
+            }
+        }
+        7 => format!("x{}", rng.u16()),
         8 => (*rng.pick(&[
             "\"\\u0000\"",
             "\"\\x01\\x7f\"",

@@ -7,7 +7,7 @@ use liqonet_proto::agent::AgentConfig;
 
 use crate::driver::pct;
 use crate::rng::Rng;
-use crate::targets::gateway_config::{check_errors, cluster_id, text};
+use crate::targets::gateway_config::{check_errors, cluster_id, is_shape_error, text};
 use crate::targets::Target;
 use crate::yaml::{self, cidr_text, quoted, s, seq, Hostility, MapBuilder, Node};
 
@@ -38,6 +38,7 @@ const FIELDS: &[&str] = &[
 #[derive(Default)]
 pub struct AgentConfigTarget {
     inputs: u64,
+    bytes: u64,
     not_utf8: u64,
     accepted: u64,
     shape_errors: u64,
@@ -147,7 +148,7 @@ pub fn document(rng: &mut Rng) -> Node {
         true,
         |r| seq(r, h, nodes, |r, i| node(r, h, i)),
         |r| {
-            let d = r.range(2, 400);
+            let d = yaml::depth(r);
             yaml::deep(r, d)
         },
     )
@@ -266,6 +267,7 @@ impl Target for AgentConfigTarget {
 
     fn run(&mut self, input: &[u8]) -> Result<(), String> {
         self.inputs += 1;
+        self.bytes += input.len() as u64;
         let Ok(text) = std::str::from_utf8(input) else {
             self.not_utf8 += 1;
             return Ok(());
@@ -273,7 +275,7 @@ impl Target for AgentConfigTarget {
         let config = match AgentConfig::from_yaml(text) {
             Ok(c) => c,
             Err(errs) => {
-                if errs.0.len() == 1 && serde_yaml::from_str::<AgentConfig>(text).is_err() {
+                if is_shape_error(&errs) {
                     self.shape_errors += 1;
                 }
                 return check_errors(&errs, FIELDS, "from_yaml");
@@ -312,7 +314,8 @@ impl Target for AgentConfigTarget {
         let n = self.inputs;
         let refused = n - self.accepted - self.not_utf8;
         format!(
-            "accepted {}, refused {} (by shape {}, by validation {}), not UTF-8 {}",
+            "{} bytes a document on average; accepted {}, refused {} (by shape ≈{}, by validation ≈{}), not UTF-8 {}",
+            self.bytes / n.max(1),
             pct(self.accepted, n),
             pct(refused, n),
             pct(self.shape_errors, n),
