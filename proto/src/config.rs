@@ -88,7 +88,10 @@ impl Default for IpamConfig {
     status = "crate::crd::TunnelEndpointStatus",
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterID"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".status.gateway.nodeName"}"#
+    printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".status.gateway.nodeName"}"#,
+    printcolumn = r#"{"name":"Latency","type":"string","jsonPath":".status.latency.average"}"#,
+    printcolumn = r#"{"name":"Handshake","type":"date","jsonPath":".status.lastHandshake"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct PeerConfig {
     #[serde(rename = "clusterID")]

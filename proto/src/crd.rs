@@ -39,6 +39,22 @@ pub struct TunnelEndpointStatus {
     pub rx_bytes: u64,
     #[serde(default)]
     pub tx_bytes: u64,
+    /// Round trips of the in-tunnel probes over the last minute (as Submariner's `latencyRTT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyStatus>,
+}
+
+/// Round-trip statistics of the in-tunnel probes, as durations (`"1.234ms"`), and their loss.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyStatus {
+    pub last: String,
+    pub min: String,
+    pub average: String,
+    pub max: String,
+    pub std_dev: String,
+    /// Unanswered probes, as a percentage (`"0.0%"`).
+    pub loss: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -8,6 +8,7 @@
 mod admission;
 mod counters;
 mod peer;
+pub mod probe;
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -26,6 +27,7 @@ use crate::wire::{mss, IpPacket};
 pub use counters::{Counters, DropReason};
 use peer::Peer;
 pub use peer::{Network, PeerSpec};
+pub use probe::{Latency, Probing};
 
 /// Largest datagram or packet the engine handles (a full IP packet plus WireGuard's overhead).
 pub const MAX_PACKET: usize = 65535 + 64;
@@ -56,10 +58,13 @@ pub struct Engine {
     /// Tunnel MTU, for MSS clamping.
     mtu: u16,
     buf: Box<[u8]>,
+    probing: Probing,
+    /// Probes carry nanoseconds since this instant.
+    epoch: Instant,
 }
 
 /// One peer's session and traffic, for status reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerStats {
     pub name: String,
     pub public_key: Key,
@@ -71,6 +76,9 @@ pub struct PeerStats {
     pub endpoint: Option<SocketAddr>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// A session, and (for a peer that answers probes) no run of unanswered probes.
+    pub up: bool,
+    pub latency: Latency,
 }
 
 /// What [`Engine::apply_peers`] changed, by peer name.
@@ -111,6 +119,8 @@ impl Engine {
             counters: Counters::default(),
             mtu,
             buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
+            probing: Probing::default(),
+            epoch: Instant::now(),
         };
         engine.apply_peers(peers)?;
         Ok(engine)
@@ -205,7 +215,15 @@ impl Engine {
             tunn,
             session_age: None,
             cookie_retry: None,
+            health: probe::Health::default(),
+            next_probe: None,
+            up: false,
         }
+    }
+
+    /// How often peers are probed through the tunnel, and how many misses make one down.
+    pub fn set_probing(&mut self, probing: Probing) {
+        self.probing = probing;
     }
 
     pub fn public_key(&self) -> Key {
@@ -314,6 +332,28 @@ impl Engine {
                 }
             };
         peer.roam(src);
+        // A probe is answered here and never reaches the TUN.
+        match probe::parse(packet) {
+            probe::Parsed::NotAProbe => {}
+            probe::Parsed::Request { seq, sent_nanos } => {
+                let mut answer = [0u8; probe::PROBE_LEN];
+                probe::reply(&mut answer, seq, sent_nanos);
+                if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(&answer, &mut self.buf)
+                {
+                    sink.send_to_network(src, d);
+                }
+                return;
+            }
+            probe::Parsed::Reply { seq, sent_nanos } => {
+                let now = self.epoch.elapsed().as_nanos() as u64;
+                let rtt = std::time::Duration::from_nanos(now.saturating_sub(sent_nanos));
+                if peer.health.answered(seq, rtt) && !peer.up && peer.tunn.stats().0.is_some() {
+                    peer.up = true;
+                    tracing::info!(peer = %peer.spec.name, rtt = ?rtt, "peer up: probe answered");
+                }
+                return;
+            }
+        }
         // Cryptokey routing: only packets from the peer's own networks reach the TUN; their
         // source then becomes the address home pods know.
         if !peer.allows_source(inner_src) {
@@ -418,17 +458,46 @@ impl Engine {
                 _ => {}
             }
             let age = peer.tunn.stats().0;
-            match (peer.session_age, age) {
-                (None, Some(_)) => {
-                    tracing::info!(peer = %peer.spec.name, endpoint = ?peer.endpoint, "peer up: handshake completed")
+            if let (Some(old), Some(new)) = (peer.session_age, age) {
+                if new < old {
+                    tracing::debug!(peer = %peer.spec.name, "handshake completed (rekey)");
                 }
-                (Some(_), None) => {
-                    tracing::info!(peer = %peer.spec.name, "peer down: session expired")
+            }
+            // Probe once an interval, through the session; without one the round is lost.
+            let now = Instant::now();
+            if peer.next_probe.is_none_or(|t| now >= t) {
+                peer.next_probe = Some(now + self.probing.interval);
+                if age.is_some() {
+                    let seq = peer.health.next_probe();
+                    let mut request = [0u8; probe::PROBE_LEN];
+                    probe::request(&mut request, seq, self.epoch.elapsed().as_nanos() as u64);
+                    if let (Some(ep), TunnResult::WriteToNetwork(d)) = (
+                        peer.endpoint,
+                        peer.tunn.encapsulate(&request, &mut self.buf),
+                    ) {
+                        sink.send_to_network(ep, d);
+                    }
+                } else {
+                    peer.health.skipped();
                 }
-                (Some(old), Some(new)) if new < old => {
-                    tracing::debug!(peer = %peer.spec.name, "handshake completed (rekey)")
+            }
+            let silent = peer.health.silent(self.probing.misses);
+            let up = age.is_some() && !silent;
+            if up != peer.up {
+                peer.up = up;
+                let name = &peer.spec.name;
+                match (up, age.is_some(), peer.session_age.is_some()) {
+                    (true, _, false) => {
+                        tracing::info!(peer = %name, endpoint = ?peer.endpoint, "peer up: handshake completed")
+                    }
+                    (true, _, true) => {
+                        tracing::info!(peer = %name, "peer up: probes answered again")
+                    }
+                    (false, false, _) => tracing::info!(peer = %name, "peer down: session expired"),
+                    (false, true, _) => {
+                        tracing::info!(peer = %name, misses = peer.health.misses(), "peer down: probes unanswered")
+                    }
                 }
-                _ => {}
             }
             peer.session_age = age;
         }
@@ -440,6 +509,15 @@ impl Engine {
             .iter()
             .flatten()
             .any(|p| p.spec.name == name && p.tunn.stats().0.is_some())
+    }
+
+    /// Latency and loss of this peer's probes. (By name; for status and tests.)
+    pub fn latency(&self, name: &str) -> Option<Latency> {
+        self.peers
+            .iter()
+            .flatten()
+            .find(|p| p.spec.name == name)
+            .map(|p| p.health.latency())
     }
 
     /// Session state and traffic of every peer, into `out` (cleared first).
@@ -456,29 +534,72 @@ impl Engine {
                 endpoint: p.endpoint,
                 rx_bytes: rx as u64,
                 tx_bytes: tx as u64,
+                up: p.up,
+                latency: p.health.latency(),
             }
         }));
     }
 
-    /// Prometheus text exposition of peer state and drop counters.
+    /// Prometheus text exposition of peer state and drop counters: each family whole, with
+    /// its HELP and TYPE.
     pub fn render_metrics(&self, out: &mut String) {
-        out.push_str("# TYPE liqonet_peer_up gauge\n");
-        for p in self.peers.iter().flatten() {
-            let (age, tx, rx, _, _) = p.tunn.stats();
-            let name = &p.spec.name;
-            let _ = writeln!(
-                out,
-                "liqonet_peer_up{{peer=\"{name}\"}} {}",
-                u8::from(age.is_some())
-            );
-            let _ = writeln!(out, "liqonet_peer_tx_bytes_total{{peer=\"{name}\"}} {tx}");
-            let _ = writeln!(out, "liqonet_peer_rx_bytes_total{{peer=\"{name}\"}} {rx}");
-            if let Some(age) = age {
-                let _ = writeln!(
-                    out,
-                    "liqonet_peer_last_handshake_age_seconds{{peer=\"{name}\"}} {:.3}",
-                    age.as_secs_f64()
-                );
+        type Sample = fn(&Peer) -> Option<f64>;
+        let families: [(&str, &str, &str, Sample); 8] = [
+            (
+                "liqonet_peer_up",
+                "gauge",
+                "1 while the peer has a session and answers its probes.",
+                |p| Some(f64::from(u8::from(p.up))),
+            ),
+            (
+                "liqonet_peer_tx_bytes_total",
+                "counter",
+                "Bytes sent to the peer (this session's count).",
+                |p| Some(p.tunn.stats().1 as f64),
+            ),
+            (
+                "liqonet_peer_rx_bytes_total",
+                "counter",
+                "Bytes received from the peer (this session's count).",
+                |p| Some(p.tunn.stats().2 as f64),
+            ),
+            (
+                "liqonet_peer_last_handshake_age_seconds",
+                "gauge",
+                "Age of the current session.",
+                |p| p.tunn.stats().0.map(|a| a.as_secs_f64()),
+            ),
+            (
+                "liqonet_peer_rtt_seconds",
+                "gauge",
+                "Round trip of the last answered in-tunnel probe.",
+                |p| p.health.latency().last.map(|d| d.as_secs_f64()),
+            ),
+            (
+                "liqonet_peer_rtt_average_seconds",
+                "gauge",
+                "Average round trip over the last 60 probes.",
+                |p| p.health.latency().average.map(|d| d.as_secs_f64()),
+            ),
+            (
+                "liqonet_peer_probes_sent_total",
+                "counter",
+                "In-tunnel probes sent to the peer.",
+                |p| Some(p.health.latency().sent as f64),
+            ),
+            (
+                "liqonet_peer_probes_lost_total",
+                "counter",
+                "In-tunnel probes the peer did not answer in time.",
+                |p| Some(p.health.latency().lost as f64),
+            ),
+        ];
+        for (name, kind, help, sample) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for p in self.peers.iter().flatten() {
+                if let Some(v) = sample(p) {
+                    let _ = writeln!(out, "{name}{{peer=\"{}\"}} {v}", p.spec.name);
+                }
             }
         }
         out.push_str("# HELP liqonet_handshake_under_load Whether handshake messages arrive too fast to answer without a cookie.\n# TYPE liqonet_handshake_under_load gauge\n");

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use boringtun::noise::Tunn;
 use liqonet_proto::{Cidr, Key};
 
+use super::probe::Health;
+
 /// A network a peer exports: `cidr` as the peer numbers it, `remapped` as home pods address it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
@@ -38,6 +40,11 @@ pub(crate) struct Peer {
     pub initiate: bool,
     /// When a cookie reply last made us initiate again at once.
     pub cookie_retry: Option<Instant>,
+    /// In-tunnel probes: latency, loss, silence.
+    pub health: Health,
+    pub next_probe: Option<Instant>,
+    /// Up as reported (metrics, status, logs): a session, and no silence from a peer that answers.
+    pub up: bool,
 }
 
 impl Peer {

@@ -656,3 +656,70 @@ fn a_peer_with_the_gateways_own_key_is_refused() {
     .unwrap();
     assert!(err.to_string().contains("this gateway's own"), "{err}");
 }
+
+#[test]
+fn probes_measure_latency_and_a_silent_peer_goes_down_then_up_again() {
+    let mut p = Pair::new(true);
+    let probing = Probing {
+        interval: std::time::Duration::ZERO,
+        misses: 3,
+    };
+    p.home.set_probing(probing);
+    p.foreign.set_probing(probing);
+    p.home.tick(&mut p.home_out);
+    p.pump();
+    assert!(p.home.peer_is_up("foreign"));
+    // Each tick sends a probe; foreign answers it; nothing reaches either TUN.
+    for _ in 0..3 {
+        p.home.tick(&mut p.home_out);
+        p.pump();
+    }
+    assert!(p.foreign_out.tun.is_empty() && p.home_out.tun.is_empty());
+    let l = p.home.latency("foreign").unwrap();
+    assert!(l.last.is_some() && l.average.is_some(), "{l:?}");
+    assert_eq!(l.lost, 0);
+    let mut stats = Vec::new();
+    p.home.peer_stats(&mut stats);
+    assert!(stats[0].up);
+    // Foreign goes silent (its datagrams are lost): after 3 misses home says down, though
+    // WireGuard still has a session.
+    for _ in 0..4 {
+        p.home.tick(&mut p.home_out);
+        let to_foreign = std::mem::take(&mut p.home_out.net);
+        for (_, d) in to_foreign {
+            p.foreign
+                .from_network(p.home_addr, &d, &mut Recorder::default());
+        }
+    }
+    p.home.peer_stats(&mut stats);
+    assert!(
+        !stats[0].up && p.home.peer_is_up("foreign"),
+        "{:?}",
+        stats[0]
+    );
+    assert!(stats[0].latency.lost >= 3);
+    // The first answer brings it back.
+    p.home.tick(&mut p.home_out);
+    p.pump();
+    p.home.peer_stats(&mut stats);
+    assert!(stats[0].up);
+}
+
+#[test]
+fn a_peer_that_never_answers_probes_is_judged_by_its_session() {
+    // As a stock WireGuard peer: its probes go unanswered, it stays up while the session is.
+    let mut p = Pair::new(true);
+    p.home.set_probing(Probing {
+        interval: std::time::Duration::ZERO,
+        misses: 2,
+    });
+    p.home.tick(&mut p.home_out);
+    p.pump();
+    for _ in 0..5 {
+        p.home.tick(&mut p.home_out);
+        p.home_out.net.clear();
+    }
+    let mut stats = Vec::new();
+    p.home.peer_stats(&mut stats);
+    assert!(stats[0].up, "{:?}", stats[0]);
+}

@@ -216,6 +216,8 @@ mod tests {
                 endpoint: Some("192.0.2.2:51840".parse().unwrap()),
                 rx_bytes: 10,
                 tx_bytes: 20,
+                up: true,
+                latency: crate::engine::Latency::default(),
             });
         }
         s

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use liqonet_proto::crd::{GatewayStatus, Phase, TunnelEndpointStatus};
+use liqonet_proto::crd::{GatewayStatus, LatencyStatus, Phase, TunnelEndpointStatus};
 
 use super::plan::Outcome;
 use crate::engine::PeerStats;
@@ -30,11 +30,20 @@ pub fn status_of(
         Outcome::Applied(networks) => {
             status.networks = networks.clone();
             let handshake = stats.and_then(|s| s.last_handshake_age);
-            status.phase = Some(if handshake.is_some() {
+            // The phase follows the in-tunnel probes: a session whose peer stopped answering
+            // them is not connected.
+            let up = stats.is_some_and(|s| s.up);
+            status.phase = Some(if up {
                 Phase::Connected
             } else {
                 Phase::Connecting
             });
+            if handshake.is_some() && !up {
+                status.message = Some("the peer does not answer in-tunnel probes".into());
+            }
+            status.latency = stats
+                .filter(|s| s.latency.last.is_some())
+                .map(|s| latency_status(&s.latency));
             status.last_handshake = handshake.and_then(|age| {
                 let age = SignedDuration::from_secs(age.as_secs() as i64);
                 now.checked_sub(age)
@@ -51,6 +60,23 @@ pub fn status_of(
     status
 }
 
+fn latency_status(l: &crate::engine::Latency) -> LatencyStatus {
+    let show = |d: Option<Duration>| {
+        d.map_or_else(
+            || "-".to_string(),
+            |d| format!("{:.3}ms", d.as_secs_f64() * 1000.0),
+        )
+    };
+    LatencyStatus {
+        last: show(l.last),
+        min: show(l.min),
+        average: show(l.average),
+        max: show(l.max),
+        std_dev: show(l.std_dev),
+        loss: format!("{:.1}%", l.loss * 100.0),
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Write {
     Now,
@@ -64,6 +90,7 @@ fn material(s: &TunnelEndpointStatus) -> TunnelEndpointStatus {
         last_handshake: None,
         rx_bytes: 0,
         tx_bytes: 0,
+        latency: None,
         ..s.clone()
     }
 }
@@ -119,6 +146,8 @@ mod tests {
             endpoint: None,
             rx_bytes: rx,
             tx_bytes: 1,
+            up: age.is_some(),
+            latency: crate::engine::Latency::default(),
         }
     }
 
@@ -135,6 +164,37 @@ mod tests {
         let s = status_of(&Outcome::Invalid("spec.x: bad".into()), None, &gw(), now);
         assert_eq!(s.phase, Some(Phase::Error));
         assert_eq!(s.message.as_deref(), Some("spec.x: bad"));
+    }
+
+    #[test]
+    fn the_phase_follows_the_probes_and_latency_is_shown() {
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let mut silent = stats(Some(30), 5);
+        silent.up = false;
+        let s = status_of(&applied(), Some(&silent), &gw(), now);
+        assert_eq!(s.phase, Some(Phase::Connecting));
+        assert_eq!(
+            s.message.as_deref(),
+            Some("the peer does not answer in-tunnel probes")
+        );
+        let mut answering = stats(Some(30), 5);
+        answering.latency = crate::engine::Latency {
+            last: Some(Duration::from_micros(1500)),
+            min: Some(Duration::from_micros(1000)),
+            average: Some(Duration::from_micros(1250)),
+            max: Some(Duration::from_micros(1500)),
+            std_dev: Some(Duration::from_micros(250)),
+            loss: 0.5,
+            sent: 4,
+            lost: 2,
+        };
+        let s = status_of(&applied(), Some(&answering), &gw(), now);
+        assert_eq!(s.phase, Some(Phase::Connected));
+        let l = s.latency.unwrap();
+        assert_eq!(
+            (l.last.as_str(), l.average.as_str(), l.std_dev.as_str(), l.loss.as_str()),
+            ("1.500ms", "1.250ms", "0.250ms", "50.0%")
+        );
     }
 
     #[test]
