@@ -6,4 +6,5 @@ pub mod keys;
 pub mod kubernetes;
 pub mod peering;
 pub mod settings;
+pub mod status;
 pub mod wire;

@@ -54,6 +54,26 @@ enum Command {
     },
     /// Print the TunnelEndpoint CustomResourceDefinition (as deploy/base/crds/ holds it).
     Crd,
+    /// What the gateway running on this node says about each peer (phase, endpoint, networks,
+    /// handshake, latency, loss, traffic, drops); with --kubernetes, every TunnelEndpoint of the
+    /// cluster. Exit status 1 when a peer is down.
+    Status {
+        /// The gateway's interface (its socket is /var/run/wireguard/INTERFACE.sock).
+        #[arg(long, default_value = "liqo0", conflicts_with_all = ["config", "kubernetes"])]
+        interface: String,
+        /// Take the interface from this standalone config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// List the cluster's TunnelEndpoints from the API instead.
+        #[arg(long)]
+        kubernetes: bool,
+        /// The gateway's namespace (Kubernetes).
+        #[arg(long, default_value = "liqonet")]
+        namespace: String,
+        /// `text`, or `json` for scripts.
+        #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// Add or remove a peer: in a standalone config file (SIGHUP to the gateway applies it), or
     /// as a TunnelEndpoint.
     Peer {
@@ -112,6 +132,30 @@ fn main() -> ExitCode {
         Command::Crd => {
             print!("{}", liqonet_proto::crd::crd_yaml());
             Ok(())
+        }
+        Command::Status {
+            interface,
+            config,
+            kubernetes,
+            namespace,
+            output,
+        } => {
+            let json = output == "json";
+            let up = if kubernetes {
+                with_cluster(|client| async move {
+                    kubernetes::list::show_endpoints(&client, &namespace, json).await
+                })
+            } else {
+                status(config.as_deref(), &interface, json)
+            };
+            return match up {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("liqonet-gateway: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::PeeringInfo { target, endpoint } => match target.config {
             Some(config) => peering::info(&config, endpoint.as_deref()),
@@ -181,6 +225,30 @@ where
     F: std::future::Future<Output = anyhow::Result<T>>,
 {
     tokio_runtime()?.block_on(async { f(kubernetes::client().await?).await })
+}
+
+/// `status` on this node: the running gateway's report; whether every peer is up.
+fn status(config: Option<&std::path::Path>, interface: &str, json: bool) -> anyhow::Result<bool> {
+    let interface = match config {
+        Some(path) => {
+            let text = settings::read_text(path, 1 << 20)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            liqonet_proto::config::GatewayConfig::from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?
+                .interface
+        }
+        None => interface.to_string(),
+    };
+    let report = liqonet_gateway::status::fetch(
+        std::path::Path::new(liqonet_gateway::io::uapi::SOCKET_DIR),
+        &interface,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", liqonet_gateway::status::render(&report));
+    }
+    Ok(liqonet_gateway::status::all_up(&report))
 }
 
 fn pubkey() -> anyhow::Result<()> {

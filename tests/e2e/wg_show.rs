@@ -1,6 +1,7 @@
 //! Debian's `wg` against the gateway's WireGuard userspace API: `wg show`, its `dump`, `wg
-//! showconf`, a refused `wg set`; and hostile clients on the socket while traffic flows, which the
-//! data path must not notice.
+//! showconf`, a refused `wg set`; `liqonet-gateway status` on the same socket, and a peer that
+//! stops answering in-tunnel probes going down; hostile clients on the socket while traffic
+//! flows, which the data path must not notice.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -82,6 +83,37 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
     let err = String::from_utf8_lossy(&set.stderr);
     assert!(err.contains("Operation not permitted"), "{err}");
 
+    // liqonet's own report on the same socket: `liqonet-gateway status`.
+    let gateway = lab.bin("liqonet-gateway");
+    let status = output(&[gateway.to_str().unwrap(), "status", "--interface", tun]).unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    println!("{text}");
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("peer foreign: up"), "{text}");
+    assert!(
+        text.contains("network    10.245.0.0/16 → 10.245.0.0/16"),
+        "{text}"
+    );
+    assert!(
+        text.contains("latency    last ") && text.contains(" ms, average "),
+        "{text}"
+    );
+    let json = run(&[
+        gateway.to_str().unwrap(),
+        "status",
+        "--interface",
+        tun,
+        "-o",
+        "json",
+    ])
+    .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["peers"][0]["phase"], "up", "{json}");
+    assert!(
+        report["peers"][0]["latencyAverageMs"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+
     // Hostile clients while pings run every 10 ms both ways.
     let socket = format!("/var/run/wireguard/{tun}.sock");
     let probes = [
@@ -137,6 +169,26 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
         assert_eq!(g.lost(), 0, "{label}: {g:?}");
         assert!(g.longest < Duration::from_millis(500), "{label}: {g:?}");
     }
+    // Foreign's gateway stops answering (SIGSTOP keeps its session alive on home's side):
+    // after 5 unanswered probes home says the peer is down, and `status` exits 1.
+    lab.signal("foreign-gateway", "STOP").unwrap();
+    let down = liqonet_lab::netns::wait_for(Duration::from_secs(15), || {
+        output(&[gateway.to_str().unwrap(), "status", "--interface", tun])
+            .is_ok_and(|o| o.status.code() == Some(1))
+    });
+    lab.signal("foreign-gateway", "CONT").unwrap();
+    let log = lab.log("home-gateway");
+    assert!(down, "{log}");
+    assert!(
+        log.contains("peer down: probes unanswered peer=foreign"),
+        "{log}"
+    );
+    assert!(liqonet_lab::netns::wait_for(
+        Duration::from_secs(10),
+        || lab
+            .log("home-gateway")
+            .contains("peer up: probe answered peer=foreign")
+    ));
     // The silent ones were dropped by the server's timeout.
     for mut c in held {
         let mut rest = Vec::new();

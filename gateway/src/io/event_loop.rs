@@ -249,6 +249,12 @@ fn publish(
         s.metrics = text;
         s.loop_turned = Some(now);
         s.published_at = Some(std::time::SystemTime::now());
+        s.drops.clear();
+        s.drops.extend(
+            crate::engine::DropReason::ALL
+                .iter()
+                .map(|r| (r.name(), engine.counters().get(*r))),
+        );
         engine.peer_stats(&mut s.peers);
     }
 }

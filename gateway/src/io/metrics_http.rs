@@ -39,6 +39,8 @@ pub struct Published {
     pub loop_turned: Option<Instant>,
     /// The same moment on the wall clock: session ages become absolute handshake times.
     pub published_at: Option<std::time::SystemTime>,
+    /// Packets dropped, by reason.
+    pub drops: Vec<(&'static str, u64)>,
     /// Kubernetes mode: this replica's identity in the Lease. `/healthz` names it and whether
     /// the replica carries the tunnel, so a follower checking an expired Lease's holder knows it
     /// reached that holder (not a newer pod on the same node) and that it still leads.

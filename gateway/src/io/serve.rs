@@ -36,6 +36,7 @@ pub fn serve(
         .with_context(|| format!("cannot create TUN device {:?}", config.interface))?;
     // Without the API the tunnel still works: say why and go on.
     let device = Device {
+        interface: config.interface.clone(),
         private_key: *key,
         listen_port: config.listen_port,
     };

@@ -28,6 +28,7 @@ const MAX_REQUEST: u64 = 64 * 1024;
 /// The device-wide facts `get=1` reports besides the peers.
 #[derive(Clone)]
 pub struct Device {
+    pub interface: String,
     pub private_key: Key,
     pub listen_port: u16,
 }
@@ -117,6 +118,23 @@ fn serve_client(stream: UnixStream, device: &Device, snapshot: &Snapshot) -> std
                 let answer = get(device, snapshot);
                 writer.write_all(answer.as_bytes())?;
             }
+            // liqonet's own verb: the report `liqonet-gateway status` prints, as JSON.
+            "get=liqonet" => {
+                expect_blank(&mut reader)?;
+                let report = match snapshot.lock() {
+                    Ok(p) => crate::status::report(
+                        &device.interface,
+                        &device.private_key,
+                        device.listen_port,
+                        &p,
+                    ),
+                    Err(_) => return Ok(()),
+                };
+                let json = serde_json::to_string(&report).unwrap_or_default();
+                writer.write_all(json.as_bytes())?;
+                writer.write_all(b"\n")?;
+                return Ok(());
+            }
             "set=1" => {
                 // Read the whole request (up to its blank line), then refuse it.
                 loop {
@@ -195,6 +213,7 @@ mod tests {
 
     fn device() -> Device {
         Device {
+            interface: "wg9".into(),
             private_key: Key([0x11; 32]),
             listen_port: 51840,
         }
@@ -254,6 +273,11 @@ mod tests {
         c.read_to_string(&mut answer).unwrap();
         assert!(answer.starts_with("errno=-1\n\nprivate_key="), "{answer}");
         assert!(answer.ends_with("errno=0\n\n"), "{answer}");
+        // liqonet's report for `liqonet-gateway status`.
+        let report = crate::status::fetch(&dir, "wg9").unwrap();
+        assert_eq!(report.peers[0].name, "foreign");
+        assert_eq!(report.peers[0].networks, ["10.244.0.0/16 → 10.245.0.0/16"]);
+        assert!(crate::status::all_up(&report));
         drop(served);
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -8,11 +8,13 @@
 //! - [`controller`]: the kube-runtime controller that applies them, run by the leader.
 //! - [`dataplane`]: the leader's tunnel thread.
 //! - [`peering`]: `peering-info` and `peer add/remove` against the cluster.
+//! - [`list`]: `status --kubernetes`, every TunnelEndpoint and what its gateway reported.
 
 pub mod controller;
 pub mod dataplane;
 pub mod key_secret;
 pub mod lease;
+pub mod list;
 pub mod peering;
 pub mod plan;
 pub mod resolver;

@@ -192,7 +192,12 @@ mod tests {
         assert_eq!(s.phase, Some(Phase::Connected));
         let l = s.latency.unwrap();
         assert_eq!(
-            (l.last.as_str(), l.average.as_str(), l.std_dev.as_str(), l.loss.as_str()),
+            (
+                l.last.as_str(),
+                l.average.as_str(),
+                l.std_dev.as_str(),
+                l.loss.as_str()
+            ),
             ("1.500ms", "1.250ms", "0.250ms", "50.0%")
         );
     }
