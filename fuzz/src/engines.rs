@@ -1,6 +1,7 @@
 //! The engines under test: home (remapping its peers) and foreign, a real peer engine, wired back
 //! to back in memory; plus a bare boringtun session as a second peer ("quiet"), which encrypts
-//! any bytes at all, and a third peer ("silent") that never calls.
+//! any bytes at all, a third peer ("silent") that never calls, and a fourth ("pending") at an
+//! endpoint that never answers, so its handshake stays pending.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -14,6 +15,8 @@ use crate::packets;
 pub const HOME: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 51840);
 pub const FOREIGN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 51840);
 pub const QUIET: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3)), 51841);
+/// The pending peer's endpoint: what home sends there goes nowhere.
+pub const PENDING: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 4)), 51840);
 pub const HOME_MTU: u16 = 1420;
 
 /// An address no peer uses: where forged and replayed datagrams come from.
@@ -41,6 +44,7 @@ pub const HOME_KEY: u8 = 1;
 pub const FOREIGN_KEY: u8 = 2;
 pub const QUIET_KEY: u8 = 3;
 pub const SILENT_KEY: u8 = 4;
+pub const PENDING_KEY: u8 = 5;
 
 fn cidr(s: &str) -> Cidr {
     s.parse().expect("a CIDR")
@@ -63,6 +67,10 @@ pub fn quiet_networks() -> Vec<Network> {
 
 pub fn silent_networks() -> Vec<Network> {
     vec![net("10.244.0.0/16", "10.250.0.0/16")]
+}
+
+pub fn pending_networks() -> Vec<Network> {
+    vec![net("10.244.0.0/16", "10.251.0.0/16")]
 }
 
 /// Records what an engine emits.
@@ -131,6 +139,13 @@ impl Pair {
                     endpoint: None,
                     persistent_keepalive: None,
                     networks: silent_networks(),
+                },
+                PeerSpec {
+                    name: "pending".into(),
+                    public_key: public(&key(PENDING_KEY)),
+                    endpoint: Some(PENDING),
+                    persistent_keepalive: None,
+                    networks: pending_networks(),
                 },
             ],
             HOME_MTU,

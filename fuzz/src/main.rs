@@ -151,7 +151,9 @@ fn replay_one(file: &std::path::Path, name: &str) -> ExitCode {
         file.display(),
         input.len()
     );
-    println!("  {}", driver::hex(&input[..input.len().min(4096)]));
+    for line in input[..input.len().min(512)].chunks(32) {
+        println!("    {}", driver::hex(line));
+    }
     match driver::run_one(target.as_mut(), &input) {
         Ok(()) => {
             println!("no crash");
@@ -166,9 +168,12 @@ fn replay_one(file: &std::path::Path, name: &str) -> ExitCode {
 
 /// `target/fuzz/crashes` of the workspace (or of `CARGO_TARGET_DIR`).
 fn default_crash_dir() -> PathBuf {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the fuzz crate sits in the workspace");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+        .unwrap_or_else(|| workspace.join("target"));
     target.join("fuzz").join("crashes")
 }
 

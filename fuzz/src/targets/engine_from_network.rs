@@ -21,7 +21,7 @@ use crate::codec::{Reader, Writer};
 use crate::driver::{pct, thousands};
 use crate::engines::{
     self, attacker, cookies_received, key, public, total_drops, Pair, FOREIGN, HOME, HOME_KEY,
-    QUIET,
+    PENDING, QUIET,
 };
 use crate::packets::{self, Shape};
 use crate::rng::Rng;
@@ -186,6 +186,8 @@ impl EngineFromNetwork {
                     }
                 }
                 other if other == src => self.stats.cookies_out += u64::from(d.first() == Some(&3)),
+                // Handshake retries to the peer that never answers.
+                PENDING => {}
                 other => {
                     return Err(format!(
                         "home sent a datagram to {other}, which nobody asked for"
@@ -203,6 +205,7 @@ impl EngineFromNetwork {
             let expect = match p.name.as_str() {
                 "foreign" => Some(FOREIGN),
                 "quiet" => Some(QUIET),
+                "pending" => Some(PENDING),
                 _ => None,
             };
             if p.endpoint != expect {
