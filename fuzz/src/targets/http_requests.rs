@@ -19,8 +19,9 @@ use crate::targets::Target;
 
 /// Longest wait for the server's answer (its header timeout is 2 s).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(4);
-/// Longest a health check may take while hostile clients sit on the server.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a health check may take while hostile clients sit on the server (kubelet's default
+/// probe timeout is 1 s; twice that leaves room for a loaded test machine).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Stalled clients kept open at once.
 const STALLED: usize = 8;
 
@@ -37,8 +38,16 @@ pub struct HttpRequests {
 
 impl HttpRequests {
     pub fn new() -> Self {
-        let addr = free_port();
-        liqonet_gateway::io::metrics_http::spawn(addr).expect("the metrics server starts");
+        // `spawn` does not say which port it bound, so pick a free one first (and again if
+        // someone else takes it in between).
+        let addr = (0..10)
+            .find_map(|_| {
+                let addr = free_port();
+                liqonet_gateway::io::metrics_http::spawn(addr)
+                    .ok()
+                    .map(|_| addr)
+            })
+            .expect("the metrics server starts on a free loopback port");
         HttpRequests {
             addr,
             stalled: VecDeque::new(),
