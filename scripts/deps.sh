@@ -28,6 +28,12 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate 2>&1 | grep -v "Running pip as the 'root' user" || true
   command -v kubernetes-validate >/dev/null 2>&1 || { echo "deps: kubernetes-validate did not install" >&2; exit 1; }
 fi
+# The metrics tests parse the exposition with the Prometheus project's own parser (PyPI).
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  echo "deps: installing prometheus-client (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check prometheus-client 2>&1 | grep -v "Running pip as the 'root' user" || true
+  python3 -c 'import prometheus_client' >/dev/null 2>&1 || { echo "deps: prometheus-client did not install" >&2; exit 1; }
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "deps: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
   exit 1

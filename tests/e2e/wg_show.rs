@@ -114,6 +114,23 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
         "{json}"
     );
 
+    // The metrics, read by the Prometheus project's own parser: every family typed, none twice.
+    let metrics = lab.metrics("home").unwrap();
+    let parsed = liqonet_lab::probe::pipe(
+        &[
+            "python3",
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nf = list(p(sys.stdin.read()))\nprint(len(f), len(set(x.name for x in f)), ','.join(x.name for x in f if x.type == 'unknown') or '-', ','.join(s.name for x in f for s in x.samples if s.name.startswith('liqonet_peer_rtt')))",
+        ],
+        &metrics,
+    )
+    .unwrap();
+    let fields: Vec<&str> = parsed.split_whitespace().collect();
+    println!("prometheus_client: {parsed}");
+    assert_eq!(fields[0], fields[1], "a family twice: {metrics}");
+    assert_eq!(fields[2], "-", "untyped families: {metrics}");
+    assert!(fields[3].contains("liqonet_peer_rtt_seconds"), "{parsed}");
+
     // Hostile clients while pings run every 10 ms both ways.
     let socket = format!("/var/run/wireguard/{tun}.sock");
     let probes = [

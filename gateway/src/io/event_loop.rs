@@ -237,12 +237,12 @@ fn publish(
     );
     let _ = writeln!(
         text,
-        "liqonet_underlay_send_errors_total {}",
+        "# HELP liqonet_underlay_send_errors_total Datagrams the underlay sockets refused.\n# TYPE liqonet_underlay_send_errors_total counter\nliqonet_underlay_send_errors_total {}",
         shell.to_network.errors
     );
     let _ = writeln!(
         text,
-        "liqonet_tun_write_errors_total {}",
+        "# HELP liqonet_tun_write_errors_total Packets the TUN device refused.\n# TYPE liqonet_tun_write_errors_total counter\nliqonet_tun_write_errors_total {}",
         shell.to_tun.errors
     );
     if let Ok(mut s) = snapshot.lock() {
