@@ -257,6 +257,22 @@ impl GatewayConfig {
             }
             for (j, net) in peer.networks.iter().enumerate() {
                 let n = format!("{p}.networks[{j}]");
+                // One peer's networks are distinct: IPAM's choices are kept per cidr, and the
+                // cryptokey check could not tell overlapping ones apart.
+                if let Some((k, prev)) = peer.networks[..j]
+                    .iter()
+                    .enumerate()
+                    .find(|(_, o)| o.cidr.overlaps(&net.cidr))
+                {
+                    err(
+                        format!("{n}.cidr"),
+                        format!(
+                            "\"{}\" overlaps {p}.networks[{k}].cidr (\"{}\")",
+                            net.cidr, prev.cidr
+                        ),
+                    );
+                    continue;
+                }
                 if let Some(Remapped::To(r)) = net.remapped {
                     if r.prefix_len() != net.cidr.prefix_len() || r.is_ipv4() != net.cidr.is_ipv4()
                     {
@@ -394,10 +410,11 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." {
-            "(top level)".into()
-        } else {
-            path
+        // "?" is serde's "somewhere it cannot name" (a syntax error, a complex key).
+        let path = match path.as_str() {
+            "." => "(top level)".into(),
+            "?" => "(document)".into(),
+            _ => path,
         };
         // serde_yaml prefixes its own, coarser path; the precise one is already in `path`.
         let message = e.into_inner().to_string();
@@ -577,6 +594,25 @@ mod tests {
             c.peers[0].networks[0].effective_remapped(),
             Some("10.245.0.0/16".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn one_peer_may_not_list_a_network_twice() {
+        // Found by liqonet-fuzz: two `auto` networks on one cidr swapped prefixes on restart.
+        let text = format!(
+            "clusterID: home\nprivateKeyFile: home.key\npeers:\n  - clusterID: foreign\n    publicKey: {KEY_A}\n    networks:\n      - {{cidr: 10.244.0.0/16, remapped: auto}}\n      - {{cidr: 10.244.0.0/16, remapped: auto}}\n"
+        );
+        let e = first_error(&text);
+        assert_eq!(e.path, "peers[0].networks[1].cidr");
+        assert!(e.message.contains("overlaps peers[0].networks[0].cidr"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_document_and_its_line() {
+        // Found by liqonet-fuzz: such errors were reported at path "?".
+        let e = first_error("clusterID: home\nprivateKeyFile: home.key\nmtu 1420\n");
+        assert_eq!(e.path, "(document)");
+        assert!(e.message.contains("line"), "{e}");
     }
 
     #[test]
