@@ -443,26 +443,32 @@ pub fn damage(rng: &mut Rng, text: &mut String) {
 }
 
 /// Whether a `ConfigError` path names a field: `(top level)`/`(document)`, or `name[i].name…`
-/// over the schema's field names, where the last name may be an unknown key the message names,
-/// or `?` for a key of that map that could not be read. A bare `?` names nothing.
+/// over the schema's field names, ending in `.?` for a key of that map that could not be read,
+/// or in the unknown key the message names (any text at all). A bare `?` names nothing.
 pub fn is_field_path(path: &str, message: &str, fields: &[&str]) -> bool {
     if path == "(top level)" || path == "(document)" {
         return true;
     }
-    let segments: Vec<&str> = path.split('.').collect();
-    !path.is_empty()
-        && segments.iter().enumerate().all(|(i, seg)| {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split_once("`, expected").or_else(|| m.split_once('`')))
+        .map(|(key, _)| key);
+    let known = match unknown.and_then(|key| path.strip_suffix(key)) {
+        Some("") => return true,
+        Some(parent) => match parent.strip_suffix('.') {
+            Some(parent) => parent,
+            None => return false,
+        },
+        None => match path.strip_suffix(".?") {
+            Some(parent) => parent,
+            None => path,
+        },
+    };
+    !known.is_empty()
+        && known.split('.').all(|seg| {
             let name = seg.split('[').next().unwrap_or("");
             let indices = &seg[name.len()..];
-            let last = i + 1 == segments.len();
-            // `map.?`: a key inside `map` that could not be read (the message says where).
-            let known = fields.contains(&name)
-                || (last && i > 0 && *seg == "?")
-                || (last
-                    && !name.is_empty()
-                    && indices.is_empty()
-                    && message.starts_with("unknown field"));
-            known
+            fields.contains(&name)
                 && indices.split_inclusive(']').all(|ix| {
                     ix.strip_prefix('[')
                         .and_then(|r| r.strip_suffix(']'))
@@ -537,4 +543,41 @@ pub fn key_text(rng: &mut Rng, good: bool) -> String {
         t = (*rng.pick(&["not base64!", "====", "AAAA AAAA", "\"\"", "🔑"])).into();
     }
     quoted(rng, &t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_field_path;
+
+    const FIELDS: &[&str] = &["peers", "networks", "cidr", "vxlan"];
+
+    #[test]
+    fn field_paths() {
+        assert!(is_field_path("peers[0].networks[12].cidr", "bad", FIELDS));
+        assert!(is_field_path("(top level)", "bad", FIELDS));
+        assert!(is_field_path(
+            "vxlan.?",
+            "could not find expected ':'",
+            FIELDS
+        ));
+        assert!(is_field_path(
+            "peers[0].",
+            "unknown field ``, expected one of",
+            FIELDS
+        ));
+        assert!(is_field_path(
+            "peers[0].a.b c",
+            "unknown field `a.b c`, expected",
+            FIELDS
+        ));
+        assert!(is_field_path(
+            "...",
+            "unknown field `...`, expected",
+            FIELDS
+        ));
+        assert!(!is_field_path("?", "could not find expected ':'", FIELDS));
+        assert!(!is_field_path("peers[x].cidr", "bad", FIELDS));
+        assert!(!is_field_path("peers[0].nope", "bad", FIELDS));
+        assert!(!is_field_path("", "bad", FIELDS));
+    }
 }

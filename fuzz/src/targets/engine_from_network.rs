@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use liqonet_gateway::engine::{DropReason, PeerStats, MAX_PACKET};
+use liqonet_gateway::engine::{probe, DropReason, PeerStats, MAX_PACKET};
 use liqonet_gateway::wire::IpPacket;
 
 use crate::codec::{Reader, Writer};
@@ -62,6 +62,7 @@ struct Stats {
     answered: u64,
     dropped: u64,
     keepalives: u64,
+    probe_replies: u64,
     cookies_in: u64,
     to_tun: u64,
     cookies_out: u64,
@@ -153,6 +154,9 @@ impl EngineFromNetwork {
                     self.stats.cookies_in += 1;
                 } else if from == Origin::Peer && d.len() == 32 && d[0] == 4 {
                     self.stats.keepalives += 1;
+                } else if from == Origin::Peer && d.len() == 32 + probe::PROBE_LEN && d[0] == 4 {
+                    // An in-tunnel probe's reply: the engine's prober takes it (stale ones too).
+                    self.stats.probe_replies += 1;
                 } else {
                     return Err(format!(
                         "a {}-byte datagram (type {:?}) from {src} vanished: no output, no drop counted",
@@ -541,8 +545,18 @@ impl Target for EngineFromNetwork {
                 20..=25 => {
                     w.u8(op::RAW_PEER).u8(rng.u8()).u16(rng.u16());
                     let at = w.begin_bytes();
-                    // The bare session encrypts anything: packets no engine would send, too.
-                    if rng.chance(1, 5) {
+                    // The bare session encrypts anything: packets no engine would send, too,
+                    // and in-tunnel probes (requests home must answer, replies it takes).
+                    if rng.chance(1, 10) {
+                        let mut p = [0u8; probe::PROBE_LEN];
+                        let (seq, nanos) = (rng.u32() % 8, rng.next_u64());
+                        if rng.bool() {
+                            probe::request(&mut p, seq, nanos);
+                        } else {
+                            probe::reply(&mut p, seq, nanos);
+                        }
+                        w.0.extend_from_slice(&p);
+                    } else if rng.chance(1, 5) {
                         let n = rng.len(80);
                         rng.bytes(n, w.0);
                     } else {
@@ -631,13 +645,14 @@ impl Target for EngineFromNetwork {
             .collect();
         drops.sort();
         format!(
-            "{} datagrams = answered {} + dropped {} + keepalives {} + cookie replies taken {}; {} to the TUN, {} cookie replies sent\n\
+            "{} datagrams = answered {} + dropped {} + keepalives {} + probe replies taken {} + cookie replies taken {}; {} to the TUN, {} cookie replies sent\n\
              drops: {}\n\
              ops: forged {}, through the peer engine {}, through the bare session {}, valid-MAC1 initiations {}, GRO runs {}, replays {}",
             thousands(n),
             thousands(s.answered),
             thousands(s.dropped),
             thousands(s.keepalives),
+            thousands(s.probe_replies),
             thousands(s.cookies_in),
             thousands(s.to_tun),
             thousands(s.cookies_out),

@@ -4,10 +4,10 @@
 //! second time from the first's state, which must change nothing) and survives a round trip
 //! through serialization.
 
-use liqonet_proto::config::{ConfigErrors, GatewayConfig, Remapped};
+use liqonet_proto::config::{ConfigErrors, GatewayConfig};
 use liqonet_proto::ipam::IpamState;
 
-use crate::driver::{pct, KNOWN};
+use crate::driver::pct;
 use crate::rng::Rng;
 use crate::targets::Target;
 use crate::yaml::{self, cidr_text, key_text, quoted, s, seq, Hostility, MapBuilder, Node};
@@ -378,33 +378,12 @@ pub fn is_shape_error(errs: &ConfigErrors) -> bool {
         .any(|p| e.message.starts_with(p))
 }
 
-/// A peer with two `remapped: auto` networks of the same cidr.
-fn duplicate_auto_cidr(config: &GatewayConfig) -> bool {
-    config.peers.iter().any(|p| {
-        let auto: Vec<_> = p
-            .networks
-            .iter()
-            .filter(|n| n.remapped == Some(Remapped::Auto))
-            .map(|n| n.cidr)
-            .collect();
-        auto.iter().enumerate().any(|(i, c)| auto[..i].contains(c))
-    })
-}
-
 /// Every error names a field path of the schema (or the document) and says something.
 pub fn check_errors(errs: &ConfigErrors, fields: &[&str], what: &str) -> Result<(), String> {
     if errs.0.is_empty() {
         return Err(format!("{what}: an error without any entry"));
     }
     for e in &errs.0 {
-        if e.path == "?" {
-            // proto's parse_yaml turns serde_path_to_error's "." into "(top level)" but passes
-            // its "?" (a syntax error where no key could be read) through as the path.
-            return Err(format!(
-                "{KNOWN} (config error path \"?\"): {what}: error path \"?\" names no field ({})",
-                e.message
-            ));
-        }
         if !yaml::is_field_path(&e.path, &e.message, fields) {
             return Err(format!(
                 "{what}: error path {:?} names no field ({})",
@@ -451,15 +430,8 @@ impl Target for GatewayConfigTarget {
                     .resolve_remapped(&state)
                     .map_err(|e| format!("resolving again from the state refused: {e}"))?;
                 if again != nets {
-                    // The IPAM state keeps one choice per (peer, cidr): two `auto` networks with
-                    // the same cidr in one peer share it, and a restart swaps their prefixes.
-                    let known = if duplicate_auto_cidr(&config) {
-                        format!("{KNOWN} (two auto networks with one cidr): ")
-                    } else {
-                        String::new()
-                    };
                     return Err(format!(
-                        "{known}resolving again from the state changed the prefixes: {nets:?} → {again:?}"
+                        "resolving again from the state changed the prefixes: {nets:?} → {again:?}"
                     ));
                 }
             }
