@@ -319,6 +319,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
     log_remapping(&peers);
     let networks = routed_networks(&peers);
     let mut engine = Engine::new(&private_key, peers, config.mtu)?;
+    engine.set_probing(config.probes.into());
     tracing::info!(
         cluster = %config.cluster_id,
         public_key = %engine.public_key().to_base64(),

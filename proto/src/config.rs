@@ -50,10 +50,40 @@ pub struct GatewayConfig {
     /// Segmentation offloads (TUN TSO/GRO, UDP GSO/GRO); off forces one packet per syscall.
     #[serde(default = "default_offload")]
     pub offload: bool,
+    /// In-tunnel probes of every peer: latency, loss, and silence that makes a peer down.
+    #[serde(default)]
+    pub probes: ProbeConfig,
 }
 
 fn default_offload() -> bool {
     true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Milliseconds between two probes of a peer; 0 turns probing off.
+    #[serde(default = "default_probe_interval")]
+    pub interval_ms: u32,
+    /// Unanswered probes in a row that make a peer (one that answers probes) down.
+    #[serde(default = "default_probe_misses")]
+    pub misses: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            interval_ms: default_probe_interval(),
+            misses: default_probe_misses(),
+        }
+    }
+}
+
+fn default_probe_interval() -> u32 {
+    1000
+}
+fn default_probe_misses() -> u32 {
+    5
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +216,19 @@ impl GatewayConfig {
         }
         if self.listen_port == 0 {
             err("listenPort".into(), "0 is not a port (1-65535)".into());
+        }
+        let interval = self.probes.interval_ms;
+        if interval != 0 && !(100..=60_000).contains(&interval) {
+            err(
+                "probes.intervalMs".into(),
+                format!("{interval} is out of range (100-60000, or 0 for off)"),
+            );
+        }
+        if !(1..=100).contains(&self.probes.misses) {
+            err(
+                "probes.misses".into(),
+                format!("{} is out of range (1-100)", self.probes.misses),
+            );
         }
         if !MTU_RANGE.contains(&self.mtu) {
             err(
@@ -604,7 +647,10 @@ mod tests {
         );
         let e = first_error(&text);
         assert_eq!(e.path, "peers[0].networks[1].cidr");
-        assert!(e.message.contains("overlaps peers[0].networks[0].cidr"), "{e}");
+        assert!(
+            e.message.contains("overlaps peers[0].networks[0].cidr"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -158,7 +158,12 @@ fn known_endpoints_and_persistent_keepalive_bring_the_session_up_without_traffic
     assert!(up, "{}", lab.metrics("home").unwrap());
 
     let keepalive = "    persistentKeepalive: 1\n    networks:\n";
-    let config = lab.liqonet_config(0).replace("    networks:\n", keepalive);
+    // Probes off on both sides: what arrives is keepalives alone.
+    let probes_off = |c: String| c.replace("peers:\n", "probes: {intervalMs: 0}\npeers:\n");
+    let foreign_config = probes_off(lab.liqonet_config(1));
+    lab.restart_gateway_with("foreign", &foreign_config)
+        .unwrap();
+    let config = probes_off(lab.liqonet_config(0).replace("    networks:\n", keepalive));
     assert!(config.contains("persistentKeepalive: 1"));
     lab.restart_gateway_with("home", &config).unwrap();
     let up = wait_for(Duration::from_secs(5), || is_up(&lab));

@@ -465,7 +465,7 @@ impl Engine {
             }
             // Probe once an interval, through the session; without one the round is lost.
             let now = Instant::now();
-            if peer.next_probe.is_none_or(|t| now >= t) {
+            if self.probing.enabled && peer.next_probe.is_none_or(|t| now >= t) {
                 peer.next_probe = Some(now + self.probing.interval);
                 if age.is_some() {
                     let seq = peer.health.next_probe();

@@ -24,6 +24,8 @@ pub const WINDOW: usize = 60;
 /// When and how hard peers are probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probing {
+    /// Off: peers are judged by their sessions alone.
+    pub enabled: bool,
     pub interval: Duration,
     /// Unanswered probes in a row that make a peer down.
     pub misses: u32,
@@ -31,9 +33,16 @@ pub struct Probing {
 
 impl Default for Probing {
     fn default() -> Self {
+        Probing::from(liqonet_proto::config::ProbeConfig::default())
+    }
+}
+
+impl From<liqonet_proto::config::ProbeConfig> for Probing {
+    fn from(c: liqonet_proto::config::ProbeConfig) -> Self {
         Probing {
-            interval: Duration::from_secs(1),
-            misses: 5,
+            enabled: c.interval_ms > 0,
+            interval: Duration::from_millis(u64::from(c.interval_ms)),
+            misses: c.misses,
         }
     }
 }

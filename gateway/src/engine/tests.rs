@@ -661,6 +661,7 @@ fn a_peer_with_the_gateways_own_key_is_refused() {
 fn probes_measure_latency_and_a_silent_peer_goes_down_then_up_again() {
     let mut p = Pair::new(true);
     let probing = Probing {
+        enabled: true,
         interval: std::time::Duration::ZERO,
         misses: 3,
     };
@@ -710,6 +711,7 @@ fn a_peer_that_never_answers_probes_is_judged_by_its_session() {
     // As a stock WireGuard peer: its probes go unanswered, it stays up while the session is.
     let mut p = Pair::new(true);
     p.home.set_probing(Probing {
+        enabled: true,
         interval: std::time::Duration::ZERO,
         misses: 2,
     });

@@ -34,6 +34,7 @@ impl Dataplane {
         snapshot: Snapshot,
     ) -> anyhow::Result<(Self, oneshot::Receiver<()>)> {
         let mut engine = Engine::new(key, Vec::new(), config.mtu)?;
+        engine.set_probing(config.probes.into());
         let key = *key;
         let (stop_rx, stop) = UnixStream::pair()?;
         let control = Control::new()?;

@@ -158,6 +158,8 @@ impl KubeSettings {
                 reserved: self.ipam_reserved.clone(),
             },
             offload: self.offload,
+            // Probes at their defaults (1 s, 5 misses) in this mode.
+            probes: Default::default(),
         };
         let missing_id = self.cluster_id.is_none();
         if let Err(ConfigErrors(e)) = config.validate() {
