@@ -420,7 +420,17 @@ async fn a_bad_key_secret_is_refused_without_showing_it() {
     assert!(!err.contains("secret-text"), "{err}");
 }
 
-/// `identity` campaigning for Lease `gw` with the default timings; `quit` ends it.
+/// Short timings, so that the campaigns below run in a fraction of a second.
+fn test_timings() -> Timings {
+    Timings::new(
+        Duration::from_secs(1),
+        Duration::from_millis(500),
+        Duration::from_millis(150),
+    )
+    .unwrap()
+}
+
+/// `identity` campaigning for Lease `gw` with [`test_timings`]; `quit` ends it.
 fn start_campaign(
     identity: &str,
 ) -> (
@@ -430,18 +440,12 @@ fn start_campaign(
     tokio::task::JoinHandle<()>,
 ) {
     let (client, server) = pair(rbac::GATEWAY, "liqonet");
-    let timings = Timings::new(
-        Duration::from_secs(1),
-        Duration::from_millis(500),
-        Duration::from_millis(150),
-    )
-    .unwrap();
     let (leader_tx, leader) = tokio::sync::watch::channel(false);
     let (quit_tx, mut quit) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(campaign(
         Api::<Lease>::namespaced(client, "liqonet"),
         "gw".into(),
-        Elector::new(identity.into(), timings),
+        Elector::new(identity.into(), test_timings()),
         Some("192.0.2.1:9640".into()),
         leader_tx,
         async move {
@@ -461,7 +465,10 @@ async fn the_lease_is_created_renewed_and_released() {
         .fail(404, "NotFound");
     let call = server.expect("POST", PATH).await;
     assert_eq!(call.body["spec"]["holderIdentity"], "pod-a");
-    assert_eq!(call.body["spec"]["leaseDurationSeconds"], 1);
+    assert_eq!(
+        call.body["spec"]["leaseDurationSeconds"],
+        test_timings().lease_seconds()
+    );
     // Followers probe this before they take an expired Lease over.
     assert_eq!(
         call.body["metadata"]["annotations"]["liqonet.liqo.io/health-endpoint"],
@@ -498,7 +505,7 @@ async fn a_follower_does_not_touch_a_lease_held_by_another() {
         // The holder keeps renewing: renewTime changes every time.
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": "gw", "resourceVersion": format!("{n}")},
-            "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": 1,
+            "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": test_timings().lease_seconds(),
                      "renewTime": format!("2026-01-01T00:00:0{n}.000000Z")}});
         server.expect("GET", PATH).await.reply(200, lease);
     }

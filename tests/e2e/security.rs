@@ -1,4 +1,5 @@
-//! What must not get through: a peer with the wrong key, a spoofed inner source.
+//! What must not get through: a peer with the wrong key, a spoofed inner source; and datagrams
+//! that are not WireGuard at all, empty ones included, are dropped and counted.
 
 use std::time::Duration;
 
@@ -69,4 +70,28 @@ fn spoofed_inner_source_is_dropped_and_counted() {
     assert!(counted, "{}", lab.metrics("home").unwrap_or_default());
     // Legitimate traffic still flows.
     assert_eq!(ping(pod, &home_ip, 3).unwrap().received, 3);
+}
+
+#[test]
+fn empty_and_short_datagrams_from_anywhere_are_counted() {
+    let mut lab = Lab::start(&LabSpec::distinct_cidrs()).unwrap();
+    let evil = lab.add_wan_host("evil", 66).unwrap();
+    let to: std::net::SocketAddr = lab.home().endpoint().parse().unwrap();
+    let malformed = |lab: &Lab| {
+        let m = lab.metrics("home").unwrap_or_default();
+        metric(&m, "liqonet_dropped_packets_total{reason=\"malformed\"}").unwrap_or(-1.0)
+    };
+    // The loop publishes every second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = malformed(&lab);
+    let from = "192.168.250.66:4000".parse().unwrap();
+    for d in [&[][..], &[1, 2, 3][..]] {
+        liqonet_lab::attack::send_from(&evil, from, to, d).unwrap();
+    }
+    let counted = wait_for(Duration::from_secs(3), || malformed(&lab) == before + 2.0);
+    assert!(
+        counted,
+        "malformed went from {before} to {}",
+        malformed(&lab)
+    );
 }
