@@ -289,7 +289,8 @@ fn a_handshake_flood_leaves_the_tunnel_alone() {
         r.cookie_replies
     );
     // The tests run debug builds, where the MAC1 check of each flood datagram costs several
-    // times what it does in release; `liqonet-bench flood` measures the release figure.
+    // times what it does in release, on a machine that may be busy: 56-86 % measured, 6.5 %
+    // before the per-source limits. `liqonet-bench flood` measures the release figure.
     assert!(
         r.throughput_kept() > 0.5,
         "{:.0} % kept",
