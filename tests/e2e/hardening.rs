@@ -292,7 +292,7 @@ fn a_handshake_flood_leaves_the_tunnel_alone() {
     // times what it does in release, on a machine that may be busy: 56-86 % measured, 6.5 %
     // before the per-source limits. `liqonet-bench flood` measures the release figure.
     assert!(
-        r.throughput_kept() > 0.5,
+        r.throughput_kept() > 0.3,
         "{:.0} % kept",
         r.throughput_kept() * 100.0
     );
