@@ -33,21 +33,7 @@ fn lab() -> Lab {
 
 /// Pingers both ways between the main pods, every 10 ms.
 fn pingers(lab: &Lab) -> [Pinger; 2] {
-    let (home, foreign) = (lab.cluster("home"), lab.cluster("foreign"));
-    [
-        Pinger::start(
-            &home.main_pod().ns,
-            &foreign.main_pod().ip,
-            "home → foreign",
-        )
-        .unwrap(),
-        Pinger::start(
-            &foreign.main_pod().ns,
-            &home.main_pod().ip,
-            "foreign → home",
-        )
-        .unwrap(),
-    ]
+    lab.pingers().unwrap()
 }
 
 #[test]

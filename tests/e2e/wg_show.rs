@@ -8,7 +8,6 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use liqonet_lab::netns::{output, run};
-use liqonet_lab::outage::Pinger;
 use liqonet_lab::probe::wait_reachable;
 use liqonet_lab::{Lab, LabSpec};
 
@@ -133,20 +132,7 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
 
     // Hostile clients while pings run every 10 ms both ways.
     let socket = format!("/var/run/wireguard/{tun}.sock");
-    let probes = [
-        Pinger::start(
-            &home.main_pod().ns,
-            &foreign.main_pod().ip,
-            "home → foreign",
-        )
-        .unwrap(),
-        Pinger::start(
-            &foreign.main_pod().ns,
-            &home.main_pod().ip,
-            "foreign → home",
-        )
-        .unwrap(),
-    ];
+    let probes = lab.pingers().unwrap();
     let mut held = Vec::new();
     for hostile in [
         &b"\x00\xff garbage \r\n\r\n"[..],

@@ -479,6 +479,24 @@ impl Lab {
         }
     }
 
+    /// 10 ms probers both ways between the main pods of home and foreign, labelled by direction.
+    pub fn pingers(&self) -> anyhow::Result<[crate::outage::Pinger; 2]> {
+        use crate::outage::Pinger;
+        let (home, foreign) = (self.cluster("home"), self.cluster("foreign"));
+        Ok([
+            Pinger::start(
+                &home.main_pod().ns,
+                &foreign.main_pod().ip,
+                "home → foreign",
+            )?,
+            Pinger::start(
+                &foreign.main_pod().ns,
+                &home.main_pod().ip,
+                "foreign → home",
+            )?,
+        ])
+    }
+
     /// A host on the WAN outside every cluster (an attacker, say) at 192.168.250.`octet`: its
     /// namespace, which goes with the lab.
     pub fn add_wan_host(&mut self, name: &str, octet: u8) -> anyhow::Result<String> {

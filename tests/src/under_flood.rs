@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::attack::{stranger_initiation, Flood};
 use crate::netns::wait_for;
-use crate::outage::{Gaps, Pinger};
+use crate::outage::Gaps;
 use crate::probe::{iperf3, metric, ping, snmp};
 use crate::Lab;
 
@@ -84,14 +84,7 @@ pub fn measure(lab: &mut Lab, rate: u32, secs: u32, runs: usize) -> anyhow::Resu
     let flood = Flood::start(&evil, "192.168.250.66:5555".parse()?, to, &init, rate)?;
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
-    let probes = [
-        Pinger::start(&from, &dst, "home → foreign")?,
-        Pinger::start(
-            &foreign.main_pod().ns,
-            &home.main_pod().ip,
-            "foreign → home",
-        )?,
-    ];
+    let probes = lab.pingers()?;
     let during_bps = median_bps(&from, &dst, secs, runs)?;
     let pings = probes
         .into_iter()
