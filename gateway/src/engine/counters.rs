@@ -70,6 +70,9 @@ pub struct Counters {
     /// Handshake messages sent, by type.
     sent: [u64; 3],
     cookies_received: u64,
+    /// Packets boringtun holds while a handshake is pending (sent once it completes; past its
+    /// queue of 256, the oldest go).
+    queued: u64,
 }
 
 impl Counters {
@@ -95,6 +98,15 @@ impl Counters {
         self.cookies_received += 1;
     }
 
+    pub fn count_queued(&mut self) {
+        self.queued += 1;
+    }
+
+    /// Packets from the TUN held behind a pending handshake.
+    pub fn queued(&self) -> u64 {
+        self.queued
+    }
+
     /// Handshake messages of `kind` ("initiation", "response", "cookie_reply") sent.
     pub fn handshakes_sent(&self, kind: &str) -> u64 {
         HANDSHAKE_TYPES
@@ -114,6 +126,13 @@ impl Counters {
                 "liqonet_handshake_messages_sent_total{{type=\"{kind}\"}} {n}"
             );
         }
+        out.push_str("# HELP liqonet_packets_queued_for_handshake_total Packets held while a handshake is pending.\n");
+        out.push_str("# TYPE liqonet_packets_queued_for_handshake_total counter\n");
+        let _ = writeln!(
+            out,
+            "liqonet_packets_queued_for_handshake_total {}",
+            self.queued
+        );
         out.push_str("# HELP liqonet_cookie_replies_received_total Cookie replies accepted from peers under load.\n");
         out.push_str("# TYPE liqonet_cookie_replies_received_total counter\n");
         let _ = writeln!(

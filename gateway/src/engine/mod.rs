@@ -274,7 +274,8 @@ impl Engine {
                 tracing::debug!(peer = %peer.spec.name, error = ?e, "encapsulation failed");
                 self.counters.count(drop_reason(&e));
             }
-            _ => {}
+            // No session yet and a handshake under way: boringtun holds the packet for it.
+            _ => self.counters.count_queued(),
         }
     }
 
