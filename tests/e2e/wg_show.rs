@@ -84,7 +84,12 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
 
     // liqonet's own report on the same socket: `liqonet-gateway status`.
     let gateway = lab.bin("liqonet-gateway");
-    let status = output(&[gateway.to_str().unwrap(), "status", "--interface", tun]).unwrap();
+    let status_now = || output(&[gateway.to_str().unwrap(), "status", "--interface", tun]).unwrap();
+    // The first probe's answer shows at the loop's next publication (every second).
+    liqonet_lab::netns::wait_for(Duration::from_secs(5), || {
+        String::from_utf8_lossy(&status_now().stdout).contains(" ms, average ")
+    });
+    let status = status_now();
     let text = String::from_utf8_lossy(&status.stdout);
     println!("{text}");
     assert!(status.status.success(), "{text}");
