@@ -231,7 +231,7 @@ where
 fn status(config: Option<&std::path::Path>, interface: &str, json: bool) -> anyhow::Result<bool> {
     let interface = match config {
         Some(path) => {
-            let text = settings::read_text(path, 1 << 20)
+            let text = settings::read_text(path, settings::MAX_CONFIG_FILE)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             liqonet_proto::config::GatewayConfig::from_yaml(&text)
                 .map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?

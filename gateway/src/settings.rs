@@ -99,7 +99,7 @@ pub fn resolve_endpoint(endpoint: &Endpoint) -> Result<SocketAddr, String> {
 }
 
 /// Largest config or state file read (a real one is a few KB).
-const MAX_CONFIG_FILE: u64 = 1 << 20;
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 const MAX_KEY_FILE: u64 = 4096;
 /// Deepest `[`/`{` nesting accepted: the YAML parser's time grows with the square of the depth.
 const MAX_NESTING: usize = 64;

@@ -586,13 +586,13 @@ impl Engine {
                 "liqonet_peer_probes_sent_total",
                 "counter",
                 "In-tunnel probes sent to the peer.",
-                |p| Some(p.health.latency().sent as f64),
+                |p| Some(p.health.sent() as f64),
             ),
             (
                 "liqonet_peer_probes_lost_total",
                 "counter",
                 "In-tunnel probes the peer did not answer in time.",
-                |p| Some(p.health.latency().lost as f64),
+                |p| Some(p.health.lost() as f64),
             ),
         ];
         for (name, kind, help, sample) in families {

@@ -205,6 +205,14 @@ impl Health {
         self.misses
     }
 
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
     pub fn latency(&self) -> Latency {
         let recent = (0..self.filled).map(|i| self.window[(self.pos + WINDOW - 1 - i) % WINDOW]);
         let mut l = Latency {

@@ -545,22 +545,9 @@ fn a_peer_with_an_endpoint_gets_a_handshake_at_the_first_tick() {
     );
 }
 
-/// A handshake initiation from a key nobody configured: valid MAC1 (it takes only the public
-/// key of the gateway it is sent to), as a flood would send.
+/// A handshake initiation from a key nobody configured, as a flood would send (the lab's).
 fn stranger_initiation(to: &Key) -> Vec<u8> {
-    let mut t = Tunn::new(
-        StaticSecret::from([0x55; 32]),
-        PublicKey::from(to.0),
-        None,
-        None,
-        0,
-        None,
-    );
-    let mut buf = vec![0u8; 256];
-    match t.format_handshake_initiation(&mut buf, false) {
-        TunnResult::WriteToNetwork(d) => d.to_vec(),
-        _ => panic!("no initiation"),
-    }
+    liqonet_lab::attack::stranger_initiation(&to.to_base64()).unwrap()
 }
 
 #[test]

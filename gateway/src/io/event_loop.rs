@@ -117,7 +117,7 @@ pub fn run(
     sockets: &Sockets,
     mut stop: &UnixStream,
     control: &Control,
-    metrics: Option<&Snapshot>,
+    snapshot: &Snapshot,
 ) -> io::Result<()> {
     let mut shell = Shell {
         tun,
@@ -138,11 +138,9 @@ pub fn run(
             shell.flush();
             next_tick = now + TICK;
         }
-        if let Some(snapshot) = metrics {
-            if now >= next_metrics {
-                publish(engine, &shell, &reader, snapshot, now);
-                next_metrics = now + METRICS_EVERY;
-            }
+        if now >= next_metrics {
+            publish(engine, &shell, &reader, snapshot, now);
+            next_metrics = now + METRICS_EVERY;
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
         let wait = PollTimeout::try_from(wait.as_millis().min(1000) as i32 + 1)

@@ -19,8 +19,8 @@ use super::udp::Sockets;
 use crate::engine::Engine;
 
 /// Runs the tunnel for `engine` (whose private key is `key`) with routes to `networks` until a
-/// byte arrives on `stop`. The loop publishes into `metrics`, which the HTTP endpoint and the
-/// WireGuard userspace API (`wg show`) serve.
+/// byte arrives on `stop`. The loop publishes into `metrics` (its own snapshot when absent),
+/// which the HTTP endpoint and the WireGuard userspace API (`wg show`) serve.
 pub fn serve(
     config: &GatewayConfig,
     key: &Key,
@@ -30,8 +30,9 @@ pub fn serve(
     control: &Control,
     metrics: Option<&Snapshot>,
 ) -> anyhow::Result<()> {
+    // The loop always publishes: the HTTP endpoint (if any) and the userspace API read it.
     let own = Snapshot::default();
-    let metrics = Some(metrics.unwrap_or(&own));
+    let snapshot = metrics.unwrap_or(&own);
     let (dev, tun_offload) = tun::create(&config.interface, config.mtu, config.offload)
         .with_context(|| format!("cannot create TUN device {:?}", config.interface))?;
     // Without the API the tunnel still works: say why and go on.
@@ -40,16 +41,14 @@ pub fn serve(
         private_key: *key,
         listen_port: config.listen_port,
     };
-    let _uapi = metrics.and_then(|m| {
-        uapi::spawn(
-            std::path::Path::new(uapi::SOCKET_DIR),
-            &config.interface,
-            device,
-            m.clone(),
-        )
-        .map_err(|e| tracing::warn!("no WireGuard userspace API (wg show): {e}"))
-        .ok()
-    });
+    let _uapi = uapi::spawn(
+        std::path::Path::new(uapi::SOCKET_DIR),
+        &config.interface,
+        device,
+        snapshot.clone(),
+    )
+    .map_err(|e| tracing::warn!("no WireGuard userspace API (wg show): {e}"))
+    .ok();
     control.attach(Routes::new(dev.if_index()?)?);
     let result = (|| -> anyhow::Result<()> {
         control.with_routes(|routes| {
@@ -65,11 +64,11 @@ pub fn serve(
             mtu = config.mtu,
             "tunnel up"
         );
-        set_ready(metrics, true);
-        event_loop::run(engine, &dev, tun_offload, &sockets, stop, control, metrics)?;
+        set_ready(snapshot, true);
+        event_loop::run(engine, &dev, tun_offload, &sockets, stop, control, snapshot)?;
         Ok(())
     })();
-    set_ready(metrics, false);
+    set_ready(snapshot, false);
     if let Some(mut routes) = control.detach() {
         routes.remove_all();
     }
@@ -78,8 +77,8 @@ pub fn serve(
     result
 }
 
-fn set_ready(metrics: Option<&Snapshot>, ready: bool) {
-    if let Some(Ok(mut m)) = metrics.map(|m| m.lock()) {
+fn set_ready(snapshot: &Snapshot, ready: bool) {
+    if let Ok(mut m) = snapshot.lock() {
         m.ready = ready;
         m.loop_turned = ready.then(std::time::Instant::now);
         if !ready {
