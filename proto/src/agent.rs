@@ -4,7 +4,7 @@
 //! CIDR), which of them is the gateway node, and the remote (remapped) networks to route there.
 //! Moving the gateway is changing `gatewayNode` everywhere.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,10 @@ pub struct AgentConfig {
     /// Seconds between periodic reconciliations (a config change is picked up within a second).
     #[serde(default = "default_reconcile_seconds")]
     pub reconcile_seconds: u32,
+    /// Where `/metrics`, `/healthz` and `/status` (read by `liqonet-route-agent status`) are
+    /// served; off when absent. Read at start only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<Parsed<SocketAddr>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,6 +389,20 @@ mod tests {
             "10.80.0.0/12".parse::<Cidr>().unwrap()
         );
         assert_eq!(c.nodes.len(), 2);
+    }
+
+    #[test]
+    fn the_metrics_address_is_optional_and_must_be_an_address() {
+        assert_eq!(AgentConfig::from_yaml(BASE).unwrap().metrics_address, None);
+        let c = AgentConfig::from_yaml(&format!("{BASE}metricsAddress: 127.0.0.1:9742\n")).unwrap();
+        assert_eq!(
+            c.metrics_address.map(|a| a.0),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9742)))
+        );
+        assert_eq!(
+            first_error(&format!("{BASE}metricsAddress: localhost\n")).path,
+            "metricsAddress"
+        );
     }
 
     #[test]

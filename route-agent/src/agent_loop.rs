@@ -5,15 +5,16 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use liqonet_proto::agent::AgentConfig;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::desired::desired;
+use crate::desired::{desired, Desired};
 use crate::kernel::Kernel;
+use crate::metrics::{self, Telemetry};
 use crate::monitor::Monitor;
-use crate::reconcile::{cleanup, reconcile, Changes, Owned};
+use crate::reconcile::{apply, cleanup, Changes, Owned};
 use crate::signals::{drain, Drained};
 
 /// How long a change reported by the kernel waits for the rest of its burst (a deleted device
@@ -169,6 +170,10 @@ struct Agent<'a, K> {
     passes: u64,
     /// Passes in a row that had something to change.
     churn: u32,
+    /// What the last pass put in place, when it did all it had to: changes to the same state in
+    /// the next pass are repairs of something else's doing.
+    in_sync: Option<(Desired, Owned)>,
+    telemetry: &'a Telemetry,
 }
 
 impl<K: Kernel> Agent<'_, K> {
@@ -219,13 +224,34 @@ impl<K: Kernel> Agent<'_, K> {
 
     fn pass(&mut self) {
         let want = self.config.as_ref().map(desired).unwrap_or_default();
-        let (changes, failures) = match reconcile(self.kernel, &want, &self.marks) {
-            Ok(ch) => (ch, Vec::new()),
-            Err(incomplete) => (incomplete.changes, incomplete.failures),
-        };
+        let started = Instant::now();
+        let outcome = apply(self.kernel, &want, &self.marks);
+        let took = started.elapsed();
+        let changes = outcome.changes;
+        let same = self
+            .in_sync
+            .as_ref()
+            .is_some_and(|(d, m)| *d == want && *m == self.marks);
+        self.telemetry.record(&metrics::Pass {
+            config: self.config.as_ref(),
+            marks: &self.marks,
+            desired: &want,
+            outcome: &outcome,
+            repairs: if same {
+                changes.added + changes.removed
+            } else {
+                0
+            },
+            ended: SystemTime::now(),
+            took,
+        });
+        self.in_sync = outcome
+            .failures
+            .is_empty()
+            .then(|| (want, self.marks.clone()));
         self.passes += 1;
         self.count_churn(changes);
-        let failures: Vec<String> = failures.iter().map(ToString::to_string).collect();
+        let failures: Vec<String> = outcome.failures.iter().map(ToString::to_string).collect();
         // Each failure is said once, with what it was doing; then retried quietly.
         for f in failures.iter().filter(|f| !self.failing.contains(f)) {
             tracing::warn!("{f}");
@@ -275,13 +301,14 @@ impl<K: Kernel> Agent<'_, K> {
     }
 }
 
-/// Runs until SIGTERM or SIGINT.
+/// Runs until SIGTERM or SIGINT, publishing each pass into `telemetry`.
 pub fn run<K: Kernel>(
     kernel: &K,
     config: Option<AgentConfig>,
     marks: Owned,
     source: &mut impl Source,
     mut wakeups: Wakeups<'_>,
+    telemetry: &Telemetry,
     keep_on_exit: bool,
 ) -> anyhow::Result<()> {
     let mut agent = Agent {
@@ -294,6 +321,8 @@ pub fn run<K: Kernel>(
         failing: Vec::new(),
         passes: 0,
         churn: 0,
+        in_sync: None,
+        telemetry,
     };
     let mut woken = Woken::default();
     loop {
@@ -340,18 +369,25 @@ mod tests {
     use super::*;
     use crate::fake_kernel::{config, FakeKernel};
 
-    /// A source that is always current, as the Kubernetes one: nothing to reload.
-    struct Watched;
+    /// A file whose every reload (SIGHUP) reads the next of `configs`.
+    struct Reloaded {
+        configs: Vec<AgentConfig>,
+    }
 
-    impl Source for Watched {
+    impl Source for Reloaded {
         fn poll(&mut self) -> Option<Update> {
             None
+        }
+
+        fn reload(&mut self) -> Option<Update> {
+            (!self.configs.is_empty()).then(|| Update::Config(Some(self.configs.remove(0))))
         }
     }
 
     /// A loop running over a fake kernel, with the test holding the other ends of its wake-ups.
     struct Running {
         kernel: Arc<FakeKernel>,
+        telemetry: Telemetry,
         stop: UnixStream,
         hup: UnixStream,
         notify: UnixStream,
@@ -364,6 +400,15 @@ mod tests {
 
     /// `setup` adjusts the fake; `notify_writes`: the fake's writes are notified, as the kernel's.
     fn start(setup: impl FnOnce(&mut FakeKernel), notify_writes: bool) -> Running {
+        start_with(setup, notify_writes, Vec::new())
+    }
+
+    /// [`start`], SIGHUP reading the next of `reloads` each time.
+    fn start_with(
+        setup: impl FnOnce(&mut FakeKernel),
+        notify_writes: bool,
+        reloads: Vec<AgentConfig>,
+    ) -> Running {
         let c = config("w1", "vxlan");
         let marks = owned(&c);
         let (monitor, notify) = Monitor::fed(&marks);
@@ -377,6 +422,8 @@ mod tests {
         let (hup_rx, hup) = pair();
         hup_rx.set_nonblocking(true).expect("non-blocking");
         let k = kernel.clone();
+        let telemetry = Telemetry::new();
+        let t = telemetry.clone();
         let thread = std::thread::spawn(move || {
             let wakeups = Wakeups {
                 stop: &stop_rx,
@@ -384,10 +431,12 @@ mod tests {
                 source: None,
                 monitor: Some(&monitor),
             };
-            run(&*k, Some(c), marks, &mut Watched, wakeups, false)
+            let mut source = Reloaded { configs: reloads };
+            run(&*k, Some(c), marks, &mut source, wakeups, &t, false)
         });
         Running {
             kernel,
+            telemetry,
             stop,
             hup,
             notify,
@@ -410,6 +459,10 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(2));
             }
             None
+        }
+
+        fn status(&self) -> crate::status::Status {
+            self.telemetry.status(std::time::SystemTime::now())
         }
 
         fn finish(self) -> Arc<FakeKernel> {
@@ -486,6 +539,92 @@ mod tests {
         assert!(
             (CHURN_LIMIT as usize..=CHURN_LIMIT as usize + 3).contains(&passes),
             "{passes} passes in 1.5 s"
+        );
+        r.finish();
+    }
+
+    #[test]
+    fn a_repair_the_kernel_reports_is_counted_and_the_snapshot_follows() {
+        let r = start(|_| {}, false);
+        assert!(r
+            .within(Duration::from_secs(2), |r| r.status().routes.installed
+                == Some(ALL))
+            .is_some());
+        let s = r.status();
+        assert_eq!((s.routes.desired, s.repairs), (ALL, 0));
+        assert!(crate::status::healthy(&s), "{s:?}");
+        r.kernel.state().routes.pop();
+        (&r.notify).write_all(&[1]).expect("notify");
+        assert!(
+            r.within(Duration::from_millis(500), |r| r.status().repairs == 1)
+                .is_some(),
+            "{:?}",
+            r.status()
+        );
+        assert_eq!(r.status().routes.installed, Some(ALL));
+        r.finish();
+    }
+
+    #[test]
+    fn a_refused_route_is_missing_and_each_failed_pass_counted() {
+        let r = start(|k| k.refuse = vec!["10.97.0.0/16".parse().unwrap()], false);
+        // The first pass and the retry a second later both fail.
+        assert!(r
+            .within(Duration::from_secs(3), |r| r.status().reconcile_failures
+                >= 2)
+            .is_some());
+        let s = r.status();
+        assert_eq!(s.reconciles, s.reconcile_failures, "{s:?}");
+        assert_eq!(s.routes.missing, ["10.97.0.0/16 via 10.84.0.10 (overlay)"]);
+        assert_eq!(s.routes.installed, Some(ALL - 1));
+        assert!(!crate::status::healthy(&s));
+        // Retrying the same route is no repair.
+        assert_eq!(s.repairs, 0);
+        r.finish();
+    }
+
+    #[test]
+    fn counters_never_go_back_across_reloads() {
+        let mut fewer = config("w1", "vxlan");
+        fewer.remote_networks.truncate(1);
+        let mut moved = config("w1", "vxlan");
+        moved.table = 2742;
+        let r = start_with(|_| {}, false, vec![fewer, moved]);
+        assert!(r
+            .within(Duration::from_secs(2), |r| r.status().reconciles >= 1)
+            .is_some());
+        r.kernel.state().routes.pop();
+        (&r.notify).write_all(&[1]).expect("notify");
+        assert!(r
+            .within(Duration::from_millis(500), |r| r.status().repairs == 1)
+            .is_some());
+        let mut last = r.status();
+        for (desired, table) in [(1, 2741), (3, 2742)] {
+            (&r.hup).write_all(&[1]).expect("SIGHUP");
+            assert!(
+                r.within(Duration::from_millis(500), |r| {
+                    let s = r.status();
+                    s.routes.desired == desired && s.table == table
+                })
+                .is_some(),
+                "{:?}",
+                r.status()
+            );
+            let s = r.status();
+            assert!(s.reconciles > last.reconciles, "{s:?}");
+            assert!(s.reconcile_failures >= last.reconcile_failures);
+            // A new configuration's changes are not repairs, and the old ones still count.
+            assert_eq!(s.repairs, 1, "{s:?}");
+            assert_eq!(s.routes.installed, Some(desired));
+            last = s;
+        }
+        let text = r.telemetry.encode().expect("metrics");
+        assert!(
+            text.contains(&format!(
+                "liqonet_route_agent_reconciles_total {}\n",
+                last.reconciles
+            )),
+            "{text}"
         );
         r.finish();
     }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use liqonet_proto::crd::{Phase, TunnelEndpoint};
 use liqonet_proto::Cidr;
 
 use crate::agent_loop::{Source, Update};
+use crate::metrics::DEFAULT_PORT;
 
 #[derive(Args, Debug, Clone)]
 pub struct KubeArgs {
@@ -56,6 +57,9 @@ pub struct KubeArgs {
     pub overlay_cidr6: Option<Cidr>,
     #[arg(long, env = "LIQONET_RECONCILE_SECONDS", default_value_t = 10)]
     pub reconcile_seconds: u32,
+    /// Where /metrics, /healthz and /status are served (host network: every node's address).
+    #[arg(long, env = "LIQONET_METRICS_ADDRESS", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    pub metrics_address: SocketAddr,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -183,6 +187,8 @@ pub fn config_from(
             overlay_cidr6: args.overlay_cidr6.unwrap_or(defaults.overlay_cidr6),
         },
         reconcile_seconds: args.reconcile_seconds,
+        // Kubernetes mode serves at --metrics-address, bound at start.
+        metrics_address: None,
     };
     match config.validate() {
         Ok(()) => Ok(Some(config)),
@@ -380,6 +386,13 @@ mod tests {
             .collect();
         r.sort();
         r
+    }
+
+    #[test]
+    fn metrics_are_served_on_every_address_beside_the_gateways_port() {
+        assert_eq!(args(&[]).metrics_address.to_string(), "0.0.0.0:9742");
+        let a = args(&["--metrics-address", "127.0.0.1:9000"]);
+        assert_eq!(a.metrics_address.to_string(), "127.0.0.1:9000");
     }
 
     #[test]

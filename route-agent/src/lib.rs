@@ -7,6 +7,8 @@
 //! - [`sysctl`]: forwarding and reverse-path filtering settings.
 //! - [`reconcile`]: the difference between desired and installed, applied idempotently.
 //! - [`monitor`]: the kernel's notifications of changes to the agent's state.
+//! - [`metrics`]: what each pass leaves, as Prometheus families and a report, served over HTTP.
+//! - [`status`]: that report, and the `status` command that reads it.
 //! - [`signals`]: SIGTERM stops, SIGHUP reloads.
 //! - [`agent_loop`]: when to reconcile, whatever the configuration comes from.
 //! - [`kubernetes`]: the configuration derived from TunnelEndpoints and Nodes.
@@ -17,10 +19,12 @@ pub mod desired;
 mod fake_kernel;
 pub mod kernel;
 pub mod kubernetes;
+pub mod metrics;
 pub mod monitor;
 pub mod netlink;
 pub mod reconcile;
 pub mod signals;
+pub mod status;
 pub mod sysctl;
 
 /// Route protocol number that marks the agent's routes and rules (`ip route show proto 202`).

@@ -2,8 +2,10 @@
 //! when the configuration changes, on SIGHUP or when the kernel reports a change to them, and
 //! periodically; remove them on SIGTERM. The configuration is a standalone file (`--config`,
 //! looked at every second and re-read on SIGHUP) or derived from the cluster (`--kubernetes`:
-//! TunnelEndpoints and Nodes, watched).
+//! TunnelEndpoints and Nodes, watched). Each pass is published as metrics and a report, served
+//! at `metricsAddress` (`--metrics-address`); `liqonet-route-agent status` reads the report.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -13,10 +15,12 @@ use clap::{Parser, Subcommand};
 use liqonet_proto::agent::AgentConfig;
 use liqonet_route_agent::agent_loop::{self, owned, Source, Update, Wakeups};
 use liqonet_route_agent::kubernetes::{self, KubeArgs};
+use liqonet_route_agent::metrics::{Telemetry, DEFAULT_PORT};
 use liqonet_route_agent::monitor::Monitor;
 use liqonet_route_agent::netlink::Netlink;
 use liqonet_route_agent::reconcile::Owned;
 use liqonet_route_agent::signals::Signals;
+use liqonet_route_agent::status;
 
 #[derive(Parser)]
 #[command(
@@ -45,15 +49,37 @@ enum Command {
         #[arg(long)]
         keep_on_exit: bool,
     },
+    /// What the agent running on this node says about its last reconciliation: mode, gateway
+    /// node, table and rules, routes desired and installed (those missing listed), when it ran
+    /// and what failed. Exit status 1 when routes are missing or the last pass failed, 2 when the
+    /// agent cannot be reached.
+    Status {
+        /// Where the agent serves (its metricsAddress or --metrics-address) [default: 127.0.0.1:9742]
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "config")]
+        address: Option<String>,
+        /// Take the address from this standalone config file's metricsAddress.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// `text`, or `json` for scripts.
+        #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
 }
 
 fn main() -> ExitCode {
-    let Command::Run {
-        config,
-        kube,
-        keep_on_exit,
-        ..
-    } = Cli::parse().command;
+    let (config, kube, keep_on_exit) = match Cli::parse().command {
+        Command::Run {
+            config,
+            kube,
+            keep_on_exit,
+            ..
+        } => (config, kube, keep_on_exit),
+        Command::Status {
+            address,
+            config,
+            output,
+        } => return status_command(address.as_deref(), config.as_deref(), output == "json"),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -79,6 +105,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where `status` finds the agent: `--address`, the file's `metricsAddress`, or the default.
+fn status_address(address: Option<&str>, config: Option<&Path>) -> anyhow::Result<SocketAddr> {
+    match (address, config) {
+        (Some(a), _) => status::resolve(a),
+        (None, Some(path)) => load(path)?
+            .metrics_address
+            .map(|a| status::reachable(a.0))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} sets no metricsAddress: the agent it configures serves no status",
+                    path.display()
+                )
+            }),
+        (None, None) => Ok(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
+    }
+}
+
+fn status_command(address: Option<&str>, config: Option<&Path>, json: bool) -> ExitCode {
+    let report = status_address(address, config).and_then(status::fetch);
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("liqonet-route-agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("liqonet-route-agent: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", status::render(&report));
+    }
+    if status::healthy(&report) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn load(path: &Path) -> anyhow::Result<AgentConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -94,13 +164,24 @@ fn modified(path: &Path) -> Option<SystemTime> {
 struct FileSource {
     path: PathBuf,
     mtime: Option<SystemTime>,
+    /// The metricsAddress bound at start.
+    metrics_address: Option<SocketAddr>,
 }
 
 impl FileSource {
     fn read(&mut self) -> Update {
         self.mtime = modified(&self.path);
         match load(&self.path) {
-            Ok(c) => Update::Config(Some(c)),
+            Ok(c) => {
+                let wanted = c.metrics_address.map(|a| a.0);
+                if wanted != self.metrics_address {
+                    tracing::warn!(
+                        "metricsAddress changed to {}: it takes effect when the agent restarts",
+                        wanted.map_or("none".to_string(), |a| a.to_string())
+                    );
+                }
+                Update::Config(Some(c))
+            }
             Err(e) => Update::Invalid(format!("{e:#}")),
         }
     }
@@ -131,11 +212,17 @@ fn monitor(marks: &Owned) -> Option<Monitor> {
 fn run_file(path: &Path, keep_on_exit: bool) -> anyhow::Result<()> {
     let config = load(path)?;
     let nl = Netlink::new()?;
+    let telemetry = Telemetry::new();
+    let metrics_address = config.metrics_address.map(|a| a.0);
+    if let Some(addr) = metrics_address {
+        telemetry.serve(addr, "metricsAddress")?;
+    }
     let signals = Signals::register()?;
     tracing::info!(node = %config.node_name, gateway = %config.gateway_node, mode = ?config.mode, table = config.table, "route agent starting");
     let mut source = FileSource {
         path: path.to_owned(),
         mtime: modified(path),
+        metrics_address,
     };
     let marks = owned(&config);
     let monitor = monitor(&marks);
@@ -145,7 +232,15 @@ fn run_file(path: &Path, keep_on_exit: bool) -> anyhow::Result<()> {
         source: None,
         monitor: monitor.as_ref(),
     };
-    agent_loop::run(&nl, Some(config), marks, &mut source, wakeups, keep_on_exit)
+    agent_loop::run(
+        &nl,
+        Some(config),
+        marks,
+        &mut source,
+        wakeups,
+        &telemetry,
+        keep_on_exit,
+    )
 }
 
 fn run_kubernetes(args: KubeArgs, keep_on_exit: bool) -> anyhow::Result<()> {
@@ -155,6 +250,8 @@ fn run_kubernetes(args: KubeArgs, keep_on_exit: bool) -> anyhow::Result<()> {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| anyhow::anyhow!("--node-name (LIQONET_NODE_NAME) is required in Kubernetes mode (the manifests set it from the downward API)"))?;
     let nl = Netlink::new()?;
+    let telemetry = Telemetry::new();
+    telemetry.serve(args.metrics_address, "--metrics-address")?;
     let signals = Signals::register()?;
     let marks = Owned {
         table: args.table,
@@ -171,7 +268,15 @@ fn run_kubernetes(args: KubeArgs, keep_on_exit: bool) -> anyhow::Result<()> {
         source: Some(&wake),
         monitor: monitor.as_ref(),
     };
-    agent_loop::run(&nl, None, marks, &mut source, wakeups, keep_on_exit)
+    agent_loop::run(
+        &nl,
+        None,
+        marks,
+        &mut source,
+        wakeups,
+        &telemetry,
+        keep_on_exit,
+    )
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::desired::{Desired, Vxlan};
+use crate::desired::{Desired, Route, Rule, Vxlan};
 use crate::kernel::Kernel;
 
 /// Where the agent's state lives: its table, its rule priority, its overlay device name.
@@ -64,11 +64,47 @@ impl fmt::Display for Incomplete {
 
 impl std::error::Error for Incomplete {}
 
+/// The agent's routes and rules as a pass left them: how many it owns (desired or stale ones it
+/// could not delete), and which desired ones are not in place. `None`: not known this pass (the
+/// listing failed, or the overlay device they go through is not set up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InPlace {
+    pub routes: Option<usize>,
+    pub missing_routes: Vec<Route>,
+    pub rules: Option<usize>,
+    pub missing_rules: Vec<Rule>,
+}
+
+/// Everything one pass did: its changes, its failures, and what it left in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub changes: Changes,
+    pub failures: Vec<Failure>,
+    pub in_place: InPlace,
+}
+
+impl Outcome {
+    pub fn into_result(self) -> Result<Changes, Incomplete> {
+        if self.failures.is_empty() {
+            Ok(self.changes)
+        } else {
+            Err(Incomplete {
+                changes: self.changes,
+                failures: self.failures,
+            })
+        }
+    }
+}
+
 pub fn reconcile<K: Kernel>(k: &K, d: &Desired, owned: &Owned) -> Result<Changes, Incomplete> {
+    apply(k, d, owned).into_result()
+}
+
+/// [`reconcile`], saying also what the pass left in place (for the agent's status and metrics).
+pub fn apply<K: Kernel>(k: &K, d: &Desired, owned: &Owned) -> Outcome {
     let mut pass = Pass {
         k,
-        changes: Changes::default(),
-        failures: Vec::new(),
+        outcome: Outcome::default(),
     };
     if d.forwarding {
         pass.sysctl("net/ipv4/ip_forward", "1");
@@ -89,14 +125,7 @@ pub fn reconcile<K: Kernel>(k: &K, d: &Desired, owned: &Owned) -> Result<Changes
         pass.routes(d, owned.table, overlay);
     }
     pass.rules(d, owned);
-    if pass.failures.is_empty() {
-        Ok(pass.changes)
-    } else {
-        Err(Incomplete {
-            changes: pass.changes,
-            failures: pass.failures,
-        })
-    }
+    pass.outcome
 }
 
 /// Removes every rule, route and device the agent owns.
@@ -104,11 +133,10 @@ pub fn cleanup<K: Kernel>(k: &K, owned: &Owned) -> Result<Changes, Incomplete> {
     reconcile(k, &Desired::default(), owned)
 }
 
-/// One reconciliation pass: what it changed and what failed so far.
+/// One reconciliation pass: what it changed, what failed and what is in place so far.
 struct Pass<'a, K> {
     k: &'a K,
-    changes: Changes,
-    failures: Vec<Failure>,
+    outcome: Outcome,
 }
 
 enum Change {
@@ -126,7 +154,7 @@ impl<K: Kernel> Pass<'_, K> {
         match f(self.k) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.failures.push(Failure {
+                self.outcome.failures.push(Failure {
                     action: action(),
                     cause: format!("{e:#}"),
                 });
@@ -145,8 +173,8 @@ impl<K: Kernel> Pass<'_, K> {
         let done = self.attempt(action, f).is_some();
         if done {
             match kind {
-                Change::Add => self.changes.added += 1,
-                Change::Remove => self.changes.removed += 1,
+                Change::Add => self.outcome.changes.added += 1,
+                Change::Remove => self.outcome.changes.removed += 1,
             }
         }
         done
@@ -224,7 +252,7 @@ impl<K: Kernel> Pass<'_, K> {
                     },
                     |k| k.create_vxlan(v),
                 )?;
-                self.changes.added += 1;
+                self.outcome.changes.added += 1;
                 index
             }
         };
@@ -274,27 +302,38 @@ impl<K: Kernel> Pass<'_, K> {
             return;
         };
         let mut present = Vec::new();
+        // Stale routes a deletion failed for: still the agent's, still in its table.
+        let mut stale = 0;
         for (msg, route) in installed {
             match d.routes.iter().find(|r| route.is(r, overlay)) {
                 Some(r) if !present.contains(r) => present.push(*r),
                 // Stale, or a duplicate of one already kept.
                 _ => {
-                    self.change(
+                    let deleted = self.change(
                         Change::Remove,
                         || format!("delete route {route} from table {table}"),
                         |k| k.del_route(msg),
                     );
+                    stale += usize::from(!deleted);
                 }
             }
         }
+        let mut missing = Vec::new();
+        let mut added = 0;
         for r in d.routes.iter().filter(|r| !present.contains(r)) {
             tracing::debug!(?r, "adding a route");
-            self.change(
+            if self.change(
                 Change::Add,
                 || format!("add route {r} to table {table}"),
                 |k| k.add_route(r, table, overlay.filter(|_| r.overlay)),
-            );
+            ) {
+                added += 1;
+            } else {
+                missing.push(*r);
+            }
         }
+        self.outcome.in_place.routes = Some(present.len() + added + stale);
+        self.outcome.in_place.missing_routes = missing;
     }
 
     fn rules(&mut self, d: &Desired, owned: &Owned) {
@@ -306,25 +345,35 @@ impl<K: Kernel> Pass<'_, K> {
             return;
         };
         let mut kept = Vec::new();
+        let mut stale = 0;
         for (msg, rule) in installed {
             if d.rules.contains(&rule) && !kept.contains(&rule) {
                 kept.push(rule);
             } else {
-                self.change(
+                let deleted = self.change(
                     Change::Remove,
                     || format!("delete rule {rule} lookup {table} at priority {priority}"),
                     |k| k.del_rule(msg),
                 );
+                stale += usize::from(!deleted);
             }
         }
+        let mut missing = Vec::new();
+        let mut added = 0;
         for r in d.rules.iter().filter(|r| !kept.contains(r)) {
             tracing::debug!(?r, "adding a rule");
-            self.change(
+            if self.change(
                 Change::Add,
                 || format!("add rule {r} lookup {table} at priority {priority}"),
                 |k| k.add_rule(r, priority, table),
-            );
+            ) {
+                added += 1;
+            } else {
+                missing.push(*r);
+            }
         }
+        self.outcome.in_place.rules = Some(kept.len() + added + stale);
+        self.outcome.in_place.missing_rules = missing;
     }
 }
 
@@ -427,5 +476,42 @@ mod tests {
         assert!(ch.removed > 0);
         let s = k.state();
         assert!(s.routes.is_empty() && s.rules.is_empty() && s.link.is_none());
+    }
+
+    #[test]
+    fn a_pass_says_what_it_left_in_place() {
+        let c = config("w1", "vxlan");
+        let d = desired(&c);
+        let k = FakeKernel {
+            refuse: vec!["10.97.0.0/16".parse().unwrap()],
+            ..FakeKernel::default()
+        };
+        // A stale route of the agent's: deleted, so not counted.
+        let stale = crate::kernel::Installed {
+            dst: "10.99.0.0/16".parse().unwrap(),
+            via: Some("10.84.0.10".parse().unwrap()),
+            oif: Some(7),
+        };
+        k.state().routes.push((2741, stale));
+        let o = apply(&k, &d, &owned(&c));
+        assert_eq!(o.in_place.routes, Some(2));
+        assert_eq!(
+            o.in_place.missing_routes,
+            [*d.routes
+                .iter()
+                .find(|r| r.dst.to_string() == "10.97.0.0/16")
+                .unwrap()]
+        );
+        assert_eq!(o.in_place.rules, Some(d.rules.len()));
+        assert!(o.in_place.missing_rules.is_empty());
+        assert_eq!(o.clone().into_result().unwrap_err().failures, o.failures);
+        // Through a device that cannot be set up, the routes are not even listed.
+        let k = FakeKernel {
+            refuse_device: true,
+            ..FakeKernel::default()
+        };
+        let o = apply(&k, &d, &owned(&c));
+        assert_eq!(o.in_place.routes, None);
+        assert_eq!(o.in_place.rules, Some(d.rules.len()));
     }
 }
