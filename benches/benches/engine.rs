@@ -1,12 +1,14 @@
 //! The engine's cost per packet and per 64 KB of 1420-byte packets: encapsulation (TUN →
 //! network) and decapsulation (network → TUN), with 1 and 100 peers, with and without address
-//! remapping; and the remapping rewrite alone, to set against the encryption.
+//! remapping; the remapping rewrite alone, to set against the encryption; and a round of
+//! in-tunnel probes with 100 peers.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use liqonet_benches::{connected_pair, home_addr, packet, Capture};
-use liqonet_gateway::engine::DropReason;
+use liqonet_benches::{connected_pair, exchange, home_addr, hub, packet, Capture, Routed};
+use liqonet_gateway::engine::{DropReason, Engine, Probing};
 use liqonet_gateway::wire::remap::{rewrite, Field};
 use liqonet_proto::Cidr;
 
@@ -107,5 +109,49 @@ fn remap(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encapsulate, decapsulate, remap);
+/// One round of in-tunnel probes with 100 peers: home's tick (timers of every peer, a probe to
+/// each), the far engines' answers, and home reading the replies. Each gateway also answers its
+/// peers' probes, which costs what the far side's part costs here, so one round is about what a
+/// gateway spends on probing each interval (1 s by default).
+fn probe(c: &mut Criterion) {
+    const PEERS: usize = 100;
+    let (mut home, mut spokes) = hub(PEERS);
+    for s in &mut spokes {
+        s.set_probing(Probing {
+            enabled: false,
+            ..Probing::default()
+        });
+    }
+    // Every tick probes every peer.
+    home.set_probing(Probing {
+        interval: Duration::ZERO,
+        ..Probing::default()
+    });
+    let mut round = |home: &mut Engine| {
+        let mut out = Routed::default();
+        home.tick(&mut out);
+        exchange(home, &mut spokes, out)
+    };
+    let mut g = c.benchmark_group("probe");
+    g.bench_function(format!("round/{PEERS}-peers"), |b| {
+        b.iter(|| round(&mut home))
+    });
+    g.finish();
+    let rounds = 200;
+    let t = Instant::now();
+    let mut carried = 0;
+    for _ in 0..rounds {
+        carried += round(&mut home);
+    }
+    let per_round = t.elapsed() / rounds;
+    let latency = home.latency("p0").unwrap_or_default();
+    assert!(carried >= PEERS * rounds as usize && latency.sent > 0 && latency.last.is_some());
+    println!(
+        "probing {PEERS} peers once a second: {:.0} µs a second, {:.3} % of a core",
+        per_round.as_secs_f64() * 1e6,
+        per_round.as_secs_f64() * 100.0
+    );
+}
+
+criterion_group!(benches, encapsulate, decapsulate, remap, probe);
 criterion_main!(benches);

@@ -114,3 +114,85 @@ pub fn foreign_addr() -> SocketAddr {
 pub fn home_addr() -> SocketAddr {
     addr(HOME)
 }
+
+/// Keeps every datagram with where it goes.
+#[derive(Default)]
+pub struct Routed {
+    pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    pub delivered: usize,
+}
+
+impl Sink for Routed {
+    fn send_to_network(&mut self, dst: SocketAddr, datagram: &[u8]) {
+        self.datagrams.push((dst, datagram.to_vec()));
+    }
+    fn write_to_tun(&mut self, _packet: &[u8]) {
+        self.delivered += 1;
+    }
+}
+
+/// Where the `i`th far gateway of [`hub`] listens.
+pub fn spoke_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, 2], 10_000 + i as u16))
+}
+
+/// A home engine with `n` peers, each a far engine of its own with a completed handshake
+/// (peer `i` exports 10.{1 + i/256}.{i%256}.0/24), to measure what the peers cost together.
+pub fn hub(n: usize) -> (Engine, Vec<Engine>) {
+    let hk = Key::clamped([1; 32]);
+    let keys: Vec<Key> = (0..n)
+        .map(|i| {
+            let mut bytes = [9u8; 32];
+            bytes[1..3].copy_from_slice(&(i as u16).to_be_bytes());
+            Key::clamped(bytes)
+        })
+        .collect();
+    let cidr = |i: usize| format!("10.{}.{}.0/24", 1 + i / 256, i % 256);
+    let peers = (0..n)
+        .map(|i| {
+            let mut s = spec(&format!("p{i}"), &keys[i], HOME, &cidr(i));
+            s.endpoint = Some(spoke_addr(i));
+            s
+        })
+        .collect();
+    let mut home = Engine::new(&hk, peers, 1420).expect("home engine");
+    let mut spokes: Vec<Engine> = keys
+        .iter()
+        .map(|k| {
+            Engine::new(k, vec![spec("home", &hk, HOME, "10.244.0.0/16")], 1420)
+                .expect("far engine")
+        })
+        .collect();
+    let mut out = Routed::default();
+    for i in 0..n {
+        let ip = [10, 1 + (i / 256) as u8, (i % 256) as u8, 10];
+        home.from_tun(&mut packet(100, ip), &mut out);
+    }
+    exchange(&mut home, &mut spokes, out);
+    for i in 0..n {
+        assert!(
+            home.peer_is_up(&format!("p{i}")),
+            "handshake {i} did not complete"
+        );
+    }
+    (home, spokes)
+}
+
+/// Carries `out` (home's datagrams) to the spokes and their answers back, until both are quiet.
+pub fn exchange(home: &mut Engine, spokes: &mut [Engine], mut out: Routed) -> usize {
+    let mut carried = 0;
+    while !out.datagrams.is_empty() {
+        let mut back = Routed::default();
+        for (dst, d) in out.datagrams.drain(..) {
+            let i = usize::from(dst.port() - 10_000);
+            let mut answer = Routed::default();
+            spokes[i].from_network(addr(HOME), &d, &mut answer);
+            for (_, a) in answer.datagrams {
+                home.from_network(spoke_addr(i), &a, &mut back);
+            }
+            carried += 1;
+        }
+        out = back;
+    }
+    carried
+}

@@ -93,14 +93,9 @@ pub fn total_drops(e: &Engine) -> u64 {
     DropReason::ALL.iter().map(|&r| e.counters().get(r)).sum()
 }
 
-/// `liqonet_cookie_replies_received_total`, read from the metrics (the counter has no getter).
+/// Cookie replies the engine accepted.
 pub fn cookies_received(e: &Engine) -> u64 {
-    let mut text = String::new();
-    e.render_metrics(&mut text);
-    text.lines()
-        .find_map(|l| l.strip_prefix("liqonet_cookie_replies_received_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    e.counters().cookies_received()
 }
 
 pub struct Pair {

@@ -4,6 +4,7 @@ pub mod engine;
 pub mod io;
 pub mod keys;
 pub mod kubernetes;
+pub mod metrics;
 pub mod peering;
 pub mod settings;
 pub mod status;

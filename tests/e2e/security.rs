@@ -35,7 +35,15 @@ fn wrong_public_key_gets_no_packet_through() {
     // No session since the restart: foreign's last handshake (if any, from the lab's start,
     // when both gateways greeted each other with the right keys) is older than the restart.
     // The metrics snapshot is up to 1 s old.
-    if let Some(age) = metric(&m, "liqonet_peer_last_handshake_age_seconds{peer=\"home\"}") {
+    if let Some(at) = metric(
+        &m,
+        "liqonet_peer_last_handshake_timestamp_seconds{peer=\"home\"}",
+    ) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let age = now - at;
         let since = restarted.elapsed().as_secs_f64();
         assert!(
             age >= since - 1.1,

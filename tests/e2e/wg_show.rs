@@ -118,22 +118,24 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
         "{json}"
     );
 
-    // The metrics, read by the Prometheus project's own parser: every family typed, none twice.
+    // The metrics, read by the Prometheus project's own OpenMetrics parser (strict: types,
+    // units, `_total` suffixes, cumulative buckets, `# EOF`), and every gateway family the
+    // Grafana dashboard in deploy/ plots is among them.
     let metrics = lab.metrics("home").unwrap();
+    let dashboard =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/liqonet.json");
     let parsed = liqonet_lab::probe::pipe(
         &[
             "python3",
             "-c",
-            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nf = list(p(sys.stdin.read()))\nprint(len(f), len(set(x.name for x in f)), ','.join(x.name for x in f if x.type == 'unknown') or '-', ','.join(s.name for x in f for s in x.samples if s.name.startswith('liqonet_peer_rtt')))",
+            OPENMETRICS_CHECK,
+            dashboard.to_str().unwrap(),
         ],
         &metrics,
     )
     .unwrap();
-    let fields: Vec<&str> = parsed.split_whitespace().collect();
-    println!("prometheus_client: {parsed}");
-    assert_eq!(fields[0], fields[1], "a family twice: {metrics}");
-    assert_eq!(fields[2], "-", "untyped families: {metrics}");
-    assert!(fields[3].contains("liqonet_peer_rtt_seconds"), "{parsed}");
+    println!("prometheus_client (OpenMetrics): {parsed}");
+    assert!(parsed.starts_with("ok "), "{parsed}\n{metrics}");
 
     // Hostile clients while pings run every 10 ms both ways.
     let socket = format!("/var/run/wireguard/{tun}.sock");
@@ -204,3 +206,32 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
         let _ = c.read_to_end(&mut rest);
     }
 }
+
+/// Parses stdin with `prometheus_client`'s OpenMetrics parser; checks the families the tests and
+/// the dashboard rely on; prints `ok` and what it saw.
+const OPENMETRICS_CHECK: &str = r#"
+import json, re, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
+families = {f.name: f for f in parse(sys.stdin.read())}
+want = {"liqonet_peer_up": "gauge", "liqonet_peer_rx_bytes": "counter",
+        "liqonet_peer_tx_bytes": "counter", "liqonet_peer_latency_seconds": "histogram",
+        "liqonet_peer_last_handshake_timestamp_seconds": "gauge",
+        "liqonet_peer_probes_sent": "counter", "liqonet_peer_probes_lost": "counter",
+        "liqonet_dropped_packets": "counter", "liqonet_build": "info",
+        "liqonet_underlay_send_errors": "counter", "liqonet_tun_write_errors": "counter"}
+for name, kind in want.items():
+    assert name in families, f"missing {name}"
+    assert families[name].type == kind, f"{name} is {families[name].type}"
+count = [s.value for s in families["liqonet_peer_latency_seconds"].samples
+         if s.name.endswith("_count") and s.labels.get("peer") == "foreign"]
+assert count and count[0] > 0, "no probe round trips in the histogram"
+exported = set()
+for f in families.values():
+    exported.update(s.name for s in f.samples)
+dashboard = json.load(open(sys.argv[1]))
+exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+used = {m for e in exprs for m in re.findall(r"liqonet_[a-z_]+", e)}
+missing = sorted(m for m in used if not m.startswith("liqonet_route_agent_") and m not in exported)
+assert not missing, f"the dashboard plots what the gateway does not export: {missing}"
+print("ok", len(families), "families;", int(count[0]), "probe round trips;", len(used), "dashboard series")
+"#;

@@ -1,6 +1,4 @@
-//! Why packets were dropped, counted per reason; rendered as Prometheus text.
-
-use std::fmt::Write;
+//! Why packets were dropped, counted per reason, and the handshake messages sent and received.
 
 /// Every reason the engine drops a packet. The discriminant indexes [`Counters`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +60,7 @@ impl DropReason {
 }
 
 /// Handshake message types, as WireGuard numbers them (index = type - 1).
-const HANDSHAKE_TYPES: [&str; 3] = ["initiation", "response", "cookie_reply"];
+pub const HANDSHAKE_TYPES: [&str; 3] = ["initiation", "response", "cookie_reply"];
 
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -94,6 +92,11 @@ impl Counters {
         }
     }
 
+    /// Cookie replies accepted from peers under load.
+    pub fn cookies_received(&self) -> u64 {
+        self.cookies_received
+    }
+
     pub fn received_cookie(&mut self) {
         self.cookies_received += 1;
     }
@@ -113,44 +116,5 @@ impl Counters {
             .iter()
             .position(|k| *k == kind)
             .map_or(0, |i| self.sent[i])
-    }
-
-    pub fn render(&self, out: &mut String) {
-        out.push_str(
-            "# HELP liqonet_handshake_messages_sent_total Handshake messages sent, by type.\n",
-        );
-        out.push_str("# TYPE liqonet_handshake_messages_sent_total counter\n");
-        for (kind, n) in HANDSHAKE_TYPES.iter().zip(self.sent) {
-            let _ = writeln!(
-                out,
-                "liqonet_handshake_messages_sent_total{{type=\"{kind}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP liqonet_packets_queued_for_handshake_total Packets held while a handshake is pending.\n");
-        out.push_str("# TYPE liqonet_packets_queued_for_handshake_total counter\n");
-        let _ = writeln!(
-            out,
-            "liqonet_packets_queued_for_handshake_total {}",
-            self.queued
-        );
-        out.push_str("# HELP liqonet_cookie_replies_received_total Cookie replies accepted from peers under load.\n");
-        out.push_str("# TYPE liqonet_cookie_replies_received_total counter\n");
-        let _ = writeln!(
-            out,
-            "liqonet_cookie_replies_received_total {}",
-            self.cookies_received
-        );
-        out.push_str(
-            "# HELP liqonet_dropped_packets_total Packets dropped by the gateway, by reason.\n",
-        );
-        out.push_str("# TYPE liqonet_dropped_packets_total counter\n");
-        for reason in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "liqonet_dropped_packets_total{{reason=\"{}\"}} {}",
-                reason.name(),
-                self.get(reason)
-            );
-        }
     }
 }

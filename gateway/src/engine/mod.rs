@@ -11,8 +11,8 @@ mod peer;
 pub mod probe;
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use admission::{Admission, Verdict};
@@ -24,10 +24,10 @@ use liqonet_proto::{Key, PrefixTable};
 
 use crate::wire::remap::{self, Field};
 use crate::wire::{mss, IpPacket};
-pub use counters::{Counters, DropReason};
+pub use counters::{Counters, DropReason, HANDSHAKE_TYPES};
 use peer::Peer;
 pub use peer::{Network, PeerSpec};
-pub use probe::{Latency, Probing};
+pub use probe::{Latency, Probing, RttHistogram, RTT_BUCKETS};
 
 /// Largest datagram or packet the engine handles (a full IP packet plus WireGuard's overhead).
 pub const MAX_PACKET: usize = 65535 + 64;
@@ -61,6 +61,8 @@ pub struct Engine {
     probing: Probing,
     /// Probes carry nanoseconds since this instant.
     epoch: Instant,
+    /// See [`Engine::instance`].
+    instance: u64,
 }
 
 /// One peer's session and traffic, for status reports.
@@ -79,6 +81,11 @@ pub struct PeerStats {
     /// A session, and (for a peer that answers probes) no run of unanswered probes.
     pub up: bool,
     pub latency: Latency,
+    /// Every answered probe's round trip since the peer was added.
+    pub rtt_histogram: RttHistogram,
+    /// Which instance of the peer these counts are from: a re-keyed peer starts its byte and
+    /// probe counts afresh under a new one, so totals outside the engine carry the old ones on.
+    pub incarnation: u64,
 }
 
 /// What [`Engine::apply_peers`] changed, by peer name.
@@ -105,6 +112,13 @@ pub enum EngineError {
     TooManyPeers(usize),
 }
 
+/// Numbers engines and peers, so readers of their counters can tell a new one from an old one.
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+fn next_instance() -> u64 {
+    INSTANCES.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Engine {
     pub fn new(private_key: &Key, peers: Vec<PeerSpec>, mtu: u16) -> Result<Self, EngineError> {
         let secret = StaticSecret::from(private_key.0);
@@ -121,6 +135,7 @@ impl Engine {
             buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
             probing: Probing::default(),
             epoch: Instant::now(),
+            instance: next_instance(),
         };
         engine.apply_peers(peers)?;
         Ok(engine)
@@ -218,6 +233,7 @@ impl Engine {
             health: probe::Health::default(),
             next_probe: None,
             up: false,
+            incarnation: next_instance(),
         }
     }
 
@@ -232,6 +248,16 @@ impl Engine {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// This engine among those the process has made: a new one's counters start from zero.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Whether handshake messages arrive too fast to answer without a cookie.
+    pub fn under_load(&self) -> bool {
+        self.admission.under_load(Instant::now())
     }
 
     /// A packet a local pod sent towards a foreign cluster: encrypt it for the peer that owns the
@@ -537,79 +563,10 @@ impl Engine {
                 tx_bytes: tx as u64,
                 up: p.up,
                 latency: p.health.latency(),
+                rtt_histogram: *p.health.histogram(),
+                incarnation: p.incarnation,
             }
         }));
-    }
-
-    /// Prometheus text exposition of peer state and drop counters: each family whole, with
-    /// its HELP and TYPE.
-    pub fn render_metrics(&self, out: &mut String) {
-        type Sample = fn(&Peer) -> Option<f64>;
-        let families: [(&str, &str, &str, Sample); 8] = [
-            (
-                "liqonet_peer_up",
-                "gauge",
-                "1 while the peer has a session and answers its probes.",
-                |p| Some(f64::from(u8::from(p.up))),
-            ),
-            (
-                "liqonet_peer_tx_bytes_total",
-                "counter",
-                "Bytes sent to the peer (this session's count).",
-                |p| Some(p.tunn.stats().1 as f64),
-            ),
-            (
-                "liqonet_peer_rx_bytes_total",
-                "counter",
-                "Bytes received from the peer (this session's count).",
-                |p| Some(p.tunn.stats().2 as f64),
-            ),
-            (
-                "liqonet_peer_last_handshake_age_seconds",
-                "gauge",
-                "Age of the current session.",
-                |p| p.tunn.stats().0.map(|a| a.as_secs_f64()),
-            ),
-            (
-                "liqonet_peer_rtt_seconds",
-                "gauge",
-                "Round trip of the last answered in-tunnel probe.",
-                |p| p.health.latency().last.map(|d| d.as_secs_f64()),
-            ),
-            (
-                "liqonet_peer_rtt_average_seconds",
-                "gauge",
-                "Average round trip over the last 60 probes.",
-                |p| p.health.latency().average.map(|d| d.as_secs_f64()),
-            ),
-            (
-                "liqonet_peer_probes_sent_total",
-                "counter",
-                "In-tunnel probes sent to the peer.",
-                |p| Some(p.health.sent() as f64),
-            ),
-            (
-                "liqonet_peer_probes_lost_total",
-                "counter",
-                "In-tunnel probes the peer did not answer in time.",
-                |p| Some(p.health.lost() as f64),
-            ),
-        ];
-        for (name, kind, help, sample) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for p in self.peers.iter().flatten() {
-                if let Some(v) = sample(p) {
-                    let _ = writeln!(out, "{name}{{peer=\"{}\"}} {v}", p.spec.name);
-                }
-            }
-        }
-        out.push_str("# HELP liqonet_handshake_under_load Whether handshake messages arrive too fast to answer without a cookie.\n# TYPE liqonet_handshake_under_load gauge\n");
-        let _ = writeln!(
-            out,
-            "liqonet_handshake_under_load {}",
-            u8::from(self.admission.under_load(Instant::now()))
-        );
-        self.counters.render(out);
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct Peer {
     pub next_probe: Option<Instant>,
     /// Up as reported (metrics, status, logs): a session, and no silence from a peer that answers.
     pub up: bool,
+    /// See [`super::PeerStats::incarnation`].
+    pub incarnation: u64,
 }
 
 impl Peer {

@@ -121,6 +121,36 @@ pub struct Latency {
     pub lost: u64,
 }
 
+/// Upper bounds of the round-trip histogram's buckets, in seconds (then +Inf): from a LAN's
+/// tenth of a millisecond to a second across continents.
+pub const RTT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Every answered probe's round trip since the peer was added: per-bucket counts (the last is
+/// +Inf) and their sum, as a Prometheus histogram wants them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RttHistogram {
+    pub counts: [u64; RTT_BUCKETS.len() + 1],
+    pub sum_seconds: f64,
+}
+
+impl RttHistogram {
+    pub fn observe(&mut self, rtt: Duration) {
+        let s = rtt.as_secs_f64();
+        let i = RTT_BUCKETS
+            .iter()
+            .position(|&le| s <= le)
+            .unwrap_or(RTT_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum_seconds += s;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
 /// One peer's probes. Fixed-size: nothing is allocated as probes come and go.
 #[derive(Debug, Clone)]
 pub struct Health {
@@ -137,6 +167,7 @@ pub struct Health {
     pos: usize,
     sent: u64,
     lost: u64,
+    histogram: RttHistogram,
 }
 
 impl Default for Health {
@@ -151,6 +182,7 @@ impl Default for Health {
             pos: 0,
             sent: 0,
             lost: 0,
+            histogram: RttHistogram::default(),
         }
     }
 }
@@ -186,6 +218,7 @@ impl Health {
         self.outstanding = None;
         self.misses = 0;
         self.answers = true;
+        self.histogram.observe(rtt);
         self.record(Some(u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX)));
         true
     }
@@ -211,6 +244,10 @@ impl Health {
 
     pub fn lost(&self) -> u64 {
         self.lost
+    }
+
+    pub fn histogram(&self) -> &RttHistogram {
+        &self.histogram
     }
 
     pub fn latency(&self) -> Latency {
@@ -299,6 +336,11 @@ mod tests {
         assert!((sd - 8.165).abs() < 0.01, "{sd}");
         assert_eq!((l.sent, l.lost), (5, 1));
         assert!((l.loss - 0.25).abs() < 1e-9);
+        // 10 ms falls in the 10 ms bucket (le is inclusive), 20 and 30 ms in the 25 and 50 ms ones.
+        let hist = h.histogram();
+        assert_eq!(hist.count(), 3);
+        assert_eq!(hist.counts[6..9], [1, 1, 1]);
+        assert!((hist.sum_seconds - 0.06).abs() < 1e-9);
         for _ in 0..4 {
             h.next_probe();
         }

@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -20,6 +21,7 @@ use super::control::Control;
 use super::metrics_http::Snapshot;
 use super::udp::{self, Sockets};
 use crate::engine::{Engine, Sink, MAX_PACKET};
+use crate::metrics::{LoopCounters, Sample};
 
 const TICK: Duration = Duration::from_millis(250);
 const METRICS_EVERY: Duration = Duration::from_secs(1);
@@ -130,6 +132,7 @@ pub fn run(
     let mut cmsg = udp::cmsg_buffer();
     let mut next_tick = Instant::now();
     let mut next_metrics = Instant::now();
+    let loop_id = LOOPS.fetch_add(1, Ordering::Relaxed);
     let v6 = sockets.v6.as_ref();
     loop {
         let now = Instant::now();
@@ -139,7 +142,7 @@ pub fn run(
             next_tick = now + TICK;
         }
         if now >= next_metrics {
-            publish(engine, &shell, &reader, snapshot, now);
+            publish(engine, &shell, &reader, loop_id, snapshot, now);
             next_metrics = now + METRICS_EVERY;
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -217,42 +220,41 @@ fn drain_udp(
     shell.flush();
 }
 
+/// Numbers the loops the process runs: a new one's own counters start from zero.
+static LOOPS: AtomicU64 = AtomicU64::new(1);
+
 /// Hands a fresh view to the HTTP thread; its time also tells `/healthz` the loop is turning.
 fn publish(
     engine: &Engine,
     shell: &Shell<'_>,
     reader: &TunReader,
+    loop_id: u64,
     snapshot: &Snapshot,
     now: Instant,
 ) {
-    let mut text = String::with_capacity(4096);
-    engine.render_metrics(&mut text);
-    use std::fmt::Write;
-    let _ = writeln!(
-        text,
-        "# HELP liqonet_tun_read_dropped_total TUN reads that could not be split into packets.\n# TYPE liqonet_tun_read_dropped_total counter\nliqonet_tun_read_dropped_total {}",
-        reader.dropped
+    let Ok(mut s) = snapshot.lock() else { return };
+    let s = &mut *s;
+    let at = std::time::SystemTime::now();
+    s.loop_turned = Some(now);
+    s.published_at = Some(at);
+    s.drops.clear();
+    s.drops.extend(
+        crate::engine::DropReason::ALL
+            .iter()
+            .map(|r| (r.name(), engine.counters().get(*r))),
     );
-    let _ = writeln!(
-        text,
-        "# HELP liqonet_underlay_send_errors_total Datagrams the underlay sockets refused.\n# TYPE liqonet_underlay_send_errors_total counter\nliqonet_underlay_send_errors_total {}",
-        shell.to_network.errors
-    );
-    let _ = writeln!(
-        text,
-        "# HELP liqonet_tun_write_errors_total Packets the TUN device refused.\n# TYPE liqonet_tun_write_errors_total counter\nliqonet_tun_write_errors_total {}",
-        shell.to_tun.errors
-    );
-    if let Ok(mut s) = snapshot.lock() {
-        s.metrics = text;
-        s.loop_turned = Some(now);
-        s.published_at = Some(std::time::SystemTime::now());
-        s.drops.clear();
-        s.drops.extend(
-            crate::engine::DropReason::ALL
-                .iter()
-                .map(|r| (r.name(), engine.counters().get(*r))),
-        );
-        engine.peer_stats(&mut s.peers);
-    }
+    engine.peer_stats(&mut s.peers);
+    s.totals.absorb(&Sample {
+        engine: engine.instance(),
+        counters: engine.counters(),
+        under_load: engine.under_load(),
+        io: LoopCounters {
+            instance: loop_id,
+            tun_read_dropped: reader.dropped,
+            underlay_send_errors: shell.to_network.errors,
+            tun_write_errors: shell.to_tun.errors,
+        },
+        peers: &s.peers,
+        at,
+    });
 }

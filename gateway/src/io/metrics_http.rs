@@ -5,33 +5,29 @@
 //! replica carries the tunnel: only the leader is ready, so the gateway Service sends the
 //! foreign clusters' datagrams to it alone).
 //!
-//! hyper on a thread and runtime of its own: any number of clients, each connection a task, a
-//! slow or idle client (headers not sent within [`HEADER_TIMEOUT`]) dropped without holding up
-//! the others. The event loop publishes a fresh snapshot every second; this thread only serves
-//! the latest one, so requests never touch the data path.
+//! Served by [`liqonet_telemetry::http`] on a thread of its own. The event loop publishes a fresh
+//! snapshot every second; requests only read the latest one, so they never touch the data path.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use liqonet_telemetry::http::{self, Reply};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
 
 use crate::engine::PeerStats;
+use crate::metrics::Totals;
 
-/// A client that has not sent its request headers by then is disconnected.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The loop publishes every second; this long without means it is stuck (liveness fails).
 pub const LOOP_STALL: Duration = Duration::from_secs(3);
 
 /// What the event loop publishes for readers outside the data path.
 #[derive(Debug, Default)]
 pub struct Published {
-    /// Prometheus text.
-    pub metrics: String,
+    /// The counters of every data plane this process ran, for `/metrics`.
+    pub totals: Totals,
     pub peers: Vec<PeerStats>,
     /// The tunnel is up on this replica.
     pub ready: bool,
@@ -49,63 +45,45 @@ pub struct Published {
 
 pub type Snapshot = Arc<Mutex<Published>>;
 
+/// The registry's view of the snapshot: the totals are copied out, so the loop never waits on
+/// an encoding.
+#[derive(Debug)]
+struct FromSnapshot(Snapshot);
+
+impl Collector for FromSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let totals = match self.0.lock() {
+            Ok(s) => s.totals.clone(),
+            Err(_) => return Ok(()),
+        };
+        crate::metrics::encode(&totals, &mut encoder)
+    }
+}
+
 /// Binds `addr` and serves it on a thread of its own.
 pub fn spawn(addr: SocketAddr) -> std::io::Result<Snapshot> {
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("metricsAddress {addr}: {e}")))?;
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let snapshot = Snapshot::default();
+    let mut registry = Registry::default();
+    liqonet_telemetry::register_build_info(&mut registry, "gateway");
+    registry.register_collector(Box::new(FromSnapshot(snapshot.clone())));
     let shared = snapshot.clone();
-    std::thread::Builder::new()
-        .name("http".into())
-        .spawn(move || runtime.block_on(accept(listener, shared)))?;
+    http::serve(
+        addr,
+        "metricsAddress",
+        Arc::new(move |path: &str| respond(path, &shared, &registry)),
+    )?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(snapshot)
 }
 
-async fn accept(listener: std::net::TcpListener, snapshot: Snapshot) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => return tracing::error!("HTTP endpoint: {e}"),
-    };
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // Out of descriptors, say: wait a little rather than spin.
-                tracing::debug!("HTTP accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let snapshot = snapshot.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let answer = respond(&req, &snapshot);
-                async move { Ok::<_, Infallible>(answer) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!("HTTP connection: {e}");
-            }
-        });
-    }
-}
-
-fn health(s: &Published, now: Instant) -> (StatusCode, String) {
+fn health(s: &Published, now: Instant) -> (u16, String) {
     if let Some(stalled) = s
         .loop_turned
         .map(|t| now.saturating_duration_since(t))
         .filter(|d| *d > LOOP_STALL)
     {
         return (
-            StatusCode::SERVICE_UNAVAILABLE,
+            503,
             format!(
                 "the data path has not turned for {:.1} s\n",
                 stalled.as_secs_f64()
@@ -116,38 +94,35 @@ fn health(s: &Published, now: Instant) -> (StatusCode, String) {
         Some(id) => format!("ok\nidentity: {id}\nready: {}\n", s.ready),
         None => "ok\n".to_string(),
     };
-    (StatusCode::OK, body)
+    (200, body)
 }
 
-fn respond(req: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            snapshot
-                .lock()
-                .map(|s| s.metrics.clone())
-                .unwrap_or_default(),
-        ),
+fn respond(path: &str, snapshot: &Snapshot, registry: &Registry) -> Reply {
+    match path {
+        "/metrics" => {
+            let mut text = String::with_capacity(8192);
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => Reply {
+                    status: 200,
+                    content_type: liqonet_telemetry::OPENMETRICS,
+                    body: text,
+                },
+                Err(_) => Reply::text(500, "cannot encode the metrics\n"),
+            }
+        }
         "/healthz" => match snapshot.lock() {
-            Ok(s) => health(&s, Instant::now()),
-            Err(_) => (StatusCode::OK, "ok\n".to_string()),
+            Ok(s) => {
+                let (code, body) = health(&s, Instant::now());
+                Reply::text(code, body)
+            }
+            Err(_) => Reply::text(200, "ok\n"),
         },
         "/readyz" => match snapshot.lock().map(|s| s.ready) {
-            Ok(true) => (StatusCode::OK, "ready\n".to_string()),
-            _ => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not carrying the tunnel\n".to_string(),
-            ),
+            Ok(true) => Reply::text(200, "ready\n"),
+            _ => Reply::text(503, "not carrying the tunnel\n"),
         },
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    resp
+        _ => Reply::not_found(),
+    }
 }
 
 #[cfg(test)]
@@ -164,13 +139,13 @@ mod tests {
             ..Published::default()
         };
         let (code, body) = health(&p, t0 + Duration::from_secs(1));
-        assert_eq!(code, StatusCode::OK);
+        assert_eq!(code, 200);
         assert_eq!(body, "ok\nidentity: gw1_abc\nready: true\n");
         let (code, body) = health(&p, t0 + Duration::from_secs(4));
-        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(code, 503);
         assert!(body.contains("has not turned for 4.0 s"), "{body}");
         // A follower runs no loop: nothing to be stuck.
         p.loop_turned = None;
-        assert_eq!(health(&p, t0 + Duration::from_secs(60)).0, StatusCode::OK);
+        assert_eq!(health(&p, t0 + Duration::from_secs(60)).0, 200);
     }
 }

@@ -83,6 +83,7 @@ fn set_ready(snapshot: &Snapshot, ready: bool) {
         m.loop_turned = ready.then(std::time::Instant::now);
         if !ready {
             m.peers.clear();
+            m.totals.stopped();
         }
     }
 }

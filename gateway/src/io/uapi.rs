@@ -237,6 +237,8 @@ mod tests {
                 tx_bytes: 20,
                 up: true,
                 latency: crate::engine::Latency::default(),
+                rtt_histogram: Default::default(),
+                incarnation: 1,
             });
         }
         s

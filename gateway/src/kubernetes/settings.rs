@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser};
 use liqonet_proto::config::{
-    ConfigError, ConfigErrors, GatewayConfig, IpamConfig, Parsed, DEFAULT_INTERFACE,
+    ConfigError, ConfigErrors, GatewayConfig, IpamConfig, Parsed, ProbeConfig, DEFAULT_INTERFACE,
     DEFAULT_LISTEN_PORT, DEFAULT_MTU,
 };
 use liqonet_proto::Cidr;
@@ -79,6 +79,13 @@ pub struct KubeSettings {
     /// Traffic counters in TunnelEndpoint status are refreshed at most this often.
     #[arg(long, env = "LIQONET_STATUS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub status_interval: Duration,
+    /// How often every peer is probed through the tunnel (0s: never; peers are then judged by
+    /// their sessions alone).
+    #[arg(long, env = "LIQONET_PROBE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub probe_interval: Duration,
+    /// Unanswered probes in a row that make a peer down.
+    #[arg(long, env = "LIQONET_PROBE_MISSES", default_value_t = 5)]
+    pub probe_misses: u32,
 }
 
 /// `250ms`, `1s`, `1.5s`, `2m`.
@@ -118,6 +125,11 @@ fn source_of(path: &str) -> String {
         "interfaceAddresses" => "interface-addresses",
         "ipam" if path.contains("reserved") => "ipam-reserved",
         "ipam" => "ipam-pools",
+        // The flag is a duration, the message counts milliseconds.
+        "probes" if path.ends_with("intervalMs") => {
+            return format!("{} (in ms)", flag_and_var("probe-interval"))
+        }
+        "probes" => return flag_and_var("probe-misses"),
         _ => return path.to_string(),
     };
     format!("{}{}", flag_and_var(flag), &path[field.len()..])
@@ -158,8 +170,10 @@ impl KubeSettings {
                 reserved: self.ipam_reserved.clone(),
             },
             offload: self.offload,
-            // Probes at their defaults (1 s, 5 misses) in this mode.
-            probes: Default::default(),
+            probes: ProbeConfig {
+                interval_ms: u32::try_from(self.probe_interval.as_millis()).unwrap_or(u32::MAX),
+                misses: self.probe_misses,
+            },
         };
         let missing_id = self.cluster_id.is_none();
         if let Err(ConfigErrors(e)) = config.validate() {
@@ -269,6 +283,15 @@ mod tests {
         assert_eq!(c.listen_port, 51999);
         assert!(!c.offload);
         assert_eq!(s.lease_duration, Duration::from_secs(1));
+        assert_eq!(c.probes, ProbeConfig::default());
+        let s = settings(&[
+            ("LIQONET_CLUSTER_ID", "home"),
+            ("LIQONET_PROBE_INTERVAL", "0s"),
+            ("LIQONET_PROBE_MISSES", "3"),
+        ])
+        .unwrap();
+        let c = s.to_config().unwrap();
+        assert_eq!((c.probes.interval_ms, c.probes.misses), (0, 3));
     }
 
     #[test]
@@ -285,6 +308,20 @@ mod tests {
             .to_string();
         assert!(e.contains("--cluster-id (LIQONET_CLUSTER_ID)"), "{e}");
         assert!(e.contains("--mtu (LIQONET_MTU)") && e.contains("20"), "{e}");
+        let e = settings(&[
+            ("LIQONET_CLUSTER_ID", "home"),
+            ("LIQONET_PROBE_INTERVAL", "50ms"),
+            ("LIQONET_PROBE_MISSES", "0"),
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--probe-interval (LIQONET_PROBE_INTERVAL) (in ms)") && e.contains("50 "),
+            "{e}"
+        );
+        assert!(e.contains("--probe-misses (LIQONET_PROBE_MISSES)"), "{e}");
         let e = settings(&[("LIQONET_RETRY_PERIOD", "soon")]).unwrap_err();
         assert!(e.contains("--retry-period") && e.contains("soon"), "{e}");
     }

@@ -148,6 +148,8 @@ mod tests {
             tx_bytes: 1,
             up: age.is_some(),
             latency: crate::engine::Latency::default(),
+            rtt_histogram: Default::default(),
+            incarnation: 1,
         }
     }
 
