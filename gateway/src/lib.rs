@@ -1,5 +1,6 @@
 //! liqonet's gateway: a sans-IO WireGuard [`engine`] and the thin [`io`] shell around it.
 
+pub mod diagnose;
 pub mod engine;
 pub mod io;
 pub mod keys;

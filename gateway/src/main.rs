@@ -74,6 +74,10 @@ enum Command {
         #[arg(short = 'o', long, default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
+    /// Check this node for what commonly breaks a peering: forwarding, rp_filter, the TUN
+    /// device, the listen port and the firewall, routes, the underlay path MTU. One line per
+    /// check; exit status 1 when one fails.
+    Diagnose(Box<liqonet_gateway::diagnose::Args>),
     /// Add or remove a peer: in a standalone config file (SIGHUP to the gateway applies it), or
     /// as a TunnelEndpoint.
     Peer {
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
             init_logging();
             tokio_runtime().and_then(|rt| rt.block_on(kubernetes::run(*settings)))
         }
+        Command::Diagnose(args) => return liqonet_gateway::diagnose::main(&args),
         Command::Crd => {
             print!("{}", liqonet_proto::crd::crd_yaml());
             Ok(())
