@@ -54,43 +54,43 @@ impl Families {
         };
         registry.register(
             "liqonet_route_agent_routes_installed",
-            "Routes of the agent's in its routing table after the last pass that could list them.",
+            "The agent's routes in its routing table, as the last pass that could list them left them",
             f.routes_installed.clone(),
         );
         registry.register(
             "liqonet_route_agent_routes_desired",
-            "Routes the current configuration wants in the agent's routing table.",
+            "Routes the current configuration wants in the agent's routing table",
             f.routes_desired.clone(),
         );
-        // Counters get their `_total` suffix from the encoder.
+        // The encoder ends each HELP with a period and gives counters their `_total` suffix.
         registry.register(
             "liqonet_route_agent_reconciles",
-            "Reconciliation passes since the agent started.",
+            "Reconciliation passes since the agent started",
             f.reconciles.clone(),
         );
         registry.register(
             "liqonet_route_agent_reconcile_failures",
-            "Reconciliation passes in which at least one action failed.",
+            "Reconciliation passes in which at least one action failed",
             f.failures.clone(),
         );
         registry.register(
             "liqonet_route_agent_repairs",
-            "Changes made to put back routes, rules, FDB entries, addresses or the overlay device that something else deleted or changed.",
+            "Changes made to put back routes, rules, FDB entries, addresses or the overlay device that something else deleted or changed",
             f.repairs.clone(),
         );
         registry.register(
             "liqonet_route_agent_last_reconcile_duration_seconds",
-            "How long the last reconciliation pass took.",
+            "How long the last reconciliation pass took",
             f.last_duration.clone(),
         );
         registry.register(
             "liqonet_route_agent_last_reconcile_timestamp_seconds",
-            "When the last reconciliation pass ended, in seconds since the Unix epoch.",
+            "When the last reconciliation pass ended, in seconds since the Unix epoch",
             f.last_timestamp.clone(),
         );
         registry.register(
             "liqonet_route_agent_reconcile_duration_seconds",
-            "How long reconciliation passes take.",
+            "How long reconciliation passes take",
             f.duration.clone(),
         );
         f
@@ -340,6 +340,16 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // One period, the encoder's.
+        for help in text
+            .lines()
+            .filter(|l| l.starts_with("# HELP liqonet_route_agent"))
+        {
+            assert!(
+                help.ends_with(|c: char| c.is_alphanumeric() || c == '.') && !help.ends_with(".."),
+                "{help}"
+            );
+        }
         assert_eq!(value(&text, "liqonet_route_agent_reconciles_total"), 1.0);
         assert_eq!(
             value(

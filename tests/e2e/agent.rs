@@ -1,12 +1,13 @@
 //! The route agents: pod on a home worker ⇄ pod on a foreign worker in both modes and across a
 //! routed (anti-spoofing) node network, service traffic, and reconciliation — config changes,
-//! a moving gateway, restarts, SIGTERM — never touching what the agent does not own.
+//! a moving gateway, restarts, SIGTERM — never touching what the agent does not own; its
+//! metrics and `liqonet-route-agent status`.
 
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use liqonet_lab::netns::{ns_output, run, sh, wait_for};
+use liqonet_lab::netns::{ns_output, ns_run, run, sh, wait_for};
 use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
 use liqonet_lab::{ClusterSpec, Lab, LabSpec};
 use liqonet_proto::agent::Mode;
@@ -592,4 +593,225 @@ fn a_route_that_cannot_be_installed_leaves_the_others_installed() {
         "{text}"
     );
     worker_to_worker(&lab, "w1");
+}
+
+/// Where the status test's agent serves: the default address of `status`.
+const METRICS: &str = "127.0.0.1:9742";
+
+/// An OpenMetrics exposition read by the Prometheus project's own parser (strict: `# EOF`,
+/// `_total` suffixes, cumulative buckets), as JSON: each family's type, help and samples.
+const OPENMETRICS_TO_JSON: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
+print(json.dumps({f.name: {"type": f.type, "help": f.documentation,
+                           "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+                  for f in parse(sys.stdin.read())}))
+"#;
+
+/// The agent's metrics on node namespace `ns`, parsed; and the exposition as served.
+fn agent_metrics(ns: &str) -> (serde_json::Value, String) {
+    let text = ns_run(ns, &["curl", "-sf", &format!("http://{METRICS}/metrics")]).unwrap();
+    let json = liqonet_lab::probe::pipe(&["python3", "-c", OPENMETRICS_TO_JSON], &text)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    (serde_json::from_str(&json).unwrap(), text)
+}
+
+/// The value of sample `name` (unlabelled) of `family`.
+fn sample(families: &serde_json::Value, family: &str, name: &str) -> f64 {
+    families[family]["samples"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s[0] == name))
+        .and_then(|s| s[2].as_f64())
+        .unwrap_or_else(|| panic!("no sample {name} in {family}: {families}"))
+}
+
+/// `liqonet-route-agent status ARGS` run in `ns`: exit code, stdout, stderr.
+fn agent_status(lab: &Lab, ns: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let bin = lab.bin("liqonet-route-agent");
+    let mut argv = vec![bin.to_str().unwrap(), "status"];
+    argv.extend_from_slice(args);
+    let out = ns_output(ns, &argv).unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn metrics_and_status_show_routes_desired_installed_and_repaired() {
+    let mut lab = Lab::start(&LabSpec::default()).unwrap();
+    let w1 = lab.home().node("w1").ns.clone();
+    let log = lab.agent_log(0, 1);
+    assert!(lab.stop(&log).unwrap().success());
+    let config = format!(
+        "{}metricsAddress: {METRICS}\n",
+        lab.agent_config(0, 1, "gw")
+    );
+    lab.start_agent(0, 1, &config, &[]).unwrap();
+    let path = lab.agent_config_path(0, 1);
+    let path = path.to_str().unwrap();
+    let remote = lab.remote_networks(0).len();
+    assert!(remote >= 2, "{:?}", lab.remote_networks(0));
+
+    // Every family, typed and documented, through the Prometheus project's parser.
+    let (m, text) = agent_metrics(&w1);
+    for (family, kind) in [
+        ("liqonet_route_agent_routes_installed", "gauge"),
+        ("liqonet_route_agent_routes_desired", "gauge"),
+        ("liqonet_route_agent_reconciles", "counter"),
+        ("liqonet_route_agent_reconcile_failures", "counter"),
+        ("liqonet_route_agent_repairs", "counter"),
+        (
+            "liqonet_route_agent_last_reconcile_duration_seconds",
+            "gauge",
+        ),
+        (
+            "liqonet_route_agent_last_reconcile_timestamp_seconds",
+            "gauge",
+        ),
+        (
+            "liqonet_route_agent_reconcile_duration_seconds",
+            "histogram",
+        ),
+        ("liqonet_build", "info"),
+    ] {
+        assert_eq!(m[family]["type"], kind, "{family}: {text}");
+        assert!(
+            !m[family]["help"].as_str().unwrap_or_default().is_empty(),
+            "{family} has no HELP: {text}"
+        );
+    }
+    println!("route agent metrics (w1):\n{text}");
+    let routes = |m: &serde_json::Value, which: &str| {
+        let family = format!("liqonet_route_agent_routes_{which}");
+        sample(m, &family, &family)
+    };
+    assert_eq!(routes(&m, "installed"), remote as f64, "{text}");
+    assert_eq!(routes(&m, "desired"), remote as f64, "{text}");
+    let counter = |m: &serde_json::Value, name: &str| {
+        sample(
+            m,
+            &format!("liqonet_route_agent_{name}"),
+            &format!("liqonet_route_agent_{name}_total"),
+        )
+    };
+    assert!(counter(&m, "reconciles") >= 1.0, "{text}");
+    assert_eq!(counter(&m, "reconcile_failures"), 0.0, "{text}");
+    assert_eq!(
+        m["liqonet_build"]["samples"][0][1]["component"],
+        "route-agent"
+    );
+    let ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - sample(
+            &m,
+            "liqonet_route_agent_last_reconcile_timestamp_seconds",
+            "liqonet_route_agent_last_reconcile_timestamp_seconds",
+        );
+    assert!((0.0..15.0).contains(&ago), "last pass {ago} s ago");
+    let health = ns_run(&w1, &["curl", "-sf", &format!("http://{METRICS}/healthz")]).unwrap();
+    assert_eq!(health, "ok\n");
+
+    // `status` on the node: at the default address, and at the config file's.
+    let (code, out, err) = agent_status(&lab, &w1, &[]);
+    println!("liqonet-route-agent status (w1):\n{out}");
+    assert_eq!(code, Some(0), "{out}{err}");
+    for want in [
+        "node       w1  mode vxlan\n".to_string(),
+        "gateway    gw\n".to_string(),
+        format!("table      {TABLE}  rule priority 2741  rules present"),
+        "remote     10.245.0.0/16".to_string(),
+        format!("routes     {remote} desired, {remote} installed\n"),
+        "last pass  ok\n".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want:?} not in\n{out}");
+    }
+    let (code, by_file, err) = agent_status(&lab, &w1, &["--config", path]);
+    assert_eq!(code, Some(0), "{by_file}{err}");
+    assert!(by_file.contains("node       w1  mode vxlan\n"), "{by_file}");
+
+    // A route deleted by hand: the kernel's notification brings the agent to put it back at
+    // once, and that is counted as a repair.
+    sh(&w1, &format!("ip route del 10.245.0.0/16 table {TABLE}")).unwrap();
+    let json = || {
+        let (code, out, err) = agent_status(&lab, &w1, &["-o", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (code, v)
+    };
+    assert!(
+        wait_for(Duration::from_secs(2), || json().1["repairs"].as_u64()
+            >= Some(1)),
+        "{}",
+        json().1
+    );
+    assert!(table(&w1).contains("10.245.0.0/16"), "{}", table(&w1));
+    let (code, v) = json();
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["node"], "w1");
+    assert_eq!(v["mode"], "vxlan");
+    assert_eq!(v["gatewayNode"], "gw");
+    assert_eq!(v["isGatewayNode"], false);
+    assert_eq!(
+        v["routes"]["installed"].as_u64(),
+        Some(remote as u64),
+        "{v}"
+    );
+    assert_eq!(v["routes"]["missing"], serde_json::json!([]), "{v}");
+    let (m, text) = agent_metrics(&w1);
+    assert!(counter(&m, "repairs") >= 1.0, "{text}");
+    assert_eq!(routes(&m, "installed"), remote as f64, "{text}");
+
+    // A route that cannot be installed (direct mode, an IPv6 next hop no link reaches): status
+    // names it, exits 1, and the failure is counted.
+    let reconciles = counter(&m, "reconciles");
+    let broken = config
+        .replace("mode: vxlan", "mode: direct")
+        .replace("ip6: 'fd00:172:20::10'", "ip6: 'fd00:99::10'");
+    assert_ne!(broken, config);
+    fs::write(path, &broken).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || agent_status(&lab, &w1, &[]).0
+            == Some(1)),
+        "{}",
+        agent_status(&lab, &w1, &[]).1
+    );
+    let (_, out, _) = agent_status(&lab, &w1, &[]);
+    println!("liqonet-route-agent status (w1, a route refused):\n{out}");
+    for want in [
+        "node       w1  mode direct\n",
+        "  missing  fd10:245::/56 via fd00:99::10\n",
+        "last pass  failed: cannot add route fd10:245::/56 via fd00:99::10",
+    ] {
+        assert!(out.contains(want), "{want:?} not in\n{out}");
+    }
+    let (m, text) = agent_metrics(&w1);
+    assert!(counter(&m, "reconcile_failures") >= 1.0, "{text}");
+    assert!(counter(&m, "reconciles") > reconciles, "{text}");
+    assert_eq!(routes(&m, "installed"), (remote - 1) as f64, "{text}");
+    // Mended: in sync again, the counters carried on.
+    fs::write(path, &config).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || agent_status(&lab, &w1, &[]).0
+            == Some(0)),
+        "{}",
+        agent_status(&lab, &w1, &[]).1
+    );
+    let (_, v) = json();
+    assert!(v["repairs"].as_u64() >= Some(1), "{v}");
+    assert!(v["reconcileFailures"].as_u64() >= Some(1), "{v}");
+    assert!(v["lastError"]["errors"][0]
+        .as_str()
+        .is_some_and(|e| e.contains("fd10:245::/56")));
+
+    // No agent there: exit 2, naming the address.
+    let (code, out, err) = agent_status(&lab, &w1, &["--address", "127.0.0.1:9743"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains("no route agent answers on 127.0.0.1:9743"),
+        "{err}"
+    );
 }
