@@ -712,6 +712,36 @@ fn metrics_and_status_show_routes_desired_installed_and_repaired() {
             "liqonet_route_agent_last_reconcile_timestamp_seconds",
         );
     assert!((0.0..15.0).contains(&ago), "last pass {ago} s ago");
+    // Every route-agent series the Grafana dashboard plots is exported.
+    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/liqonet.json");
+    let dashboard = fs::read_to_string(dashboard).unwrap();
+    let exported: Vec<&str> = m
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|f| f["samples"].as_array().unwrap())
+        .filter_map(|s| s[0].as_str())
+        .collect();
+    let plotted: Vec<&str> = dashboard
+        .match_indices("liqonet_route_agent_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    assert!(
+        !plotted.is_empty(),
+        "the dashboard plots no route agent series"
+    );
+    for series in plotted {
+        assert!(
+            exported.contains(&series),
+            "{series} is plotted, not exported"
+        );
+    }
     let health = ns_run(&w1, &["curl", "-sf", &format!("http://{METRICS}/healthz")]).unwrap();
     assert_eq!(health, "ok\n");
 
