@@ -180,12 +180,9 @@ pub fn run(t: &Target, args: &Args) -> Report {
 
     if let Some(nl) = &nl {
         let arrivals = arrivals(t, tun_index, &args.vxlan_device, overlay_index, &table);
-        checks.extend(sysctl::rp_filter(&sys, &arrivals, |iif, src, dst| match nl
-            .route_input(dst, src, iif)
-        {
-            Ok(_) => sysctl::Verdict::Accepted,
-            Err(e) if e.errno == Some(nix::libc::EXDEV) => sysctl::Verdict::Refused,
-            Err(e) => sysctl::Verdict::Unknown(e.message),
+        let main = nl.routes(MAIN_TABLE).unwrap_or_default();
+        checks.extend(sysctl::rp_filter(&sys, &arrivals, |iif, src, dst| {
+            rp_verdict(nl, &main, iif, src, dst)
         }));
     }
 
@@ -295,12 +292,59 @@ fn arrivals(
     out
 }
 
+const MAIN_TABLE: u32 = 254;
+
+/// The kernel's verdict on a packet from `src` to `dst` arriving on `iif`. Older kernels
+/// refuse one that fails the reverse-path filter with EXDEV; newer ones answer EINVAL for any
+/// refusal. Then a control packet tells: the same one from a source routed back through `iif`
+/// (an on-link address of its routes in `main`). If that one passes, the source made the
+/// difference: the filter.
+fn rp_verdict(
+    nl: &Netlink,
+    main: &[netlink::Route],
+    iif: u32,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> sysctl::Verdict {
+    use sysctl::Verdict;
+    let e = match nl.route_input(dst, src, iif) {
+        Ok(_) => return Verdict::Accepted,
+        Err(e) if e.errno == Some(nix::libc::EXDEV) => return Verdict::Refused,
+        Err(e) if e.errno == Some(nix::libc::EINVAL) => e,
+        Err(e) => return Verdict::Unknown(e.message),
+    };
+    let locals = local_addresses();
+    let control = main
+        .iter()
+        .filter(|r| r.oif == Some(iif) && r.gateway.is_none())
+        .filter_map(|r| match sample(&r.dst?) {
+            IpAddr::V4(a) if a != src && !locals.contains(&a) => Some(a),
+            _ => None,
+        })
+        .next();
+    match control {
+        Some(c) if nl.route_input(dst, c, iif).is_ok() => Verdict::Refused,
+        Some(c) => Verdict::Unknown(format!(
+            "{e}, and for {c}, whose route leads back through it, too"
+        )),
+        None => Verdict::Unknown(e.message),
+    }
+}
+
+/// This node's IPv4 addresses.
+fn local_addresses() -> Vec<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| Some(a.address?.as_sockaddr_in()?.ip()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// An IPv4 address of this node (not loopback), to address a packet to.
 fn local_address() -> Option<Ipv4Addr> {
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
-        let ip = a.address?.as_sockaddr_in()?.ip();
-        (!ip.is_loopback()).then_some(ip)
-    })
+    local_addresses().into_iter().find(|ip| !ip.is_loopback())
 }
 
 /// The subcommand: prints the report; exit status 1 when a check failed, 2 when diagnose could
