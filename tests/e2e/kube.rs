@@ -73,6 +73,24 @@ fn pods_reach_remote_pods_through_the_real_control_plane() {
     }
     assert_routes(&lab, "home");
     assert_routes(&lab, "foreign");
+    // The DaemonSet's route agent serves its status on the node at the default address.
+    let agent = lab.bin("liqonet-route-agent");
+    let out = liqonet_lab::netns::ns_output(
+        &lab.cluster("home").node("w1").ns,
+        &[agent.to_str().unwrap(), "status"],
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("liqonet-route-agent status (home w1, Kubernetes mode):\n{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("node       w1  mode vxlan\n") && text.contains("gateway    gw1\n"),
+        "{text}"
+    );
     let dst = lab.remote_pod_ip("home", "foreign", "w1").unwrap();
     let r = iperf3(&lab.cluster("home").node("w2").pod.ns, &dst, 3).unwrap();
     println!("iperf3 home w2 pod -> foreign w1 pod: {r:?}");
