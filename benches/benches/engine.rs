@@ -27,6 +27,8 @@ fn encapsulate(c: &mut Criterion) {
             pkt.copy_from_slice(&template);
             home.from_tun(&mut pkt, out);
         };
+        // Once outside the measurements, so the check below holds when a filter skips them.
+        send(&mut out);
         let name = format!("{peers}-peers{}", if remapped { "-remapped" } else { "" });
         g.throughput(Throughput::Bytes(MTU_PACKET as u64));
         g.bench_function(format!("packet/{name}"), |b| b.iter(|| send(&mut out)));

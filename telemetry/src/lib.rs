@@ -32,7 +32,8 @@ pub fn register_build_info(registry: &mut Registry, component: &'static str) {
     };
     registry.register(
         "liqonet_build",
-        "The build that runs: component, version and profile.",
+        // The registry ends help texts with a period itself.
+        "The build that runs: component, version and profile",
         Info::new(build),
     );
 }

@@ -63,6 +63,8 @@ pub struct Engine {
     epoch: Instant,
     /// See [`Engine::instance`].
     instance: u64,
+    /// A peer went up or down since [`Engine::take_up_changed`] last looked.
+    up_changed: bool,
 }
 
 /// One peer's session and traffic, for status reports.
@@ -136,6 +138,7 @@ impl Engine {
             probing: Probing::default(),
             epoch: Instant::now(),
             instance: next_instance(),
+            up_changed: false,
         };
         engine.apply_peers(peers)?;
         Ok(engine)
@@ -253,6 +256,12 @@ impl Engine {
     /// This engine among those the process has made: a new one's counters start from zero.
     pub fn instance(&self) -> u64 {
         self.instance
+    }
+
+    /// Did a peer go up or down since the last call? (Readers are told at once, not at the
+    /// next periodic publication.)
+    pub fn take_up_changed(&mut self) -> bool {
+        std::mem::take(&mut self.up_changed)
     }
 
     /// Whether handshake messages arrive too fast to answer without a cookie.
@@ -376,6 +385,7 @@ impl Engine {
                 let rtt = std::time::Duration::from_nanos(now.saturating_sub(sent_nanos));
                 if peer.health.answered(seq, rtt) && !peer.up && peer.tunn.stats().0.is_some() {
                     peer.up = true;
+                    self.up_changed = true;
                     tracing::info!(peer = %peer.spec.name, rtt = ?rtt, "peer up: probe answered");
                 }
                 return;
@@ -512,6 +522,7 @@ impl Engine {
             let up = age.is_some() && !silent;
             if up != peer.up {
                 peer.up = up;
+                self.up_changed = true;
                 let name = &peer.spec.name;
                 match (up, age.is_some(), peer.session_age.is_some()) {
                     (true, _, false) => {

@@ -141,7 +141,8 @@ pub fn run(
             shell.flush();
             next_tick = now + TICK;
         }
-        if now >= next_metrics {
+        // A peer that went up or down is published at once, not at the next second.
+        if now >= next_metrics || engine.take_up_changed() {
             publish(engine, &shell, &reader, loop_id, snapshot, now);
             next_metrics = now + METRICS_EVERY;
         }
