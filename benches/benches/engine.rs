@@ -7,7 +7,10 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use liqonet_benches::{connected_pair, exchange, home_addr, hub, packet, Capture, Routed};
+use liqonet_benches::{
+    connected_pair, connected_pair_with, exchange, foreign_addr, home_addr, hub, packet, Capture,
+    Routed,
+};
 use liqonet_gateway::engine::{DropReason, Engine, Probing};
 use liqonet_gateway::wire::remap::{rewrite, Field};
 use liqonet_proto::Cidr;
@@ -17,8 +20,13 @@ const BATCH: usize = 65536 / MTU_PACKET;
 
 fn encapsulate(c: &mut Criterion) {
     let mut g = c.benchmark_group("encapsulate");
-    for (peers, remapped) in [(1, false), (100, false), (1, true)] {
-        let (mut home, _) = connected_pair(peers - 1, remapped);
+    for (peers, networks, remapped) in [
+        (1, 1, false),
+        (100, 1, false),
+        (1, 1, true),
+        (100, 10, true),
+    ] {
+        let (mut home, _) = connected_pair_with(peers - 1, networks, remapped);
         // The engine rewrites packets in place: each one starts from a fresh copy.
         let template = packet(MTU_PACKET, [10, 245, 0, 10]);
         let mut pkt = template.clone();
@@ -29,7 +37,15 @@ fn encapsulate(c: &mut Criterion) {
         };
         // Once outside the measurements, so the check below holds when a filter skips them.
         send(&mut out);
-        let name = format!("{peers}-peers{}", if remapped { "-remapped" } else { "" });
+        let name = format!(
+            "{peers}-peers{}{}",
+            if networks > 1 {
+                format!("-{}-networks", peers * networks)
+            } else {
+                String::new()
+            },
+            if remapped { "-remapped" } else { "" }
+        );
         g.throughput(Throughput::Bytes(MTU_PACKET as u64));
         g.bench_function(format!("packet/{name}"), |b| b.iter(|| send(&mut out)));
         g.throughput(Throughput::Bytes((MTU_PACKET * BATCH) as u64));
@@ -155,5 +171,70 @@ fn probe(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, encapsulate, decapsulate, remap, probe);
+/// The scale target in one line: per-packet cost (encapsulate + remap, decapsulate + remap) on a
+/// gateway with 100 peers and 1 000 remapped networks against 1 peer and 1 network, timed in
+/// alternating rounds so drift hits both alike; medians of 7.
+fn many_peers(_: &mut Criterion) {
+    const PACKETS: usize = 20_000;
+    let mut small = connected_pair_with(0, 1, true);
+    let mut large = connected_pair_with(99, 10, true);
+    let template = packet(MTU_PACKET, [10, 245, 0, 10]);
+    // Foreign's pods send to home's pods, which foreign knows as 10.246.0.0/16.
+    let reply = {
+        let mut p = packet(MTU_PACKET, [10, 246, 0, 10]);
+        p[12..16].copy_from_slice(&[10, 244, 0, 20]);
+        p
+    };
+    let encapsulate = |home: &mut Engine| {
+        let mut pkt = template.clone();
+        let mut out = Capture::default();
+        let t = Instant::now();
+        for _ in 0..PACKETS {
+            pkt.copy_from_slice(&template);
+            home.from_tun(&mut pkt, &mut out);
+        }
+        assert_eq!(out.sent, PACKETS);
+        t.elapsed() / PACKETS as u32
+    };
+    let decapsulate = |(home, foreign): &mut (Engine, Engine)| {
+        let mut cap = Capture {
+            keep: true,
+            ..Default::default()
+        };
+        for _ in 0..PACKETS {
+            foreign.from_tun(&mut reply.clone(), &mut cap);
+        }
+        let mut out = Capture::default();
+        let t = Instant::now();
+        for d in &cap.datagrams {
+            home.from_network(foreign_addr(), d, &mut out);
+        }
+        assert_eq!(out.delivered, PACKETS, "{:?}", home.counters());
+        t.elapsed() / PACKETS as u32
+    };
+    let (mut enc, mut dec) = (vec![], vec![]);
+    for _ in 0..7 {
+        enc.push((encapsulate(&mut small.0), encapsulate(&mut large.0)));
+        dec.push((decapsulate(&mut small), decapsulate(&mut large)));
+    }
+    let median = |v: &mut Vec<(Duration, Duration)>| {
+        let mut a: Vec<Duration> = v.iter().map(|x| x.0).collect();
+        let mut b: Vec<Duration> = v.iter().map(|x| x.1).collect();
+        a.sort();
+        b.sort();
+        (a[a.len() / 2], b[b.len() / 2])
+    };
+    for (what, v) in [
+        ("encapsulate + remap", &mut enc),
+        ("decapsulate + remap", &mut dec),
+    ] {
+        let (one, many) = median(v);
+        let change = (many.as_secs_f64() / one.as_secs_f64() - 1.0) * 100.0;
+        println!(
+            "{what}, {MTU_PACKET} B: 1 peer / 1 network {one:.2?}, 100 peers / 1 000 networks {many:.2?} a packet ({change:+.1} %; target within 5 %)"
+        );
+    }
+}
+
+criterion_group!(benches, encapsulate, decapsulate, remap, probe, many_peers);
 criterion_main!(benches);

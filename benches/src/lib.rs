@@ -67,18 +67,43 @@ pub fn packet(len: usize, dst: [u8; 4]) -> Vec<u8> {
 /// (10.{1..}.x.0/24), to show that cost per packet does not grow with their number. With
 /// `remapped`, home knows foreign's 10.244.0.0/16 as 10.245.0.0/16 (else foreign is 10.245/16).
 pub fn connected_pair(extra_peers: usize, remapped: bool) -> (Engine, Engine) {
+    connected_pair_with(extra_peers, 1, remapped)
+}
+
+/// As [`connected_pair`], with `networks` networks per peer. Beyond each peer's first, every
+/// network is 172.16.k.0/24 as the peer numbers it (the same for every peer, as clusters built
+/// alike overlap), remapped at home to a prefix of its own: 10.{1..}.x.0/24 for the extra
+/// peers, 10.250.k.0/24 for foreign.
+pub fn connected_pair_with(
+    extra_peers: usize,
+    networks: usize,
+    remapped: bool,
+) -> (Engine, Engine) {
     let (hk, fk) = (Key::clamped([1; 32]), Key::clamped([2; 32]));
     let mut foreign_spec = spec("foreign", &fk, FOREIGN, "10.245.0.0/16");
     if remapped {
         foreign_spec.networks[0].cidr = "10.244.0.0/16".parse().expect("a CIDR");
+    }
+    let overlapping = |k: usize, remapped: String| Network {
+        cidr: format!("172.16.{k}.0/24").parse().expect("a CIDR"),
+        remapped: remapped.parse().expect("a CIDR"),
+    };
+    for k in 1..networks {
+        foreign_spec
+            .networks
+            .push(overlapping(k, format!("10.250.{k}.0/24")));
     }
     let mut peers = vec![foreign_spec];
     for i in 0..extra_peers {
         let mut bytes = [9u8; 32];
         bytes[1..3].copy_from_slice(&(i as u16).to_be_bytes());
         let k = Key::clamped(bytes);
-        let cidr = format!("10.{}.{}.0/24", 1 + i / 256, i % 256);
-        peers.push(spec(&format!("p{i}"), &k, "192.0.2.9:1", &cidr));
+        let at = |j: usize| format!("10.{}.{}.0/24", 1 + j / 256, j % 256);
+        let mut s = spec(&format!("p{i}"), &k, "192.0.2.9:1", &at(i * networks));
+        for n in 1..networks {
+            s.networks.push(overlapping(n, at(i * networks + n)));
+        }
+        peers.push(s);
     }
     let mut home = Engine::new(&hk, peers, 1420).expect("home engine");
     let mut home_spec = spec("home", &hk, HOME, "10.244.0.0/16");

@@ -118,23 +118,49 @@ fn packet(src: [u8; 4], dst: [u8; 4], len: usize, kind: u8) -> Vec<u8> {
     p
 }
 
+/// 99 more peers, without endpoints (idle), and 9 more networks for `foreign`, so home routes
+/// 1 000 networks of 100 peers: the longest-prefix match and the cryptokey check at that size.
+/// Beyond each peer's first network, each is 172.16.k.0/24 as the peer numbers it (they overlap,
+/// as clusters built alike do) remapped at home to a prefix of its own.
+fn crowd(foreign: &mut PeerSpec) -> Vec<PeerSpec> {
+    let overlapping = |k: usize, remapped: String| Network {
+        cidr: format!("172.16.{k}.0/24").parse().unwrap(),
+        remapped: remapped.parse().unwrap(),
+    };
+    for k in 1..10 {
+        foreign
+            .networks
+            .push(overlapping(k, format!("10.250.{k}.0/24")));
+    }
+    (0..99)
+        .map(|i| {
+            let at = |j: usize| format!("10.{}.{}.0/24", 1 + j / 256, j % 256);
+            let mut p = peer(
+                &format!("idle{i}"),
+                10 + i as u8,
+                HOME,
+                &at(i * 10),
+                &at(i * 10),
+            );
+            p.endpoint = None;
+            p.networks
+                .extend((1..10).map(|k| overlapping(k, at(i * 10 + k))));
+            p
+        })
+        .collect()
+}
+
+const HOME: &str = "192.0.2.1:51840";
+
 #[test]
 fn a_million_packets_each_way_allocate_nothing() {
-    const HOME: &str = "192.0.2.1:51840";
     const FOREIGN: &str = "192.0.2.2:51840";
-    // Both clusters number their pods 10.244/16; each reaches the other as an alias.
-    let mut home = Engine::new(
-        &Key::clamped([1; 32]),
-        vec![peer(
-            "foreign",
-            2,
-            FOREIGN,
-            "10.244.0.0/16",
-            "10.245.0.0/16",
-        )],
-        1420,
-    )
-    .unwrap();
+    // Both clusters number their pods 10.244/16; each reaches the other as an alias. Home has
+    // 99 idle peers besides.
+    let mut foreign_spec = peer("foreign", 2, FOREIGN, "10.244.0.0/16", "10.245.0.0/16");
+    let mut peers = crowd(&mut foreign_spec);
+    peers.insert(0, foreign_spec);
+    let mut home = Engine::new(&Key::clamped([1; 32]), peers, 1420).unwrap();
     let mut foreign = Engine::new(
         &Key::clamped([2; 32]),
         vec![peer("home", 1, HOME, "10.244.0.0/16", "10.246.0.0/16")],

@@ -948,6 +948,14 @@ impl Lab {
         Ok(())
     }
 
+    /// The process ID of a process the lab started (`ip netns exec` becomes the program).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+    }
+
     /// Sends SIGTERM to a process the lab started and waits for it to exit.
     pub fn stop(&mut self, name: &str) -> anyhow::Result<ExitStatus> {
         self.kill(name, "TERM")

@@ -2,7 +2,8 @@
 //! and boringtun-cli, measured in one run; one table, liqonet's ratio to each, and a JSON file
 //! to compare across commits. Ratios matter more than absolute figures: machines drift.
 //! `liqonet-bench failover [--rounds N]` times gateway failovers on the Kubernetes lab instead;
-//! `liqonet-bench flood` measures a tunnel under a handshake flood.
+//! `liqonet-bench flood` measures a tunnel under a handshake flood; `liqonet-bench scale` what
+//! one gateway and its route agents sustain as peers, networks and nodes grow.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -89,6 +90,7 @@ fn measure(name: &str, kind: GatewayKind, secs: u32, runs: usize) -> anyhow::Res
 
 mod failover;
 mod flood;
+mod scale;
 
 fn main() -> ExitCode {
     liqonet_lab::teardown_on_signal();
@@ -108,6 +110,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("failover bench failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("scale") {
+        return match scale::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("scale bench failed: {e:#}");
                 ExitCode::FAILURE
             }
         };
