@@ -5,6 +5,7 @@
 //! torn down when dropped (also while a failing test unwinds); labs left by killed processes are
 //! swept when the next lab starts.
 
+pub mod agent_scale;
 pub mod attack;
 pub mod bad_configs;
 pub mod kube;

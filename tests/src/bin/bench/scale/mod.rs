@@ -3,6 +3,7 @@
 //! memory and timer CPU per peer, a gateway with 100 peers in the lab), `agent` (1 000 remote
 //! networks on a node), `kube` (50 nodes on one API server); all of them when none is named.
 
+mod agent;
 mod engine;
 
 /// One measured figure against its target.
@@ -28,6 +29,7 @@ type Part = fn() -> anyhow::Result<Vec<Figure>>;
 
 const PARTS: &[(&str, Part)] = &[
     ("engine", engine::run),
+    ("agent", agent::run),
 ];
 
 pub fn run(names: &[String]) -> anyhow::Result<()> {
