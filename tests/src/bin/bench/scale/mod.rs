@@ -5,6 +5,7 @@
 
 mod agent;
 mod engine;
+mod kube;
 
 /// One measured figure against its target.
 pub struct Figure {
@@ -30,6 +31,7 @@ type Part = fn() -> anyhow::Result<Vec<Figure>>;
 const PARTS: &[(&str, Part)] = &[
     ("engine", engine::run),
     ("agent", agent::run),
+    ("kube", kube::run),
 ];
 
 pub fn run(names: &[String]) -> anyhow::Result<()> {
