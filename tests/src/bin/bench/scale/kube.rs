@@ -209,8 +209,9 @@ pub fn run() -> anyhow::Result<Vec<Figure>> {
     // Start: every agent lists and watches, then routes its node.
     let before_start = Snapshot::take(&fleet)?;
     let wants = carried.all_expected(&fleet);
+    let pods = fleet.agent_pods()?;
     let start = converge(&mut watchers, &wants, START_TIMEOUT, || {
-        fleet.start_agents()
+        fleet.start_agents(pods)
     })
     .map_err(|e| {
         let dead = fleet.dead_agents();
@@ -261,10 +262,11 @@ pub fn run() -> anyhow::Result<Vec<Figure>> {
         .with_context(|| format!("round {} ({})", r + 1, kinds[k].name))?;
         let all = took.iter().max().copied().unwrap_or_default();
         println!(
-            "  round {:>2}: {:<24} all {n} nodes in {:>7} (median node {:>7}; the API's answer after {})",
+            "  round {:>2}: {:<24} all {n} nodes in {:>7} (first {:>6}, median {:>6}; the API's answer after {})",
             r + 1,
             kinds[k].name,
             ms(all),
+            ms(took.iter().min().copied().unwrap_or_default()),
             ms(median(&took)),
             ms(write)
         );

@@ -5,6 +5,7 @@
 //! ServiceAccount under RBAC). No gateway runs: the bench writes the TunnelEndpoint's status as
 //! the gateway leader would. Everything is torn down on drop.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -184,18 +185,16 @@ impl Fleet {
         Ok(())
     }
 
-    /// Starts the route-agent DaemonSet's pod on every node; their process ids.
-    pub fn start_agents(&mut self) -> anyhow::Result<()> {
+    /// The route-agent DaemonSet's pod for every node, ready to start: (pod name, command).
+    pub fn agent_pods(&self) -> anyhow::Result<Vec<(String, Command)>> {
         let cp = self.cp()?;
-        let ds: Value = serde_json::from_str(&cp.kubectl(&[
-            "-n",
-            NAMESPACE,
-            "get",
-            "daemonset",
-            AGENT_DS,
-            "-o",
-            "json",
-        ])?)?;
+        let get = |args: &[&str]| -> anyhow::Result<Value> {
+            let mut v = vec!["-n", NAMESPACE, "get"];
+            v.extend_from_slice(args);
+            v.extend_from_slice(&["-o", "json"]);
+            Ok(serde_json::from_str(&cp.kubectl(&v)?)?)
+        };
+        let ds = get(&["daemonset", AGENT_DS])?;
         let sa_name = ds["spec"]["template"]["spec"]["serviceAccountName"]
             .as_str()
             .context("the route-agent DaemonSet names no ServiceAccount")?;
@@ -212,7 +211,16 @@ impl Fleet {
         let sa = self.dir.join("serviceaccount");
         pods::write_service_account(&sa, &token, &cp.dir.join("ca.crt"), NAMESPACE)?;
         let bins = bin_dir()?;
-        let mut started = Vec::new();
+        let config_map = |name: &str| -> anyhow::Result<BTreeMap<String, String>> {
+            let v = get(&["configmap", name])?;
+            Ok(v["data"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect())
+        };
+        let mut out = Vec::new();
         for n in &self.nodes {
             let pod_name = format!("{AGENT_DS}-{}", n.name);
             let facts = PodFacts {
@@ -221,18 +229,25 @@ impl Fleet {
                 node_name: &n.name,
                 node_ip: &n.ip,
             };
-            let spec = pods::render(&ds, &facts, |_| Ok(Default::default()))?;
-            let mut cmd = pods::command(&n.ns, &spec, &sa, &bins, (&cp.ip, API_PORT))?;
-            let log = fs::File::create(self.dir.join(format!("{pod_name}.log")))?;
-            started.push(
-                cmd.stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .spawn()
-                    .with_context(|| format!("cannot start {pod_name}"))?,
-            );
+            let spec = pods::render(&ds, &facts, config_map)?;
+            let cmd = pods::command(&n.ns, &spec, &sa, &bins, (&cp.ip, API_PORT))?;
+            out.push((pod_name, cmd));
         }
-        self.agents.extend(started);
+        Ok(out)
+    }
+
+    /// Starts the pods [`Self::agent_pods`] made, each logging to a file of its own.
+    pub fn start_agents(&mut self, pods: Vec<(String, Command)>) -> anyhow::Result<()> {
+        for (pod_name, mut cmd) in pods {
+            let log = fs::File::create(self.dir.join(format!("{pod_name}.log")))?;
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start {pod_name}"))?;
+            self.agents.push(child);
+        }
         Ok(())
     }
 
