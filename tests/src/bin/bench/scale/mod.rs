@@ -80,6 +80,11 @@ fn print_figure(f: &Figure) {
         f.what,
         f.value,
         f.target,
-        if f.met { "met" } else { "MISSED" }
+        // A figure without a target is information, neither met nor missed.
+        match (f.target.as_str(), f.met) {
+            ("-", _) => "",
+            (_, true) => "met",
+            (_, false) => "MISSED",
+        }
     );
 }
