@@ -175,6 +175,50 @@ fn pods_reach_remote_pods_through_the_real_control_plane() {
     assert_routes(&lab, "home");
     assert_routes(&lab, "third");
 
+    // The phase follows the in-tunnel probes, at once: home's gateway nodes drop third's
+    // datagrams (nftables), so home's probes go unanswered; after 5 misses home's TunnelEndpoint
+    // for third is Connecting, and Connected again at the first answer once the rule goes.
+    let third_wan: Vec<String> = lab
+        .cluster("third")
+        .gateway_nodes()
+        .filter_map(|n| n.wan_ip.clone())
+        .collect();
+    let drop_rule = format!(
+        "add rule inet lqtest input ip saddr {{ {} }} drop",
+        third_wan.join(", ")
+    );
+    for ns in gateway_namespaces(&lab, "home") {
+        for rule in [
+            "add table inet lqtest",
+            "add chain inet lqtest input { type filter hook input priority 0 ; policy accept ; }",
+            drop_rule.as_str(),
+        ] {
+            liqonet_lab::netns::ns_run(&ns, &["nft", rule]).unwrap();
+        }
+    }
+    let t0 = Instant::now();
+    let down = lab
+        .wait_phase("home", "third", "Connecting", CONVERGE)
+        .unwrap();
+    let took_down = t0.elapsed();
+    for ns in gateway_namespaces(&lab, "home") {
+        liqonet_lab::netns::ns_run(&ns, &["nft", "delete table inet lqtest"]).unwrap();
+    }
+    let t0 = Instant::now();
+    connected(&lab, "home", "third");
+    let took_up = t0.elapsed();
+    println!(
+        "third's datagrams dropped: tep third Connecting after {took_down:?} ({}); rule removed: Connected after {took_up:?}",
+        down["status"]["message"]
+    );
+    assert_eq!(
+        down["status"]["message"], "the peer does not answer in-tunnel probes",
+        "{down}"
+    );
+    // 5 probes a second apart, then a write to the API (at the next status period before).
+    assert!(took_down < Duration::from_secs(9), "{took_down:?}");
+    assert!(took_up < Duration::from_secs(4), "{took_up:?}");
+
     // Deleting a TunnelEndpoint: kubectl waits for the gateway's finalizer; the peer leaves the
     // data plane and its routes leave every node.
     let t0 = Instant::now();

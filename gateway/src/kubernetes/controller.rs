@@ -244,10 +244,13 @@ pub async fn run<P: Peers>(
     peers: P,
     gateway: GatewayStatus,
     status_interval: Duration,
+    // Reconciles every TunnelEndpoint on each item (a peer went up or down).
+    changes: impl futures::Stream<Item = ()> + Send + 'static,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let controller =
-        Controller::new(api.clone(), watcher::Config::default()).trigger_backoff(watch_backoff());
+    let controller = Controller::new(api.clone(), watcher::Config::default())
+        .trigger_backoff(watch_backoff())
+        .reconcile_all_on(changes);
     let ctx = Arc::new(Context::new(
         api,
         controller.store(),

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod resolver;
 pub mod settings;
 pub mod status;
+pub mod up_down;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,6 +153,7 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
             dp.clone(),
             gateway.clone(),
             settings.status_interval,
+            up_down::changes(snapshot.clone()),
             raised(halt),
         ));
         let why = tokio::select! {
