@@ -1,6 +1,6 @@
 //! An in-memory kernel for tests: it keeps routes, rules, one device, its addresses, FDB and
-//! sysctls; counts dumps and writes; can refuse chosen routes, lose every route it is given
-//! (another program deleting them), and notify each successful write, as the kernel does.
+//! sysctls; counts dumps, writes and batches; can refuse chosen routes, lose every route it is
+//! given (another program deleting them), and notify each successful write, as the kernel does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -26,6 +26,9 @@ pub struct State {
     pub route_dumps: usize,
     /// Writes that succeeded.
     pub writes: usize,
+    /// Batch calls (of routes or rules) and the items in them.
+    pub batches: usize,
+    pub batched: usize,
 }
 
 #[derive(Default)]
@@ -54,6 +57,57 @@ impl FakeKernel {
         }
     }
 
+    /// Counts a batch of `n` items.
+    fn batch(&self, n: usize) {
+        let mut s = self.state();
+        s.batches += 1;
+        s.batched += n;
+    }
+
+    /// One route: refused, or replacing (as the kernel does) the first route of `table` to the
+    /// same destination that is replaceable.
+    fn add_route(&self, r: &Route, table: u32, overlay_index: Option<u32>) -> anyhow::Result<()> {
+        if self.refuse.contains(&r.dst) {
+            bail!("Network is unreachable (os error 101)");
+        }
+        let mut s = self.state();
+        if let Some(i) = overlay_index {
+            Self::index(&s, i)?;
+        }
+        let same = s
+            .routes
+            .iter()
+            .position(|(t, i)| *t == table && i.dst == r.dst && i.replaceable);
+        if let Some(at) = same {
+            s.routes.remove(at);
+        }
+        if !self.lose_routes {
+            let oif = overlay_index.or(Some(2));
+            s.routes.push((
+                table,
+                Installed {
+                    dst: r.dst,
+                    via: Some(r.via),
+                    oif,
+                    replaceable: true,
+                },
+            ));
+        }
+        self.wrote(&mut s);
+        Ok(())
+    }
+
+    fn del_route(&self, r: (u32, Installed)) -> anyhow::Result<()> {
+        let mut s = self.state();
+        let before = s.routes.len();
+        s.routes.retain(|x| *x != r);
+        if s.routes.len() == before {
+            bail!("No such process (os error 3)");
+        }
+        self.wrote(&mut s);
+        Ok(())
+    }
+
     fn index(s: &State, index: u32) -> anyhow::Result<()> {
         match &s.link {
             Some((_, l)) if l.index == index => Ok(()),
@@ -76,40 +130,22 @@ impl Kernel for FakeKernel {
             .collect())
     }
 
-    fn add_route(&self, r: &Route, table: u32, overlay_index: Option<u32>) -> anyhow::Result<()> {
-        if self.refuse.contains(&r.dst) {
-            bail!("Network is unreachable (os error 101)");
-        }
-        let mut s = self.state();
-        if let Some(i) = overlay_index {
-            Self::index(&s, i)?;
-        }
-        // Replace, as the real one does: same table and destination.
-        s.routes.retain(|(t, i)| !(*t == table && i.dst == r.dst));
-        if !self.lose_routes {
-            let oif = overlay_index.or(Some(2));
-            s.routes.push((
-                table,
-                Installed {
-                    dst: r.dst,
-                    via: Some(r.via),
-                    oif,
-                },
-            ));
-        }
-        self.wrote(&mut s);
-        Ok(())
+    fn add_routes(
+        &self,
+        routes: &[Route],
+        table: u32,
+        overlay_index: Option<u32>,
+    ) -> Vec<anyhow::Result<()>> {
+        self.batch(routes.len());
+        routes
+            .iter()
+            .map(|r| self.add_route(r, table, overlay_index.filter(|_| r.overlay)))
+            .collect()
     }
 
-    fn del_route(&self, r: Self::RouteRef) -> anyhow::Result<()> {
-        let mut s = self.state();
-        let before = s.routes.len();
-        s.routes.retain(|x| *x != r);
-        if s.routes.len() == before {
-            bail!("No such process (os error 3)");
-        }
-        self.wrote(&mut s);
-        Ok(())
+    fn del_routes(&self, routes: Vec<Self::RouteRef>) -> Vec<anyhow::Result<()>> {
+        self.batch(routes.len());
+        routes.into_iter().map(|r| self.del_route(r)).collect()
     }
 
     fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(Self::RuleRef, Rule)>> {
@@ -122,21 +158,37 @@ impl Kernel for FakeKernel {
             .collect())
     }
 
-    fn add_rule(&self, r: &Rule, priority: u32, table: u32) -> anyhow::Result<()> {
-        let mut s = self.state();
-        s.rules.push((priority, table, *r));
-        self.wrote(&mut s);
-        Ok(())
+    fn add_rules(&self, rules: &[Rule], priority: u32, table: u32) -> Vec<anyhow::Result<()>> {
+        self.batch(rules.len());
+        rules
+            .iter()
+            .map(|r| {
+                let mut s = self.state();
+                // As the kernel's NLM_F_EXCL: no second identical rule.
+                if s.rules.contains(&(priority, table, *r)) {
+                    bail!("File exists (os error 17)");
+                }
+                s.rules.push((priority, table, *r));
+                self.wrote(&mut s);
+                Ok(())
+            })
+            .collect()
     }
 
-    fn del_rule(&self, r: Self::RuleRef) -> anyhow::Result<()> {
-        let mut s = self.state();
-        let Some(pos) = s.rules.iter().position(|x| *x == r) else {
-            bail!("No such file or directory (os error 2)");
-        };
-        s.rules.remove(pos);
-        self.wrote(&mut s);
-        Ok(())
+    fn del_rules(&self, rules: Vec<Self::RuleRef>) -> Vec<anyhow::Result<()>> {
+        self.batch(rules.len());
+        rules
+            .into_iter()
+            .map(|r| {
+                let mut s = self.state();
+                let Some(pos) = s.rules.iter().position(|x| *x == r) else {
+                    bail!("No such file or directory (os error 2)");
+                };
+                s.rules.remove(pos);
+                self.wrote(&mut s);
+                Ok(())
+            })
+            .collect()
     }
 
     fn vxlan_link(&self, name: &str) -> anyhow::Result<Option<VxlanLink>> {

@@ -1,5 +1,7 @@
 //! What reconciliation needs from the kernel, as a trait: [`crate::netlink::Netlink`] is the
-//! real one; tests use an in-memory fake, so reconciliation is tested without root.
+//! real one; tests use an in-memory fake, so reconciliation is tested without root. Routes and
+//! rules are written in batches (a thousand remote networks are a thousand of each), with one
+//! result per item, so that one refused item is reported and the others still written.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,13 +15,22 @@ pub struct Installed {
     pub dst: Cidr,
     pub via: Option<IpAddr>,
     pub oif: Option<u32>,
+    /// Of the form the agent writes (no TOS, the kernel's default metric): writing the route to
+    /// its destination replaces this one in place (the kernel replaces the route of the same
+    /// destination, TOS and metric).
+    pub replaceable: bool,
 }
 
 impl Installed {
-    /// Does this installed route implement `r` (the overlay device being `overlay_index`)?
-    pub fn is(&self, r: &Route, overlay_index: Option<u32>) -> bool {
-        let on_overlay = self.oif.is_some() && self.oif == overlay_index;
-        self.dst == r.dst && self.via == Some(r.via) && on_overlay == r.overlay
+    /// The route this one implements (the overlay device being `overlay_index`), if it has a
+    /// next hop.
+    pub fn as_route(&self, overlay_index: Option<u32>) -> Option<Route> {
+        let overlay = self.oif.is_some() && self.oif == overlay_index;
+        Some(Route {
+            dst: self.dst,
+            via: self.via?,
+            overlay,
+        })
     }
 }
 
@@ -45,7 +56,8 @@ pub struct VxlanLink {
 }
 
 /// Reads and changes of the kernel state the agent owns. Reads return only what carries the
-/// agent's marks; every call blocks until the kernel has answered.
+/// agent's marks; every call blocks until the kernel has answered. A batch call returns one
+/// result per item, in order, and attempts every item whatever the others' results.
 pub trait Kernel {
     /// What deleting an installed route needs (the dumped message, for netlink).
     type RouteRef;
@@ -54,14 +66,20 @@ pub trait Kernel {
 
     /// The agent's routes (both families) in `table`.
     fn routes(&self, table: u32) -> anyhow::Result<Vec<(Self::RouteRef, Installed)>>;
-    /// Adds or replaces `r` in `table`, through the overlay device `overlay_index` if given.
-    fn add_route(&self, r: &Route, table: u32, overlay_index: Option<u32>) -> anyhow::Result<()>;
-    fn del_route(&self, r: Self::RouteRef) -> anyhow::Result<()>;
+    /// Adds each of `routes` to `table`, or replaces the [`Installed::replaceable`] route to its
+    /// destination; an overlay route goes through the device `overlay_index`.
+    fn add_routes(
+        &self,
+        routes: &[Route],
+        table: u32,
+        overlay_index: Option<u32>,
+    ) -> Vec<anyhow::Result<()>>;
+    fn del_routes(&self, routes: Vec<Self::RouteRef>) -> Vec<anyhow::Result<()>>;
 
     /// The agent's rules (both families) at `priority` looking up `table`.
     fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(Self::RuleRef, Rule)>>;
-    fn add_rule(&self, r: &Rule, priority: u32, table: u32) -> anyhow::Result<()>;
-    fn del_rule(&self, r: Self::RuleRef) -> anyhow::Result<()>;
+    fn add_rules(&self, rules: &[Rule], priority: u32, table: u32) -> Vec<anyhow::Result<()>>;
+    fn del_rules(&self, rules: Vec<Self::RuleRef>) -> Vec<anyhow::Result<()>>;
 
     /// The device called `name`, if it exists, with its VXLAN parameters (if it is one).
     fn vxlan_link(&self, name: &str) -> anyhow::Result<Option<VxlanLink>>;

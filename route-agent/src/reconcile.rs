@@ -2,13 +2,20 @@
 //! second time (and writes nothing); it only ever removes what carries the agent's marks.
 //!
 //! Every action is attempted: one that fails is recorded, with what it was, and the others still
-//! run, so one route the kernel refuses does not leave the rest uninstalled.
+//! run, so one route the kernel refuses does not leave the rest uninstalled. Routes and rules
+//! go to the kernel in batches (deletions, then additions), matched against the installed ones
+//! by set look-ups: a thousand remote networks cost milliseconds, not a round trip each. A route
+//! whose next hop changed is replaced in place, never deleted and added again, so a moved
+//! gateway node leaves no destination without a route meanwhile.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use liqonet_proto::Cidr;
+
 use crate::desired::{Desired, Route, Rule, Vxlan};
-use crate::kernel::Kernel;
+use crate::kernel::{Installed, Kernel};
 
 /// Where the agent's state lives: its table, its rule priority, its overlay device name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,6 +301,53 @@ impl<K: Kernel> Pass<'_, K> {
         Some(index)
     }
 
+    /// Writes done as one batch, `results` one per item: each success counted, each failure
+    /// recorded as `action(i)` (a missing result is a failure too); which succeeded.
+    fn batch(
+        &mut self,
+        kind: Change,
+        n: usize,
+        action: impl Fn(usize) -> String,
+        results: Vec<anyhow::Result<()>>,
+    ) -> Vec<bool> {
+        let mut results = results.into_iter();
+        (0..n)
+            .map(|i| {
+                let result = results
+                    .next()
+                    .unwrap_or_else(|| Err(anyhow::anyhow!("the kernel gave no result")));
+                match result {
+                    Ok(()) => {
+                        match kind {
+                            Change::Add => self.outcome.changes.added += 1,
+                            Change::Remove => self.outcome.changes.removed += 1,
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        self.outcome.failures.push(Failure {
+                            action: action(i),
+                            cause: format!("{e:#}"),
+                        });
+                        false
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Deletes `routes` of `table`; how many could not be.
+    fn delete_routes(&mut self, routes: Vec<(K::RouteRef, Installed)>, table: u32) -> usize {
+        if routes.is_empty() {
+            return 0;
+        }
+        let (refs, shown): (Vec<_>, Vec<_>) = routes.into_iter().unzip();
+        let results = self.k.del_routes(refs);
+        let action = |i: usize| format!("delete route {} from table {table}", shown[i]);
+        let deleted = self.batch(Change::Remove, shown.len(), action, results);
+        deleted.iter().filter(|d| !**d).count()
+    }
+
     fn routes(&mut self, d: &Desired, table: u32, overlay: Option<u32>) {
         let Some(installed) = self.attempt(
             || format!("list the routes of table {table}"),
@@ -301,38 +355,53 @@ impl<K: Kernel> Pass<'_, K> {
         ) else {
             return;
         };
-        let mut present = Vec::new();
-        // Stale routes a deletion failed for: still the agent's, still in its table.
-        let mut stale = 0;
+        // Desired routes already in place; the others installed are not (yet) right.
+        let mut present = BTreeSet::new();
+        let mut wrong = Vec::new();
         for (msg, route) in installed {
-            match d.routes.iter().find(|r| route.is(r, overlay)) {
-                Some(r) if !present.contains(r) => present.push(*r),
+            match route.as_route(overlay).filter(|r| d.routes.contains(r)) {
+                Some(r) if present.insert(r) => {}
                 // Stale, or a duplicate of one already kept.
-                _ => {
-                    let deleted = self.change(
-                        Change::Remove,
-                        || format!("delete route {route} from table {table}"),
-                        |k| k.del_route(msg),
-                    );
-                    stale += usize::from(!deleted);
+                _ => wrong.push((msg, route)),
+            }
+        }
+        let to_add: Vec<Route> = d.routes.difference(&present).copied().collect();
+        let destinations: BTreeSet<Cidr> = to_add.iter().map(|r| r.dst).collect();
+        // A wrong route to a destination still to be routed (a moved gateway node's next hop)
+        // is replaced in place by the add: deleting it first would leave the destination
+        // without a route, its traffic to the main table's, until the add.
+        let mut replaced: BTreeMap<Cidr, (K::RouteRef, Installed)> = BTreeMap::new();
+        let mut stale = Vec::new();
+        for (msg, route) in wrong {
+            let replace = route.replaceable
+                && destinations.contains(&route.dst)
+                && !replaced.contains_key(&route.dst);
+            if replace {
+                replaced.insert(route.dst, (msg, route));
+            } else {
+                stale.push((msg, route));
+            }
+        }
+        // Stale routes a deletion failed for: still the agent's, still in its table.
+        let mut left = self.delete_routes(stale, table);
+        let mut missing = Vec::new();
+        let mut unreplaced = Vec::new();
+        if !to_add.is_empty() {
+            tracing::debug!(routes = to_add.len(), "adding or replacing routes");
+            let results = self.k.add_routes(&to_add, table, overlay);
+            let action = |i: usize| format!("add route {} to table {table}", to_add[i]);
+            let added = self.batch(Change::Add, to_add.len(), action, results);
+            for (r, ok) in to_add.iter().zip(added) {
+                if !ok {
+                    missing.push(*r);
+                    // What it was to replace is not wanted either.
+                    unreplaced.extend(replaced.remove(&r.dst));
                 }
             }
         }
-        let mut missing = Vec::new();
-        let mut added = 0;
-        for r in d.routes.iter().filter(|r| !present.contains(r)) {
-            tracing::debug!(?r, "adding a route");
-            if self.change(
-                Change::Add,
-                || format!("add route {r} to table {table}"),
-                |k| k.add_route(r, table, overlay.filter(|_| r.overlay)),
-            ) {
-                added += 1;
-            } else {
-                missing.push(*r);
-            }
-        }
-        self.outcome.in_place.routes = Some(present.len() + added + stale);
+        left += self.delete_routes(unreplaced, table);
+        let added = to_add.len() - missing.len();
+        self.outcome.in_place.routes = Some(present.len() + added + left);
         self.outcome.in_place.missing_routes = missing;
     }
 
@@ -344,35 +413,48 @@ impl<K: Kernel> Pass<'_, K> {
         ) else {
             return;
         };
-        let mut kept = Vec::new();
-        let mut stale = 0;
+        let mut kept = BTreeSet::new();
+        let mut stale = Vec::new();
         for (msg, rule) in installed {
-            if d.rules.contains(&rule) && !kept.contains(&rule) {
-                kept.push(rule);
-            } else {
-                let deleted = self.change(
-                    Change::Remove,
-                    || format!("delete rule {rule} lookup {table} at priority {priority}"),
-                    |k| k.del_rule(msg),
-                );
-                stale += usize::from(!deleted);
+            // Not desired, or a duplicate of one already kept.
+            if !(d.rules.contains(&rule) && kept.insert(rule)) {
+                stale.push((msg, rule));
             }
         }
+        let mut left = 0;
+        if !stale.is_empty() {
+            let (refs, shown): (Vec<_>, Vec<_>) = stale.into_iter().unzip();
+            let results = self.k.del_rules(refs);
+            let action = |i: usize| {
+                format!(
+                    "delete rule {} lookup {table} at priority {priority}",
+                    shown[i]
+                )
+            };
+            let deleted = self.batch(Change::Remove, shown.len(), action, results);
+            left = deleted.iter().filter(|d| !**d).count();
+        }
+        let to_add: Vec<Rule> = d.rules.difference(&kept).copied().collect();
         let mut missing = Vec::new();
-        let mut added = 0;
-        for r in d.rules.iter().filter(|r| !kept.contains(r)) {
-            tracing::debug!(?r, "adding a rule");
-            if self.change(
-                Change::Add,
-                || format!("add rule {r} lookup {table} at priority {priority}"),
-                |k| k.add_rule(r, priority, table),
-            ) {
-                added += 1;
-            } else {
-                missing.push(*r);
-            }
+        if !to_add.is_empty() {
+            tracing::debug!(rules = to_add.len(), "adding rules");
+            let results = self.k.add_rules(&to_add, priority, table);
+            let action = |i: usize| {
+                format!(
+                    "add rule {} lookup {table} at priority {priority}",
+                    to_add[i]
+                )
+            };
+            let added = self.batch(Change::Add, to_add.len(), action, results);
+            missing = to_add
+                .iter()
+                .zip(added)
+                .filter(|(_, ok)| !ok)
+                .map(|(r, _)| *r)
+                .collect();
         }
-        self.outcome.in_place.rules = Some(kept.len() + added + stale);
+        let added = to_add.len() - missing.len();
+        self.outcome.in_place.rules = Some(kept.len() + added + left);
         self.outcome.in_place.missing_rules = missing;
     }
 }
@@ -453,6 +535,7 @@ mod tests {
             dst: "10.245.0.0/16".parse().unwrap(),
             via: Some("10.84.0.10".parse().unwrap()),
             oif: Some(7),
+            replaceable: true,
         };
         k.state().routes.push((2741, old));
         let e = reconcile(&k, &desired(&c), &owned(&c)).unwrap_err();
@@ -491,6 +574,7 @@ mod tests {
             dst: "10.99.0.0/16".parse().unwrap(),
             via: Some("10.84.0.10".parse().unwrap()),
             oif: Some(7),
+            replaceable: true,
         };
         k.state().routes.push((2741, stale));
         let o = apply(&k, &d, &owned(&c));
@@ -513,5 +597,128 @@ mod tests {
         let o = apply(&k, &d, &owned(&c));
         assert_eq!(o.in_place.routes, None);
         assert_eq!(o.in_place.rules, Some(d.rules.len()));
+    }
+
+    /// `n` remote networks, `10.(100 + i / 256).(i % 256).0/24`.
+    fn networks(n: usize) -> Vec<Cidr> {
+        (0..n)
+            .map(|i| {
+                format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_thousand_networks_take_one_batch_of_routes_and_one_of_rules() {
+        let mut c = config("w1", "vxlan");
+        c.remote_networks = networks(1000);
+        let k = FakeKernel::default();
+        let ch = reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+        let s = k.state();
+        assert_eq!(s.routes.len(), 1000);
+        assert_eq!(s.rules.len(), 1000);
+        // The device, its two addresses and FDB entry, then the routes and the rules.
+        assert_eq!(ch.added, 4 + 2000);
+        assert_eq!((s.batches, s.batched), (2, 2000));
+    }
+
+    #[test]
+    fn a_moved_gateway_node_re_points_every_route_in_place() {
+        let mut c = config("w1", "direct");
+        c.remote_networks = networks(1000);
+        let k = FakeKernel::default();
+        reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+        let before = k.state().batches;
+        c.gateway_node = "w2".into();
+        let ch = reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+        // Replaced, not deleted and added again: no destination was ever without a route.
+        assert_eq!(
+            ch,
+            Changes {
+                added: 1000,
+                removed: 0
+            }
+        );
+        let s = k.state();
+        assert_eq!(
+            s.batches - before,
+            1,
+            "one batch of routes, the rules unchanged"
+        );
+        assert_eq!(s.routes.len(), 1000);
+        let w2: std::net::IpAddr = "172.21.0.12".parse().unwrap();
+        assert!(s.routes.iter().all(|(_, r)| r.via == Some(w2)));
+    }
+
+    #[test]
+    fn a_route_that_cannot_be_re_pointed_does_not_stay_pointing_at_the_old_node() {
+        let c = config("w1", "direct");
+        let k = FakeKernel::default();
+        reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+        let mut moved = c.clone();
+        moved.gateway_node = "w2".into();
+        let k = FakeKernel {
+            refuse: vec!["10.97.0.0/16".parse().unwrap()],
+            state: std::sync::Mutex::new(std::mem::take(&mut *k.state())),
+            ..FakeKernel::default()
+        };
+        let e = reconcile(&k, &desired(&moved), &owned(&moved)).unwrap_err();
+        assert_eq!(e.failures.len(), 1, "{e}");
+        assert!(e.failures[0]
+            .action
+            .starts_with("add route 10.97.0.0/16 via 172.21.0.12"));
+        // 10.245.0.0/16 replaced; the refused one's old route deleted, as nothing wants it
+        // (and the IPv6 one, as w2 has no IPv6 address to route it through).
+        assert_eq!(
+            e.changes,
+            Changes {
+                added: 1,
+                removed: 2
+            }
+        );
+        let s = k.state();
+        let dsts: Vec<String> = s.routes.iter().map(|(_, r)| r.dst.to_string()).collect();
+        assert_eq!(dsts, ["10.245.0.0/16"]);
+    }
+
+    #[test]
+    fn a_route_the_add_would_not_replace_is_deleted() {
+        let c = config("w1", "direct");
+        let d = desired(&c);
+        let k = FakeKernel::default();
+        // The agent's marks, a desired destination, another metric: the add goes beside it.
+        let other = crate::kernel::Installed {
+            dst: "10.245.0.0/16".parse().unwrap(),
+            via: Some("172.20.0.99".parse().unwrap()),
+            oif: Some(2),
+            replaceable: false,
+        };
+        k.state().routes.push((2741, other));
+        let ch = reconcile(&k, &d, &owned(&c)).unwrap();
+        assert_eq!(ch.removed, 1);
+        let s = k.state();
+        assert_eq!(s.routes.len(), d.routes.len());
+        assert!(!s.routes.iter().any(|(_, r)| *r == other));
+    }
+
+    #[test]
+    fn duplicates_of_a_desired_rule_are_deleted_and_one_kept() {
+        let c = config("w1", "vxlan");
+        let d = desired(&c);
+        let k = FakeKernel::default();
+        reconcile(&k, &d, &owned(&c)).unwrap();
+        let first = k.state().rules[0];
+        k.state().rules.push(first);
+        let ch = reconcile(&k, &d, &owned(&c)).unwrap();
+        assert_eq!(
+            ch,
+            Changes {
+                added: 0,
+                removed: 1
+            }
+        );
+        assert_eq!(k.state().rules.len(), d.rules.len());
     }
 }

@@ -1,12 +1,14 @@
 //! The route agents: pod on a home worker ⇄ pod on a foreign worker in both modes and across a
 //! routed (anti-spoofing) node network, service traffic, and reconciliation — config changes,
-//! a moving gateway, restarts, SIGTERM — never touching what the agent does not own; its
-//! metrics and `liqonet-route-agent status`.
+//! a moving gateway, restarts, SIGTERM — never touching what the agent does not own; a
+//! thousand remote networks installed and re-pointed; its metrics and
+//! `liqonet-route-agent status`.
 
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use liqonet_lab::agent_scale::{expected, many_networks, AgentState};
 use liqonet_lab::netns::{ns_output, ns_run, run, sh, wait_for};
 use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
 use liqonet_lab::{ClusterSpec, Lab, LabSpec};
@@ -374,6 +376,81 @@ fn routes_and_rules_the_agent_does_not_own_survive() {
         sh(&w1, "ip rule show").unwrap()
     );
     assert!(!table(&w1).contains("10.245.0.0/16"));
+}
+
+/// Polls the agent's state on `state`'s node until it is what the agent config `text` wants
+/// (generously: this is about correctness, the benchmark times it); the most of `kept` seen
+/// without a route meanwhile.
+fn until_in_place(state: &mut AgentState, text: &str, kept: &[liqonet_proto::Cidr]) -> usize {
+    let (routes, rules) = expected(text).unwrap();
+    let (mut unrouted, mut last) = (0, Default::default());
+    let done = wait_for(Duration::from_secs(30), || {
+        let got: std::collections::BTreeSet<_> = state.routes().unwrap().into_iter().collect();
+        let missing = kept
+            .iter()
+            .filter(|k| !got.iter().any(|(dst, _)| dst == *k))
+            .count();
+        unrouted = unrouted.max(missing);
+        let in_place = got == routes
+            && state
+                .rules()
+                .unwrap()
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                == rules;
+        last = got;
+        in_place
+    });
+    let wrong: Vec<_> = routes.symmetric_difference(&last).take(5).collect();
+    assert!(
+        done,
+        "not in place; routes wanted or not wanted: {wrong:?}…"
+    );
+    unrouted
+}
+
+#[test]
+fn a_thousand_networks_are_installed_and_re_pointed_in_place() {
+    let mut lab = Lab::start(&LabSpec::default()).unwrap();
+    let w1 = lab.home().node("w1").ns.clone();
+    let log = lab.agent_log(0, 1);
+    assert!(lab.stop(&log).unwrap().success());
+    // The lab's remote networks and 1 000 more (100 peers × 10, a tenth IPv6).
+    let many = many_networks(100, 10);
+    let listed: Vec<String> = many.iter().map(ToString::to_string).collect();
+    let config = lab.agent_config(0, 1, "gw").replace(
+        "remoteNetworks: [",
+        &format!("remoteNetworks: [{}, ", listed.join(", ")),
+    );
+    let (_, all) = expected(&config).unwrap();
+    assert_eq!(all.len(), 1000 + lab.remote_networks(0).len());
+    let all: Vec<_> = all.into_iter().collect();
+    lab.start_agent(0, 1, &config, &[]).unwrap();
+    let mut state = AgentState::open(&w1, 2741, 2741).unwrap();
+    until_in_place(&mut state, &config, &[]);
+    worker_to_worker(&lab, "w1");
+
+    // The gateway node moves to w2 and back: every route re-pointed, each replaced in place
+    // (no destination ever without a route, its traffic to the main table's).
+    let path = lab.agent_config_path(0, 1);
+    for gateway in ["w2", "gw"] {
+        let text = config.replace("gatewayNode: gw", &format!("gatewayNode: {gateway}"));
+        fs::write(&path, &text).unwrap();
+        lab.signal(&log, "HUP").unwrap();
+        let unrouted = until_in_place(&mut state, &text, &all);
+        assert_eq!(
+            unrouted, 0,
+            "networks without a route while moving to {gateway}"
+        );
+    }
+    worker_to_worker(&lab, "w1");
+    let text = lab.log(&log);
+    assert!(!text.contains("WARN") && !text.contains("ERROR"), "{text}");
+
+    // SIGTERM: all of it removed.
+    assert!(lab.stop(&log).unwrap().success());
+    assert!(state.routes().unwrap().is_empty());
+    assert!(state.rules().unwrap().is_empty());
 }
 
 /// The pids of the processes in namespace `ns` (on a worker node: its route agent alone).

@@ -1,13 +1,15 @@
 //! A route agent given many remote networks, as the scale benchmark and the lab test load it:
-//! the networks, and the agent's routes and rules as the kernel of a lab namespace has them,
-//! read with netlink dumps. A dump of a thousand routes costs the kernel about a millisecond,
+//! the networks, what a worker's kernel should then hold, and the agent's routes and rules as
+//! the kernel of a lab namespace has them, read with netlink dumps. A dump of a thousand routes costs the kernel about a millisecond,
 //! so it can be polled every few milliseconds while the agent is timed (running `ip` that
 //! often would take a core from the agent).
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use liqonet_proto::agent::{AgentConfig, Mode};
 use liqonet_proto::Cidr;
 use nix::sys::socket::{
     bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
@@ -37,6 +39,28 @@ pub fn many_networks(peers: u16, per_peer: u16) -> Vec<Cidr> {
 
 /// A route of the agent's as dumped: its destination and next hop.
 pub type Route = (Cidr, Option<IpAddr>);
+
+/// What the kernel of a worker node should hold for the agent configuration `text`: a route
+/// to each remote network through the gateway node (its overlay address in `vxlan` mode, its
+/// node address in `direct` mode), and a `to` rule for each.
+pub fn expected(text: &str) -> anyhow::Result<(BTreeSet<Route>, BTreeSet<Cidr>)> {
+    let c = AgentConfig::from_yaml(text).map_err(|e| anyhow!("{e}"))?;
+    if c.is_gateway_node() {
+        bail!("{} is the gateway node, not a worker", c.node_name);
+    }
+    let gw = c.node(&c.gateway_node).context("no gateway node")?;
+    let mut routes = BTreeSet::new();
+    for &dst in &c.remote_networks {
+        let via = match (c.mode, dst.is_ipv4()) {
+            (Mode::Vxlan, true) => IpAddr::V4(c.overlay_ip(gw)),
+            (Mode::Vxlan, false) => IpAddr::V6(c.overlay_ip6(gw)),
+            (Mode::Direct, true) => IpAddr::V4(gw.ip.0),
+            (Mode::Direct, false) => IpAddr::V6(gw.ip6.context("no gateway ip6")?.0),
+        };
+        routes.insert((dst, Some(via)));
+    }
+    Ok((routes, c.remote_networks.iter().copied().collect()))
+}
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;

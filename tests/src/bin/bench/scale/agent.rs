@@ -8,16 +8,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use liqonet_lab::agent_scale::{many_networks, AgentState, Route};
+use liqonet_lab::agent_scale::{expected, many_networks, AgentState, Route};
 use liqonet_lab::lab::add_ns;
 use liqonet_lab::netns::{self, sh};
 use liqonet_lab::{Lab, LabSpec, Underlay};
-use liqonet_proto::agent::{AgentConfig, Mode};
 use liqonet_proto::Cidr;
 
 use super::Figure;
@@ -54,23 +52,6 @@ fn config(mode: &str, gateway: &str, nets: &[Cidr]) -> String {
         "nodeName: w1\nmode: {mode}\ngatewayNode: {gateway}\nreconcileSeconds: 3600\nremoteNetworks: [{}]\n{NODES}",
         nets.join(", ")
     )
-}
-
-/// What the kernel should hold for `text`: every route with its next hop, every rule's prefix.
-fn expected(text: &str) -> anyhow::Result<(BTreeSet<Route>, BTreeSet<Cidr>)> {
-    let c = AgentConfig::from_yaml(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let gw = c.node(&c.gateway_node).context("no gateway node")?;
-    let mut routes = BTreeSet::new();
-    for &dst in &c.remote_networks {
-        let via = match (c.mode, dst.is_ipv4()) {
-            (Mode::Vxlan, true) => IpAddr::V4(c.overlay_ip(gw)),
-            (Mode::Vxlan, false) => IpAddr::V6(c.overlay_ip6(gw)),
-            (Mode::Direct, true) => IpAddr::V4(gw.ip.0),
-            (Mode::Direct, false) => IpAddr::V6(gw.ip6.context("no gateway ip6")?.0),
-        };
-        routes.insert((dst, Some(via)));
-    }
-    Ok((routes, c.remote_networks.iter().copied().collect()))
 }
 
 /// CPU time of every thread of `pid` so far (scheduler nanoseconds, finer than clock ticks).
@@ -149,50 +130,62 @@ impl Bench {
         ];
         let start = Instant::now();
         lab.spawn(AGENT, &ns, &args, &[("RUST_LOG", "info")])?;
-        // `ip netns exec` executes the agent in its own process.
-        let pid = netns::run(&["ip", "netns", "pids", &ns])?
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("the agent is not running")?;
         let mut bench = Bench {
             lab,
             state,
             path,
-            pid,
+            pid: 0,
         };
-        let episode = bench.until_in_place(text, &BTreeSet::new(), start, Duration::ZERO)?;
-        Ok((bench, episode))
+        let (took, unrouted) = bench.until_in_place(text, &BTreeSet::new(), start)?;
+        // `ip netns exec` has become the agent by now: it is the namespace's one process.
+        bench.pid = netns::run(&["ip", "netns", "pids", &ns])?
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("the agent is not running")?;
+        let cpu = bench.idle(Duration::ZERO);
+        Ok((
+            bench,
+            Episode {
+                took,
+                cpu,
+                unrouted,
+            },
+        ))
     }
 
     /// Writes `new` over `old` as the configuration and SIGHUPs the agent.
     fn change(&mut self, old: &str, new: &str) -> anyhow::Result<Episode> {
         let before = expected(old)?.1;
         let kept: BTreeSet<Cidr> = expected(new)?.1.intersection(&before).copied().collect();
-        let (start, cpu) = (Instant::now(), cpu(self.pid));
+        let (start, cpu_before) = (Instant::now(), cpu(self.pid));
         fs::write(&self.path, new)?;
         self.lab.signal(AGENT, "HUP")?;
-        self.until_in_place(new, &kept, start, cpu)
+        let (took, unrouted) = self.until_in_place(new, &kept, start)?;
+        Ok(Episode {
+            took,
+            cpu: self.idle(cpu_before),
+            unrouted,
+        })
     }
 
-    /// Polls the kernel until it holds exactly what `text` wants, counting the networks of
-    /// `kept` seen without a route; then waits for the agent to be idle.
+    /// Polls the kernel until it holds exactly what `text` wants: how long that took from
+    /// `start`, and the most networks of `kept` seen without a route meanwhile.
     fn until_in_place(
         &mut self,
         text: &str,
         kept: &BTreeSet<Cidr>,
         start: Instant,
-        cpu_before: Duration,
-    ) -> anyhow::Result<Episode> {
+    ) -> anyhow::Result<(Duration, usize)> {
         let (routes, rules) = expected(text)?;
         let mut unrouted = 0;
-        let took = loop {
+        loop {
             let got: BTreeSet<Route> = self.state.routes()?.into_iter().collect();
             let routed: BTreeSet<Cidr> = got.iter().map(|(dst, _)| *dst).collect();
             unrouted = unrouted.max(kept.difference(&routed).count());
             // Routes carry nothing without their rules: both count.
             if got == routes && self.state.rules()?.into_iter().collect::<BTreeSet<_>>() == rules {
-                break start.elapsed();
+                return Ok((start.elapsed(), unrouted));
             }
             if start.elapsed() > GIVE_UP {
                 let wrong = routes.symmetric_difference(&got).count();
@@ -202,8 +195,12 @@ impl Bench {
                 );
             }
             std::thread::sleep(Duration::from_millis(2));
-        };
-        // Idle: no CPU used for 300 ms (the notifications of its own changes handled).
+        }
+    }
+
+    /// Waits until the agent has used no CPU for 300 ms (the notifications of its own changes
+    /// handled); the CPU time it used since `before`.
+    fn idle(&self, before: Duration) -> Duration {
         let mut last = cpu(self.pid);
         let quiet = Instant::now() + Duration::from_secs(10);
         while Instant::now() < quiet {
@@ -214,11 +211,7 @@ impl Bench {
             }
             last = now;
         }
-        Ok(Episode {
-            took,
-            cpu: last.saturating_sub(cpu_before),
-            unrouted,
-        })
+        last.saturating_sub(before)
     }
 
     /// SIGTERM: how long until the agent has removed everything and exited.
