@@ -62,13 +62,15 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # End to end (plain routing, liqonet, wireguard-go, boringtun-cli on one lab; results also in
-# target/bench/e2e.json), gateway failovers on the Kubernetes lab, a handshake flood, then the
-# engine's micro-benchmarks.
+# target/bench/e2e.json), gateway failovers on the Kubernetes lab, a handshake flood, scale
+# (peers on one gateway, networks on a route agent, nodes on one API server), then the engine's
+# micro-benchmarks.
 bench: deps controlplane build
 	@test -x target/tools/bin/boringtun-cli || $(CARGO) install boringtun-cli --locked --root target/tools
 	./target/release/liqonet-bench
 	./target/release/liqonet-bench failover
 	./target/release/liqonet-bench flood
+	./target/release/liqonet-bench scale
 	$(CARGO) bench -p liqonet-benches
 
 # Structure-aware fuzzing on stable Rust (fuzz/): every target for FUZZ_INPUTS inputs, built with

@@ -274,5 +274,11 @@ fn measure(mode: &str) -> anyhow::Result<Vec<Figure>> {
             "0",
             moved.unrouted == 0,
         ),
+        Figure::new(
+            &format!("agent {mode}: SIGTERM until all removed and exited"),
+            format!("{} ms", stopped.as_millis()),
+            "-",
+            true,
+        ),
     ])
 }
