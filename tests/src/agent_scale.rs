@@ -273,3 +273,51 @@ fn parse_rule(m: &[u8], table: u32, priority: u32) -> Option<Cidr> {
     }
     Cidr::new(dst?, dst_len).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_networks_are_distinct_a_tenth_ipv6() {
+        let nets = many_networks(100, 10);
+        assert_eq!(nets.len(), 1000);
+        assert_eq!(nets.iter().filter(|n| !n.is_ipv4()).count(), 100);
+        let distinct: BTreeSet<&Cidr> = nets.iter().collect();
+        assert_eq!(distinct.len(), 1000);
+        assert_eq!(nets[0].to_string(), "10.100.0.0/24");
+        assert_eq!(nets[999].to_string(), "fd20:63::/56");
+    }
+
+    #[test]
+    fn a_worker_routes_through_the_gateway_node_of_its_mode() {
+        let config = |mode: &str| {
+            format!(
+                "nodeName: w1\nmode: {mode}\ngatewayNode: gw\nremoteNetworks: [10.245.0.0/16, 'fd10:245::/56']\nnodes:\n  - {{name: gw, ip: 172.20.0.10, podCIDR: 10.244.0.0/24, ip6: 'fd00:172:20::10'}}\n  - {{name: w1, ip: 172.20.0.11, podCIDR: 10.244.1.0/24}}\n"
+            )
+        };
+        let via = |mode: &str| -> Vec<String> {
+            let (routes, rules) = expected(&config(mode)).expect("a worker's config");
+            assert_eq!(rules.len(), 2);
+            routes
+                .iter()
+                .map(|(dst, via)| format!("{dst} via {}", via.expect("a next hop")))
+                .collect()
+        };
+        assert_eq!(
+            via("vxlan"),
+            [
+                "10.245.0.0/16 via 10.84.0.10",
+                "fd10:245::/56 via fdff:2741::ac14:a"
+            ]
+        );
+        assert_eq!(
+            via("direct"),
+            [
+                "10.245.0.0/16 via 172.20.0.10",
+                "fd10:245::/56 via fd00:172:20::10"
+            ]
+        );
+        assert!(expected(&config("vxlan").replace("nodeName: w1", "nodeName: gw")).is_err());
+    }
+}
