@@ -37,7 +37,8 @@ pub const BIG_FILE: usize = 4 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatewayKind {
     Liqonet,
-    /// Debian's wireguard-go, configured with `wg`, for interoperability.
+    /// wireguard-go, configured with `wg`: Debian's on the PATH (the interoperability tests), or
+    /// the binary `ClusterSpec::wireguard_go` names (the bench's current release).
     WireguardGo,
     /// boringtun-cli (crates.io), configured with `wg`: a peer to measure against.
     BoringtunCli,
@@ -65,6 +66,8 @@ pub struct ClusterSpec {
     pub alias: Option<String>,
     pub alias6: Option<String>,
     pub gateway: GatewayKind,
+    /// The wireguard-go binary a `WireguardGo` gateway runs; `None`: `wireguard-go` on the PATH.
+    pub wireguard_go: Option<PathBuf>,
     /// Whether the other side is told this cluster's endpoint (if not, it only answers).
     pub endpoint_known: bool,
     /// Worker nodes besides the gateway node.
@@ -86,6 +89,7 @@ impl ClusterSpec {
             alias: None,
             alias6: None,
             gateway: GatewayKind::Liqonet,
+            wireguard_go: None,
             endpoint_known: true,
             workers: 2,
             agents: Some(Mode::Vxlan),
@@ -821,10 +825,16 @@ impl Lab {
             ];
             self.spawn(&log, c.gw_ns(), &args, &[])?;
         } else {
+            let bin = c
+                .spec
+                .wireguard_go
+                .as_deref()
+                .and_then(Path::to_str)
+                .unwrap_or("wireguard-go");
             self.spawn(
                 &log,
                 c.gw_ns(),
-                &["wireguard-go", "-f", &ifname],
+                &[bin, "-f", &ifname],
                 &[("LOG_LEVEL", "verbose")],
             )?;
         }

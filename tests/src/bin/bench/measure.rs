@@ -1,0 +1,170 @@
+//! One round of the end-to-end bench on one lab: single-stream and 4-stream TCP, the CPU they
+//! cost, UDP at 1 Gbit/s offered, and the round-trip time idle and under a single-stream load.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use liqonet_lab::netns::ns_output;
+use liqonet_lab::probe::{cpu_busy_seconds, iperf3_with};
+
+/// Pings per RTT sample, and their interval.
+pub const PINGS: u32 = 200;
+pub const PING_INTERVAL: &str = "0.01";
+/// UDP as the issue of record offers it: a real receive buffer (`-w`), so the loss is the
+/// path's and not iperf3's default socket buffer's.
+const UDP_1G: [&str; 7] = ["-u", "-b", "1G", "-l", "1300", "-w", "4M"];
+
+/// Where to measure: from a pod to a pod address across the gateways, and the gateways' process
+/// IDs (none for plain routing, where the kernel forwards).
+pub struct Target {
+    pub from: String,
+    pub dst: String,
+    pub gateway_pids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Round {
+    pub gbps_single: f64,
+    pub bytes_single: u64,
+    pub retransmits: u64,
+    /// Busy CPU seconds during the single-stream run: the whole machine, the gateways' processes.
+    pub cpu_machine_s: f64,
+    pub cpu_gateways_s: Option<f64>,
+    pub gbps_4_streams: f64,
+    pub udp_gbps: f64,
+    pub udp_loss_percent: f64,
+    /// Round-trip times in ms; a lost ping is `f64::INFINITY`.
+    pub rtt_idle_ms: Vec<f64>,
+    pub rtt_load_ms: Vec<f64>,
+}
+
+pub fn round(path: &Target, secs: u32) -> anyhow::Result<Round> {
+    let (from, dst) = (path.from.as_str(), path.dst.as_str());
+    let (machine, gateways) = (cpu_busy_seconds(), gateways_cpu(&path.gateway_pids));
+    let single = iperf3_with(from, dst, secs, &[])?;
+    let cpu_machine_s = cpu_busy_seconds() - machine;
+    let cpu_gateways_s = gateways
+        .zip(gateways_cpu(&path.gateway_pids))
+        .map(|(before, after)| after - before);
+    let four = iperf3_with(from, dst, secs, &["-P", "4"])?;
+    let udp = iperf3_with(from, dst, secs, &UDP_1G)?;
+    let rtt_idle_ms = rtts(from, dst)?;
+    let rtt_load_ms = rtts_under_load(from, dst, secs)?;
+    Ok(Round {
+        gbps_single: single.bits_per_second / 1e9,
+        bytes_single: single.bytes,
+        retransmits: single.retransmits,
+        cpu_machine_s,
+        cpu_gateways_s,
+        gbps_4_streams: four.bits_per_second / 1e9,
+        udp_gbps: udp.bits_per_second / 1e9,
+        udp_loss_percent: udp.lost_percent,
+        rtt_idle_ms,
+        rtt_load_ms,
+    })
+}
+
+/// Pings sent while a single-stream iperf3 runs, after a second for it to reach full speed.
+fn rtts_under_load(from: &str, dst: &str, secs: u32) -> anyhow::Result<Vec<f64>> {
+    // Long enough to cover the ramp-up and the 2 s of pings.
+    let load_secs = secs.max(4);
+    std::thread::scope(|s| {
+        let load = s.spawn(|| iperf3_with(from, dst, load_secs, &[]));
+        std::thread::sleep(Duration::from_secs(1));
+        let pings = rtts(from, dst);
+        load.join()
+            .map_err(|_| anyhow::anyhow!("the iperf3 load thread panicked"))?
+            .context("the load under the pings")?;
+        pings
+    })
+}
+
+/// `PINGS` pings at `PING_INTERVAL`; the round-trip time of each, lost ones as infinite.
+fn rtts(from: &str, dst: &str) -> anyhow::Result<Vec<f64>> {
+    let count = PINGS.to_string();
+    let args = [
+        "ping",
+        "-n",
+        "-c",
+        &count,
+        "-i",
+        PING_INTERVAL,
+        "-W",
+        "1",
+        dst,
+    ];
+    // ping exits non-zero when a reply is missing: that is a result, read it anyway.
+    let out = ns_output(from, &args)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rtts: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("icmp_seq=") && !l.contains("DUP!"))
+        .filter_map(|l| {
+            l.split("time=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .take(PINGS as usize)
+        .collect();
+    if rtts.is_empty() && !text.contains("packets transmitted") {
+        anyhow::bail!(
+            "ping printed nothing useful: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    rtts.resize(PINGS as usize, f64::INFINITY);
+    Ok(rtts)
+}
+
+/// The gateways' CPU time so far (user + system, all threads), in seconds; `None` without
+/// gateway processes or when one cannot be read (it exited).
+fn gateways_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| process_cpu_seconds(pid)).sum()
+}
+
+/// `/proc/<pid>/stat`: utime and stime, in clock ticks (USER_HZ, 100 on Linux, as
+/// `cpu_busy_seconds` assumes for /proc/stat).
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: count fields after it. The
+    // state is field 3, utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The `q` quantile (nearest rank) of `values`; infinite values (lost pings) sort last.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_count_lost_pings_as_over_any_bound() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 50.0);
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        v[0] = f64::INFINITY;
+        v[1] = f64::INFINITY;
+        assert_eq!(quantile(&v, 0.99), f64::INFINITY);
+        assert_eq!(quantile(&v, 0.5), 52.0);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
+}
