@@ -1,22 +1,16 @@
 //! A route agent given many remote networks, as the scale benchmark and the lab test load it:
 //! the networks, what a worker's kernel should then hold, and the agent's routes and rules as
-//! the kernel of a lab namespace has them, read with netlink dumps. A dump of a thousand routes costs the kernel about a millisecond,
-//! so it can be polled every few milliseconds while the agent is timed (running `ip` that
-//! often would take a core from the agent).
+//! the kernel of a lab namespace has them ([`crate::rtnl`] dumps, cheap enough to poll every
+//! few milliseconds while the agent is timed).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::{anyhow, bail, Context};
 use liqonet_proto::agent::{AgentConfig, Mode};
 use liqonet_proto::Cidr;
-use nix::sys::socket::{
-    bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
-    SockProtocol, SockType,
-};
 
-use crate::netns::in_netns;
+use crate::rtnl;
 
 /// `peers` × `per_peer` networks, each peer's last one IPv6 and the others IPv4 /24s: peer p's
 /// are `10.(100+p).k.0/24` and `fd20:p::/56`. Clear of the lab's pod CIDRs, aliases and overlay.
@@ -62,216 +56,62 @@ pub fn expected(text: &str) -> anyhow::Result<(BTreeSet<Route>, BTreeSet<Cidr>)>
     Ok((routes, c.remote_networks.iter().copied().collect()))
 }
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWRULE: u16 = 32;
-const RTM_GETRULE: u16 = 34;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-/// The kernel's state changed during the dump: it may have missed or repeated entries.
-const NLM_F_DUMP_INTR: u16 = 0x10;
-/// Route and rule attributes (`RTA_*`, `FRA_*`) that share numbers.
-const ATTR_DST: u16 = 1;
-const RTA_GATEWAY: u16 = 5;
-const FRA_PRIORITY: u16 = 6;
-const ATTR_TABLE: u16 = 15;
-/// The header of a netlink message, then of a route or rule message (`rtmsg`, `fib_rule_hdr`).
-const NLMSG_HDR: usize = 16;
-const RT_HDR: usize = 12;
-
 /// The agent's routes (protocol 202 in `table`) and rules (at `priority`, looking up `table`)
 /// in one namespace, dumped over a netlink socket opened there.
 pub struct AgentState {
-    fd: OwnedFd,
+    socket: rtnl::Socket,
     table: u32,
     priority: u32,
-    seq: u32,
-    buf: Vec<u8>,
 }
 
 impl AgentState {
     pub fn open(ns: &str, table: u32, priority: u32) -> anyhow::Result<AgentState> {
-        let fd = in_netns(ns, || {
-            let fd = socket(
-                AddressFamily::Netlink,
-                SockType::Raw,
-                SockFlag::SOCK_CLOEXEC,
-                SockProtocol::NetlinkRoute,
-            )?;
-            bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-            Ok(fd)
-        })
-        .with_context(|| format!("netlink socket in {ns}"))?;
-        // A dump's answers queue up until read: room for a few thousand routes.
-        setsockopt(&fd, sockopt::RcvBuf, &(4 << 20))?;
         Ok(AgentState {
-            fd,
+            socket: rtnl::Socket::open(ns, 0)?,
             table,
             priority,
-            seq: 0,
-            buf: vec![0; 1 << 20],
         })
     }
 
     /// Both families' routes of the agent's.
     pub fn routes(&mut self) -> anyhow::Result<Vec<Route>> {
-        let (table, mut routes) = (self.table, Vec::new());
-        self.dump(RTM_GETROUTE, RTM_NEWROUTE, |m| {
-            if let Some(r) = parse_route(m, table) {
-                routes.push(r);
-            }
-        })?;
-        Ok(routes)
+        let table = self.table;
+        let dump = self
+            .socket
+            .dump(rtnl::RTM_GETROUTE, rtnl::RTM_NEWROUTE, rtnl::AF_UNSPEC)?;
+        Ok(dump.iter().filter_map(|m| route_of(m, table)).collect())
     }
 
     /// The prefixes of the agent's `to PREFIX` rules, both families.
     pub fn rules(&mut self) -> anyhow::Result<Vec<Cidr>> {
-        let (table, priority, mut rules) = (self.table, self.priority, Vec::new());
-        self.dump(RTM_GETRULE, RTM_NEWRULE, |m| {
-            if let Some(r) = parse_rule(m, table, priority) {
-                rules.push(r);
-            }
-        })?;
-        Ok(rules)
-    }
-
-    /// Dumps every message of type `kind` (both families) into `each`, which sees the bytes
-    /// after the netlink header; a dump the kernel says was interrupted is taken again.
-    fn dump(&mut self, get: u16, kind: u16, mut each: impl FnMut(&[u8])) -> anyhow::Result<()> {
-        let mut collected: Vec<Vec<u8>> = Vec::new();
-        for _ in 0..10 {
-            collected.clear();
-            if !self.dump_once(get, kind, &mut collected)? {
-                collected.iter().for_each(|m| each(m));
-                return Ok(());
-            }
-        }
-        bail!("10 dumps in a row were interrupted by changes")
-    }
-
-    /// One dump; whether it was interrupted.
-    fn dump_once(&mut self, get: u16, kind: u16, out: &mut Vec<Vec<u8>>) -> anyhow::Result<bool> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut req = Vec::with_capacity(NLMSG_HDR + RT_HDR);
-        req.extend_from_slice(&((NLMSG_HDR + RT_HDR) as u32).to_ne_bytes());
-        req.extend_from_slice(&get.to_ne_bytes());
-        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-        req.extend_from_slice(&self.seq.to_ne_bytes());
-        req.extend_from_slice(&0u32.to_ne_bytes());
-        // Family AF_UNSPEC: every family.
-        req.extend_from_slice(&[0; RT_HDR]);
-        send(self.fd.as_raw_fd(), &req, MsgFlags::empty())?;
-        let mut interrupted = false;
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
-            let mut at = 0;
-            while at + NLMSG_HDR <= n {
-                let b = &self.buf[at..n];
-                let len = u32_at(b, 0) as usize;
-                let ty = u16::from_ne_bytes([b[4], b[5]]);
-                let flags = u16::from_ne_bytes([b[6], b[7]]);
-                if len < NLMSG_HDR || len > b.len() {
-                    bail!("a malformed netlink message ({len} bytes of {})", b.len());
-                }
-                let ours = u32_at(b, 8) == self.seq;
-                interrupted |= ours && flags & NLM_F_DUMP_INTR != 0;
-                match ty {
-                    NLMSG_DONE if ours => return Ok(interrupted),
-                    NLMSG_ERROR if ours => {
-                        let code = b
-                            .get(16..20)
-                            .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-                        bail!(
-                            "the dump failed: {}",
-                            std::io::Error::from_raw_os_error(-code)
-                        );
-                    }
-                    t if t == kind && ours => out.push(b[NLMSG_HDR..len].to_vec()),
-                    _ => {}
-                }
-                at += align(len);
-            }
-        }
-    }
-}
-
-fn align(len: usize) -> usize {
-    (len + 3) & !3
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map_or(0, |c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-}
-
-/// The attributes after a route or rule header: (type, payload).
-fn attributes(m: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut at = RT_HDR;
-    std::iter::from_fn(move || {
-        let h = m.get(at..at + 4)?;
-        let len = usize::from(u16::from_ne_bytes([h[0], h[1]]));
-        // The top bits of the type are flags (nested, byte order).
-        let ty = u16::from_ne_bytes([h[2], h[3]]) & 0x3fff;
-        let payload = m.get(at + 4..at + len.max(4))?;
-        at += align(len.max(4));
-        Some((ty, payload))
-    })
-}
-
-fn ip(family: u8, b: &[u8]) -> Option<IpAddr> {
-    match (family, b.len()) {
-        (2, 4) => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
-        (10, 16) => <[u8; 16]>::try_from(b).ok().map(|a| IpAddr::V6(a.into())),
-        _ => None,
-    }
-}
-
-fn unspecified(family: u8) -> Option<IpAddr> {
-    match family {
-        2 => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        10 => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
-        _ => None,
+        let (table, priority) = (self.table, self.priority);
+        let dump = self
+            .socket
+            .dump(rtnl::RTM_GETRULE, rtnl::RTM_NEWRULE, rtnl::AF_UNSPEC)?;
+        Ok(dump
+            .iter()
+            .filter_map(|m| rule_of(m, table, priority))
+            .collect())
     }
 }
 
 /// A route of protocol 202 in `table`.
-fn parse_route(m: &[u8], table: u32) -> Option<Route> {
-    let h = m.get(..RT_HDR)?;
-    let (family, dst_len, protocol) = (h[0], h[1], h[5]);
-    let mut in_table = u32::from(h[4]);
-    let (mut dst, mut via) = (unspecified(family)?, None);
-    for (ty, p) in attributes(m) {
-        match ty {
-            ATTR_DST => dst = ip(family, p)?,
-            RTA_GATEWAY => via = ip(family, p),
-            ATTR_TABLE => in_table = u32_at(p, 0),
-            _ => {}
-        }
+fn route_of(m: &rtnl::Message, table: u32) -> Option<Route> {
+    if m.table() != table || m.protocol() != 202 {
+        return None;
     }
-    (in_table == table && protocol == 202)
-        .then(|| Cidr::new(dst, dst_len).ok().map(|d| (d, via)))
-        .flatten()
+    let dst = m.ip_attr(rtnl::ATTR_DST).or_else(|| m.unspecified())?;
+    Cidr::new(dst, m.dst_len())
+        .ok()
+        .map(|d| (d, m.ip_attr(rtnl::RTA_GATEWAY)))
 }
 
 /// The prefix of a `to PREFIX` rule at `priority` looking up `table`.
-fn parse_rule(m: &[u8], table: u32, priority: u32) -> Option<Cidr> {
-    let h = m.get(..RT_HDR)?;
-    let (family, dst_len) = (h[0], h[1]);
-    let (mut in_table, mut at, mut dst) = (u32::from(h[4]), None, None);
-    for (ty, p) in attributes(m) {
-        match ty {
-            ATTR_DST => dst = ip(family, p),
-            FRA_PRIORITY => at = Some(u32_at(p, 0)),
-            ATTR_TABLE => in_table = u32_at(p, 0),
-            _ => {}
-        }
-    }
-    if in_table != table || at != Some(priority) {
+fn rule_of(m: &rtnl::Message, table: u32, priority: u32) -> Option<Cidr> {
+    if m.table() != table || m.u32_attr(rtnl::FRA_PRIORITY) != Some(priority) {
         return None;
     }
-    Cidr::new(dst?, dst_len).ok()
+    Cidr::new(m.ip_attr(rtnl::ATTR_DST)?, m.dst_len()).ok()
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod lab;
 pub mod netns;
 pub mod outage;
 pub mod probe;
+pub mod rtnl;
 pub mod under_flood;
 
 pub use lab::{Cluster, ClusterSpec, GatewayKind, Lab, LabSpec, Underlay};

@@ -108,7 +108,7 @@ fn converge(
     timeout: Duration,
     act: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<Duration>> {
-    for n in nodes.iter() {
+    for n in nodes.iter_mut() {
         n.drain();
     }
     let ready = Barrier::new(nodes.len() + 1);
