@@ -8,5 +8,6 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod peering;
 pub mod settings;
+pub mod snapshot;
 pub mod status;
 pub mod wire;

@@ -19,7 +19,7 @@ fn get(port: u16, path: &str) -> String {
 }
 
 /// The endpoint on a free loopback port.
-fn serve() -> (u16, liqonet_gateway::io::metrics_http::Snapshot) {
+fn serve() -> (u16, liqonet_gateway::snapshot::Snapshot) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -18,10 +18,10 @@ use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::batch::{TunBatch, UdpBatch};
 use super::control::Control;
-use super::metrics_http::Snapshot;
 use super::udp::{self, Sockets};
 use crate::engine::{Engine, Sink, MAX_PACKET};
 use crate::metrics::{LoopCounters, Sample};
+use crate::snapshot::Snapshot;
 
 const TICK: Duration = Duration::from_millis(250);
 const METRICS_EVERY: Duration = Duration::from_secs(1);

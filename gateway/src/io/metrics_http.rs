@@ -1,15 +1,14 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process answers, and its
+//! The HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz` (the process answers, and its
 //! data-path loop, if it runs one, has turned within [`LOOP_STALL`]; in Kubernetes mode with its
 //! Lease identity and readiness, which a follower checks before taking over an expired Lease, so
-//! it must answer whatever else is going on) and `/readyz` (this
-//! replica carries the tunnel: only the leader is ready, so the gateway Service sends the
-//! foreign clusters' datagrams to it alone).
+//! it must answer whatever else is going on) and `/readyz` (this replica carries the tunnel: only
+//! the leader is ready, so the gateway Service sends the foreign clusters' datagrams to it alone).
 //!
-//! Served by [`liqonet_telemetry::http`] on a thread of its own. The event loop publishes a fresh
-//! snapshot every second; requests only read the latest one, so they never touch the data path.
+//! Served by [`liqonet_telemetry::http`] on a thread of its own, from the [`crate::snapshot`]
+//! the event loop publishes every second: requests never touch the data path.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use liqonet_telemetry::http::{self, Reply};
@@ -17,33 +16,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-use crate::engine::PeerStats;
-use crate::metrics::Totals;
+use crate::snapshot::{Published, Snapshot};
 
 /// The loop publishes every second; this long without means it is stuck (liveness fails).
 pub const LOOP_STALL: Duration = Duration::from_secs(3);
-
-/// What the event loop publishes for readers outside the data path.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// The counters of every data plane this process ran, for `/metrics`.
-    pub totals: Totals,
-    pub peers: Vec<PeerStats>,
-    /// The tunnel is up on this replica.
-    pub ready: bool,
-    /// When the data-path loop last published (while it runs).
-    pub loop_turned: Option<Instant>,
-    /// The same moment on the wall clock: session ages become absolute handshake times.
-    pub published_at: Option<std::time::SystemTime>,
-    /// Packets dropped, by reason.
-    pub drops: Vec<(&'static str, u64)>,
-    /// Kubernetes mode: this replica's identity in the Lease. `/healthz` names it and whether
-    /// the replica carries the tunnel, so a follower checking an expired Lease's holder knows it
-    /// reached that holder (not a newer pod on the same node) and that it still leads.
-    pub identity: Option<String>,
-}
-
-pub type Snapshot = Arc<Mutex<Published>>;
 
 /// The registry's view of the snapshot: the totals are copied out, so the loop never waits on
 /// an encoding.

@@ -11,12 +11,12 @@ use liqonet_proto::{Cidr, Key};
 
 use super::control::Control;
 use super::event_loop;
-use super::metrics_http::Snapshot;
 use super::routes::Routes;
 use super::tun;
 use super::uapi::{self, Device};
 use super::udp::Sockets;
 use crate::engine::Engine;
+use crate::snapshot::Snapshot;
 
 /// Runs the tunnel for `engine` (whose private key is `key`) with routes to `networks` until a
 /// byte arrives on `stop`. The loop publishes into `metrics` (its own snapshot when absent),

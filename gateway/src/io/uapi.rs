@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use liqonet_proto::Key;
 
-use super::metrics_http::Snapshot;
+use crate::snapshot::Snapshot;
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 const MAX_CLIENTS: usize = 8;

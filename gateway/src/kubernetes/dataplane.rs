@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 use super::controller::Peers;
 use crate::engine::{Engine, PeerChanges, PeerSpec, PeerStats};
 use crate::io::control::Control;
-use crate::io::metrics_http::Snapshot;
 use crate::io::serve::serve;
+use crate::snapshot::Snapshot;
 
 pub struct Dataplane {
     stop: UnixStream,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::Stream;
 
-use crate::io::metrics_http::Snapshot;
+use crate::snapshot::{Published, Snapshot};
 
 /// How often the snapshot is looked at.
 const POLL: Duration = Duration::from_millis(200);
@@ -27,7 +27,7 @@ pub fn changes(snapshot: Snapshot) -> impl Stream<Item = ()> + Send + 'static {
 }
 
 /// The peers, each with whether it is up, in the order the loop published them.
-fn up_of(published: Option<&crate::io::metrics_http::Published>) -> Vec<(String, bool)> {
+fn up_of(published: Option<&Published>) -> Vec<(String, bool)> {
     published
         .map(|p| p.peers.iter().map(|s| (s.name.clone(), s.up)).collect())
         .unwrap_or_default()
