@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use liqonet_lab::netns::ns_output;
-use liqonet_lab::probe::{cpu_busy_seconds, iperf3_with};
+use liqonet_lab::probe::{cpu_busy_seconds, iperf3_with, Iperf};
 
 /// Pings per RTT sample, and their interval.
 pub const PINGS: u32 = 200;
@@ -41,13 +41,13 @@ pub struct Round {
 pub fn round(path: &Target, secs: u32) -> anyhow::Result<Round> {
     let (from, dst) = (path.from.as_str(), path.dst.as_str());
     let (machine, gateways) = (cpu_busy_seconds(), gateways_cpu(&path.gateway_pids));
-    let single = iperf3_with(from, dst, secs, &[])?;
+    let single = iperf3(from, dst, secs, &[])?;
     let cpu_machine_s = cpu_busy_seconds() - machine;
     let cpu_gateways_s = gateways
         .zip(gateways_cpu(&path.gateway_pids))
         .map(|(before, after)| after - before);
-    let four = iperf3_with(from, dst, secs, &["-P", "4"])?;
-    let udp = iperf3_with(from, dst, secs, &UDP_1G)?;
+    let four = iperf3(from, dst, secs, &["-P", "4"])?;
+    let udp = iperf3(from, dst, secs, &UDP_1G)?;
     let rtt_idle_ms = rtts(from, dst)?;
     let rtt_load_ms = rtts_under_load(from, dst, secs)?;
     Ok(Round {
@@ -64,12 +64,22 @@ pub fn round(path: &Target, secs: u32) -> anyhow::Result<Round> {
     })
 }
 
+/// An iperf3 run, once more after a failure: now and then its server resets the control
+/// connection of a test that follows another at once (a lost run is not a slow tunnel).
+fn iperf3(from: &str, dst: &str, secs: u32, extra: &[&str]) -> anyhow::Result<Iperf> {
+    iperf3_with(from, dst, secs, extra).or_else(|e| {
+        eprintln!("   iperf3 {extra:?} failed ({e:#}); once more");
+        std::thread::sleep(Duration::from_secs(2));
+        iperf3_with(from, dst, secs, extra)
+    })
+}
+
 /// Pings sent while a single-stream iperf3 runs, after a second for it to reach full speed.
 fn rtts_under_load(from: &str, dst: &str, secs: u32) -> anyhow::Result<Vec<f64>> {
     // Long enough to cover the ramp-up and the 2 s of pings.
     let load_secs = secs.max(4);
     std::thread::scope(|s| {
-        let load = s.spawn(|| iperf3_with(from, dst, load_secs, &[]));
+        let load = s.spawn(|| iperf3(from, dst, load_secs, &[]));
         std::thread::sleep(Duration::from_secs(1));
         let pings = rtts(from, dst);
         load.join()
