@@ -120,6 +120,8 @@ impl Row {
             "udp_1g_gbps": self.udp_1g_gbps,
             "udp_1g_loss_percent": self.udp_1g_loss_percent,
         });
+        // liqonet's own row has no ratios to itself.
+        let liqonet = liqonet.filter(|l| l.name != self.name);
         if let (Some(l), Some(obj)) = (liqonet, v.as_object_mut()) {
             let c = self.against(l);
             for (key, value) in [
