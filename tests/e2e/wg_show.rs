@@ -102,16 +102,19 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
         text.contains("latency    last ") && text.contains(" ms, average "),
         "{text}"
     );
-    let json = run(&[
-        gateway.to_str().unwrap(),
-        "status",
-        "--interface",
-        tun,
-        "-o",
-        "json",
-    ])
-    .unwrap();
-    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let status_json = || -> serde_json::Value {
+        let json = run(&[
+            gateway.to_str().unwrap(),
+            "status",
+            "--interface",
+            tun,
+            "-o",
+            "json",
+        ]);
+        serde_json::from_str(&json.unwrap()).unwrap()
+    };
+    let report = status_json();
+    let json = report.to_string();
     assert_eq!(report["peers"][0]["phase"], "up", "{json}");
     assert!(
         report["peers"][0]["latencyAverageMs"].as_f64().unwrap() > 0.0,
@@ -193,18 +196,7 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
     // and the pods' veths.
     let underlay = liqonet_lab::probe::ping(home.gw_ns(), "192.168.250.11", 25).unwrap();
     let ping = liqonet_lab::probe::ping(&home.main_pod().ns, &foreign.main_pod().ip, 25).unwrap();
-    let report: serde_json::Value = serde_json::from_str(
-        &run(&[
-            gateway.to_str().unwrap(),
-            "status",
-            "--interface",
-            tun,
-            "-o",
-            "json",
-        ])
-        .unwrap(),
-    )
-    .unwrap();
+    let report = status_json();
     let probe_ms = report["peers"][0]["latencyAverageMs"].as_f64().unwrap();
     let (underlay_ms, ping_ms) = (underlay.rtt_avg_ms.unwrap(), ping.rtt_avg_ms.unwrap());
     println!(

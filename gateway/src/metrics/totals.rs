@@ -3,7 +3,7 @@
 //! totals here absorb each sample the loop publishes and carry the earlier counts on, so the
 //! exposed counters only grow for as long as the process runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use crate::engine::{Counters, DropReason, PeerStats, HANDSHAKE_TYPES, RTT_BUCKETS};
@@ -144,13 +144,19 @@ impl Totals {
         self.underlay_send_errors
             .observe(s.io.underlay_send_errors, fresh);
         self.tun_write_errors.observe(s.io.tun_write_errors, fresh);
-        self.peers
-            .retain(|name, _| s.peers.iter().any(|p| &p.name == name));
+        // This runs on the data-path thread once a second: no search per peer, and a name is
+        // copied only when a peer is new.
+        let present: BTreeSet<&str> = s.peers.iter().map(|p| p.name.as_str()).collect();
+        self.peers.retain(|name, _| present.contains(name.as_str()));
         for p in s.peers {
-            self.peers
-                .entry(p.name.clone())
-                .or_default()
-                .absorb(p, s.at);
+            match self.peers.get_mut(&p.name) {
+                Some(t) => t.absorb(p, s.at),
+                None => {
+                    let mut t = PeerTotals::default();
+                    t.absorb(p, s.at);
+                    self.peers.insert(p.name.clone(), t);
+                }
+            }
         }
         self.started = true;
     }
