@@ -273,7 +273,9 @@ want = {"liqonet_peer_up": "gauge", "liqonet_peer_rx_bytes": "counter",
         "liqonet_peer_last_handshake_timestamp_seconds": "gauge",
         "liqonet_peer_probes_sent": "counter", "liqonet_peer_probes_lost": "counter",
         "liqonet_dropped_packets": "counter", "liqonet_build": "info",
-        "liqonet_underlay_send_errors": "counter", "liqonet_tun_write_errors": "counter"}
+        "liqonet_underlay_send_errors": "counter", "liqonet_tun_write_errors": "counter",
+        "liqonet_tun_queue_dropped": "counter",
+        "liqonet_underlay_receive_buffer_dropped": "counter"}
 for name, kind in want.items():
     assert name in families, f"missing {name}"
     assert families[name].type == kind, f"{name} is {families[name].type}"

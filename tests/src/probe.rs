@@ -83,8 +83,9 @@ pub struct Iperf {
     pub bits_per_second: f64,
     pub bytes: u64,
     pub retransmits: u64,
-    /// UDP runs: datagrams lost, in percent.
+    /// UDP runs: datagrams lost, in percent, and in number.
     pub lost_percent: f64,
+    pub lost_datagrams: u64,
 }
 
 /// A TCP iperf3 run of `seconds` from namespace `ns` to the server at `dst`.
@@ -114,6 +115,7 @@ pub fn iperf3_with(ns: &str, dst: &str, seconds: u32, extra: &[&str]) -> anyhow:
             bytes: sum["bytes"].as_u64().unwrap_or(0),
             retransmits: 0,
             lost_percent: sum["lost_percent"].as_f64().unwrap_or(100.0),
+            lost_datagrams: sum["lost_packets"].as_u64().unwrap_or(0),
         });
     }
     let received = &end["sum_received"];
@@ -124,6 +126,7 @@ pub fn iperf3_with(ns: &str, dst: &str, seconds: u32, extra: &[&str]) -> anyhow:
         bytes: received["bytes"].as_u64().unwrap_or(0),
         retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
         lost_percent: 0.0,
+        lost_datagrams: 0,
     })
 }
 

@@ -130,6 +130,9 @@ pub fn run(
     let mut reader = TunReader::new(tun_offload);
     let mut buf = vec![0u8; 65536];
     let mut cmsg = udp::cmsg_buffer();
+    // Drops the kernel reported: on each socket's full receive buffer, on the TUN's full queue.
+    let mut overflows = [0u32; 2];
+    let tun_name = tun.name().unwrap_or_default();
     let mut next_tick = Instant::now();
     let mut next_metrics = Instant::now();
     let loop_id = LOOPS.fetch_add(1, Ordering::Relaxed);
@@ -143,7 +146,11 @@ pub fn run(
         }
         // A peer that went up or down is published at once, not at the next second.
         if now >= next_metrics || engine.take_up_changed() {
-            publish(engine, &shell, &reader, loop_id, snapshot, now);
+            let kernel = KernelDrops {
+                tun_queue: super::tun::queue_dropped(&tun_name),
+                socket_buffers: overflows.iter().map(|&n| u64::from(n)).sum(),
+            };
+            publish(engine, &shell, &reader, kernel, loop_id, snapshot, now);
             next_metrics = now + METRICS_EVERY;
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -186,28 +193,37 @@ pub fn run(
             shell.flush();
         }
         if ready[2] {
-            drain_udp(&sockets.v4, engine, &mut shell, &mut buf, &mut cmsg);
+            let o = &mut overflows[0];
+            drain_udp(&sockets.v4, engine, &mut shell, &mut buf, &mut cmsg, o);
         }
         if let (Some(s), true) = (v6, ready[3]) {
-            drain_udp(s, engine, &mut shell, &mut buf, &mut cmsg);
+            let o = &mut overflows[1];
+            drain_udp(s, engine, &mut shell, &mut buf, &mut cmsg, o);
         }
     }
 }
 
+/// Drains one underlay socket; `overflows` keeps the highest drop count the kernel reported.
 fn drain_udp(
     sock: &UdpSocket,
     engine: &mut Engine,
     shell: &mut Shell<'_>,
     buf: &mut [u8],
     cmsg: &mut Vec<u8>,
+    overflows: &mut u32,
 ) {
     for _ in 0..BURST {
         match udp::recv(sock, buf, cmsg) {
-            // An empty datagram is still one: the engine counts it as malformed.
-            Ok((0, _, src)) => engine.from_network(src, &[], shell),
-            Ok((n, segment, src)) => {
-                for datagram in buf[..n].chunks(segment.max(1)) {
-                    engine.from_network(src, datagram, shell);
+            Ok(r) => {
+                if let Some(n) = r.overflows {
+                    *overflows = (*overflows).max(n);
+                }
+                if r.len == 0 {
+                    // An empty datagram is still one: the engine counts it as malformed.
+                    engine.from_network(r.src, &[], shell);
+                }
+                for datagram in buf[..r.len].chunks(r.segment.max(1)) {
+                    engine.from_network(r.src, datagram, shell);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -221,14 +237,25 @@ fn drain_udp(
     shell.flush();
 }
 
+/// How `status` names the kernel's drops beside the engine's reasons.
+pub const KERNEL_TUN_QUEUE_FULL: &str = "tun_queue_full";
+pub const KERNEL_SOCKET_BUFFER_FULL: &str = "socket_buffer_full";
+
 /// Numbers the loops the process runs: a new one's own counters start from zero.
 static LOOPS: AtomicU64 = AtomicU64::new(1);
+
+/// Packets the kernel dropped before the loop could read them.
+struct KernelDrops {
+    tun_queue: u64,
+    socket_buffers: u64,
+}
 
 /// Hands a fresh view to the HTTP thread; its time also tells `/healthz` the loop is turning.
 fn publish(
     engine: &Engine,
     shell: &Shell<'_>,
     reader: &TunReader,
+    kernel: KernelDrops,
     loop_id: u64,
     snapshot: &Snapshot,
     now: Instant,
@@ -244,6 +271,10 @@ fn publish(
             .iter()
             .map(|r| (r.name(), engine.counters().get(*r))),
     );
+    s.drops.extend([
+        (KERNEL_TUN_QUEUE_FULL, kernel.tun_queue),
+        (KERNEL_SOCKET_BUFFER_FULL, kernel.socket_buffers),
+    ]);
     engine.peer_stats(&mut s.peers);
     s.totals.absorb(&Sample {
         engine: engine.instance(),
@@ -254,6 +285,8 @@ fn publish(
             tun_read_dropped: reader.dropped,
             underlay_send_errors: shell.to_network.errors,
             tun_write_errors: shell.to_tun.errors,
+            tun_queue_dropped: kernel.tun_queue,
+            socket_buffer_dropped: kernel.socket_buffers,
         },
         peers: &s.peers,
         at,

@@ -61,6 +61,9 @@ fn open(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     socket.set_nonblocking(true)?;
     set_buffers(&socket);
+    // The kernel's count of datagrams dropped on a full receive buffer, with each datagram: where
+    // UDP loss happens, from the socket itself (absent on old kernels: the count stays 0).
+    let _ = setsockopt(&socket, sockopt::RxqOvfl, &1);
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
@@ -81,17 +84,23 @@ fn set_buffers(socket: &Socket) {
     }
 }
 
-/// Receives one datagram, or with GRO a run of coalesced ones from one sender: returns the
-/// bytes read, the segment size (the length of each but the last), and the sender.
-/// `cmsg` is the caller's buffer for the GRO control message ([`cmsg_buffer`]), reused across
+/// One receive: `len` bytes from `src`, cut into datagrams of `segment` bytes (the last may be
+/// shorter) when the kernel coalesced a run (GRO).
+pub struct Received {
+    pub len: usize,
+    pub segment: usize,
+    pub src: SocketAddr,
+    /// The socket's drops on a full receive buffer until this datagram was queued, when there
+    /// were any (SO_RXQ_OVFL).
+    pub overflows: Option<u32>,
+}
+
+/// Receives one datagram, or with GRO a run of coalesced ones from one sender.
+/// `cmsg` is the caller's buffer for the control messages ([`cmsg_buffer`]), reused across
 /// calls so that receiving allocates nothing.
 // nix's recvmsg takes the control buffer as a Vec.
 #[allow(clippy::ptr_arg)]
-pub fn recv(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-    cmsg: &mut Vec<u8>,
-) -> io::Result<(usize, usize, SocketAddr)> {
+pub fn recv(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut Vec<u8>) -> io::Result<Received> {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
@@ -105,18 +114,17 @@ pub fn recv(
         MsgFlags::MSG_DONTWAIT,
     )
     .map_err(io::Error::from)?;
-    let n = msg.bytes;
-    let segment = msg
-        .cmsgs()
-        .ok()
-        .and_then(|mut c| {
-            c.find_map(|m| match m {
-                ControlMessageOwned::UdpGroSegments(s) => Some(s as usize),
-                _ => None,
-            })
-        })
-        .filter(|s| *s > 0)
-        .unwrap_or(n);
+    let len = msg.bytes;
+    let (mut segment, mut overflows) = (None, None);
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::UdpGroSegments(s) if s > 0 => segment = Some(s as usize),
+                ControlMessageOwned::RxqOvfl(n) => overflows = Some(n),
+                _ => {}
+            }
+        }
+    }
     let src = msg.address.and_then(|a: SockaddrStorage| {
         if let Some(v4) = a.as_sockaddr_in() {
             Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
@@ -126,7 +134,12 @@ pub fn recv(
         }
     });
     match src {
-        Some(src) => Ok((n, segment, src)),
+        Some(src) => Ok(Received {
+            len,
+            segment: segment.unwrap_or(len),
+            src,
+            overflows,
+        }),
         None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "datagram without a source address",
@@ -134,7 +147,39 @@ pub fn recv(
     }
 }
 
-/// A buffer large enough for the UDP GRO control message.
+/// A buffer large enough for the UDP GRO and the drop-count control messages.
 pub fn cmsg_buffer() -> Vec<u8> {
-    nix::cmsg_space!(i32)
+    nix::cmsg_space!(i32, u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_receive_buffer_is_counted_with_the_next_datagram() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        setsockopt(&rx, sockopt::RcvBuf, &4096).unwrap();
+        setsockopt(&rx, sockopt::RxqOvfl, &1).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        for _ in 0..200 {
+            tx.send_to(&[7; 1000], to).unwrap();
+        }
+        let (mut buf, mut cmsg) = (vec![0; 2048], cmsg_buffer());
+        let first = recv(&rx, &mut buf, &mut cmsg).unwrap();
+        assert_eq!((first.len, first.segment), (1000, 1000));
+        assert_eq!(first.src, tx.local_addr().unwrap());
+        let mut received = 1;
+        while recv(&rx, &mut buf, &mut cmsg).is_ok() {
+            received += 1;
+        }
+        assert!(received < 200, "the buffer never filled");
+        // The count rides on datagrams queued after the drops: the next one says.
+        tx.send_to(&[8; 10], to).unwrap();
+        let next = recv(&rx, &mut buf, &mut cmsg).unwrap();
+        assert_eq!(next.len, 10);
+        assert_eq!(next.overflows, Some(200 - received));
+    }
 }

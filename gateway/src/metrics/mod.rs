@@ -58,6 +58,16 @@ pub fn encode(t: &Totals, encoder: &mut DescriptorEncoder<'_>) -> Result {
             "Packets the TUN device refused.",
             &t.tun_write_errors,
         ),
+        (
+            "liqonet_tun_queue_dropped",
+            "Packets the kernel dropped on the TUN's full queue before the gateway read them.",
+            &t.tun_queue_dropped,
+        ),
+        (
+            "liqonet_underlay_receive_buffer_dropped",
+            "Datagrams the kernel dropped on the underlay sockets' full receive buffers.",
+            &t.socket_buffer_dropped,
+        ),
     ] {
         let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         ConstCounter::new(value.get()).encode(m)?;

@@ -38,6 +38,10 @@ pub struct LoopCounters {
     pub tun_read_dropped: u64,
     pub underlay_send_errors: u64,
     pub tun_write_errors: u64,
+    /// The kernel's drops on the TUN's full queue, since the device was made with the loop.
+    pub tun_queue_dropped: u64,
+    /// The kernel's drops on the underlay sockets' full receive buffers, since they were bound.
+    pub socket_buffer_dropped: u64,
 }
 
 /// One publication of the data path's raw counts.
@@ -116,6 +120,8 @@ pub struct Totals {
     pub tun_read_dropped: Monotonic,
     pub underlay_send_errors: Monotonic,
     pub tun_write_errors: Monotonic,
+    pub tun_queue_dropped: Monotonic,
+    pub socket_buffer_dropped: Monotonic,
     /// By peer name. A peer stays while data planes come and go, and leaves when a running
     /// data plane no longer has it.
     pub peers: BTreeMap<String, PeerTotals>,
@@ -144,6 +150,10 @@ impl Totals {
         self.underlay_send_errors
             .observe(s.io.underlay_send_errors, fresh);
         self.tun_write_errors.observe(s.io.tun_write_errors, fresh);
+        self.tun_queue_dropped
+            .observe(s.io.tun_queue_dropped, fresh);
+        self.socket_buffer_dropped
+            .observe(s.io.socket_buffer_dropped, fresh);
         // This runs on the data-path thread once a second: no search per peer, and a name is
         // copied only when a peer is new.
         let present: BTreeSet<&str> = s.peers.iter().map(|p| p.name.as_str()).collect();

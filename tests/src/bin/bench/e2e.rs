@@ -57,12 +57,16 @@ fn start(subject: &Subject) -> anyhow::Result<(Lab, Target)> {
             .filter_map(|c| lab.pid(&format!("{}-{p}", c.spec.name)))
             .collect(),
     };
+    let gateway_ns = lab.clusters.iter().map(|c| c.gw_ns().to_string()).collect();
+    let receiver_ns = lab.cluster("foreign").main_pod().ns.clone();
     Ok((
         lab,
         Target {
             from,
             dst,
             gateway_pids,
+            gateway_ns,
+            receiver_ns,
         },
     ))
 }
@@ -178,6 +182,23 @@ fn write(rows: &[Row], secs: u32, runs: usize, out: &str) {
         Ok(()) => println!("\nwritten to {out}"),
         Err(e) => eprintln!("cannot write {out}: {e}"),
     }
+}
+
+/// `liqonet-bench hold NAME`: one implementation's lab, up until stdin closes or a signal, for
+/// a profiler or a hand-run tool; says where to measure from and which processes are the gateways.
+pub fn hold(name: &str) -> anyhow::Result<()> {
+    let subject = peers::subjects(|n| n == name)
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no implementation named {name:?}"))?
+        .map_err(|m| anyhow::anyhow!("{}: {}", m.name, m.reason))?;
+    let (_lab, target) = start(&subject)?;
+    println!("from namespace: {}", target.from);
+    println!("to address:     {}", target.dst);
+    println!("gateway pids:   {:?}", target.gateway_pids);
+    println!("(close stdin or press Ctrl-C to tear it down)");
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+    Ok(())
 }
 
 /// `liqonet-bench report`: the table of the last run, from its JSON file.

@@ -5,7 +5,8 @@
 //! engine's micro-benchmark figures.
 //! `liqonet-bench failover [--rounds N]` times gateway failovers on the Kubernetes lab instead;
 //! `liqonet-bench flood` measures a tunnel under a handshake flood; `liqonet-bench scale` what
-//! one gateway and its route agents sustain as peers, networks and nodes grow.
+//! one gateway and its route agents sustain as peers, networks and nodes grow;
+//! `liqonet-bench hold NAME` keeps one implementation's lab up for a profiler.
 
 use std::process::ExitCode;
 
@@ -36,6 +37,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("failover bench failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let (Some("hold"), Some(name)) = (args.first().map(String::as_str), args.get(1)) {
+        return match e2e::hold(name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hold failed: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -15,11 +15,75 @@ pub const PING_INTERVAL: &str = "0.01";
 const UDP_1G: [&str; 7] = ["-u", "-b", "1G", "-l", "1300", "-w", "4M"];
 
 /// Where to measure: from a pod to a pod address across the gateways, and the gateways' process
-/// IDs (none for plain routing, where the kernel forwards).
+/// IDs (none for plain routing, where the kernel forwards); the namespaces whose kernel counters
+/// tell where UDP datagrams were lost.
 pub struct Target {
     pub from: String,
     pub dst: String,
     pub gateway_pids: Vec<u32>,
+    pub gateway_ns: Vec<String>,
+    pub receiver_ns: String,
+}
+
+/// Datagrams of a UDP run that the kernel counted as dropped, by place; what iperf3 lost beyond
+/// them was lost inside a gateway process (or where no counter looks).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UdpLosses {
+    /// As iperf3's receiver counted them.
+    pub lost: u64,
+    /// Full device queues in the gateway nodes: for a userspace gateway, its TUN not read in time.
+    pub device_queues: u64,
+    /// Full UDP receive buffers in the gateway nodes: the underlay sockets.
+    pub gateway_sockets: u64,
+    /// The receiving pod's full socket buffer: iperf3's server not reading in time.
+    pub receiver_socket: u64,
+}
+
+impl UdpLosses {
+    pub fn add(&mut self, o: &UdpLosses) {
+        self.lost += o.lost;
+        self.device_queues += o.device_queues;
+        self.gateway_sockets += o.gateway_sockets;
+        self.receiver_socket += o.receiver_socket;
+    }
+}
+
+/// The kernel's drop counters that a UDP run can move, read now.
+fn kernel_drops(path: &Target) -> anyhow::Result<UdpLosses> {
+    let read = |ns: &str, file: &str| -> anyhow::Result<String> {
+        let out = ns_output(ns, &["cat", file])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let mut k = UdpLosses::default();
+    for ns in &path.gateway_ns {
+        k.device_queues += device_tx_drops(&read(ns, "/proc/net/dev")?);
+        k.gateway_sockets += udp_rcvbuf_errors(&read(ns, "/proc/net/snmp")?);
+    }
+    k.receiver_socket = udp_rcvbuf_errors(&read(&path.receiver_ns, "/proc/net/snmp")?);
+    Ok(k)
+}
+
+/// Every device's transmit drops in the text of `/proc/net/dev`.
+fn device_tx_drops(dev: &str) -> u64 {
+    dev.lines()
+        .filter_map(|l| l.split_once(':'))
+        // Receive: 8 fields; then transmit: bytes packets errs drop.
+        .filter_map(|(_, counts)| counts.split_whitespace().nth(11)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `Udp: ... RcvbufErrors` in the text of `/proc/net/snmp` (a header line, then the values).
+fn udp_rcvbuf_errors(snmp: &str) -> u64 {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -33,6 +97,7 @@ pub struct Round {
     pub gbps_4_streams: f64,
     pub udp_gbps: f64,
     pub udp_loss_percent: f64,
+    pub udp_losses: UdpLosses,
     /// Round-trip times in ms; a lost ping is `f64::INFINITY`.
     pub rtt_idle_ms: Vec<f64>,
     pub rtt_load_ms: Vec<f64>,
@@ -47,7 +112,15 @@ pub fn round(path: &Target, secs: u32) -> anyhow::Result<Round> {
         .zip(gateways_cpu(&path.gateway_pids))
         .map(|(before, after)| after - before);
     let four = iperf3(from, dst, secs, &["-P", "4"])?;
+    let before = kernel_drops(path)?;
     let udp = iperf3(from, dst, secs, &UDP_1G)?;
+    let after = kernel_drops(path)?;
+    let udp_losses = UdpLosses {
+        lost: udp.lost_datagrams,
+        device_queues: after.device_queues.saturating_sub(before.device_queues),
+        gateway_sockets: after.gateway_sockets.saturating_sub(before.gateway_sockets),
+        receiver_socket: after.receiver_socket.saturating_sub(before.receiver_socket),
+    };
     let rtt_idle_ms = rtts(from, dst)?;
     let rtt_load_ms = rtts_under_load(from, dst, secs)?;
     Ok(Round {
@@ -59,6 +132,7 @@ pub fn round(path: &Target, secs: u32) -> anyhow::Result<Round> {
         gbps_4_streams: four.bits_per_second / 1e9,
         udp_gbps: udp.bits_per_second / 1e9,
         udp_loss_percent: udp.lost_percent,
+        udp_losses,
         rtt_idle_ms,
         rtt_load_ms,
     })
@@ -165,6 +239,26 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_drop_counters_are_read_from_proc_text() {
+        let dev = "Inter-|   Receive |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:    5511      10    0    0    0     0          0         0     5511      10    0    0    0     0       0          0
+  wg0x1: 1312800   25246    0    7    0     0          0         0 2243192588  448325    0 55025    0     0       0          0
+  wan0@if3: 1  2    0    0    0     0          0         0 3  4    0 5    0     0       0          0
+";
+        assert_eq!(device_tx_drops(dev), 55030);
+        let snmp = "Ip: Forwarding DefaultTTL
+Ip: 1 64
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+Udp: 416995 0 4915 1 4915 0 0 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+UdpLite: 0 0 0 0 9 0 0 0 0
+";
+        assert_eq!(udp_rcvbuf_errors(snmp), 4915);
+        assert_eq!(udp_rcvbuf_errors("Ip: a\nIp: 1\n"), 0);
+    }
 
     #[test]
     fn quantiles_count_lost_pings_as_over_any_bound() {

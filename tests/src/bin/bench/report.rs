@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::measure::{quantile, Round, PINGS};
+use crate::measure::{quantile, Round, UdpLosses, PINGS};
 
 #[derive(Debug, Clone, Default)]
 pub struct Row {
@@ -28,6 +28,8 @@ pub struct Row {
     pub rtt_load_lost: usize,
     pub udp_1g_gbps: f64,
     pub udp_1g_loss_percent: f64,
+    /// Every round's UDP losses together, by where the kernel counted them.
+    pub udp_1g_losses: UdpLosses,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -77,6 +79,10 @@ impl Row {
             rtt_load_lost: lost(&load),
             udp_1g_gbps: median(rounds.iter().map(|r| r.udp_gbps).collect()),
             udp_1g_loss_percent: median(rounds.iter().map(|r| r.udp_loss_percent).collect()),
+            udp_1g_losses: rounds.iter().fold(UdpLosses::default(), |mut t, r| {
+                t.add(&r.udp_losses);
+                t
+            }),
         }
     }
 
@@ -119,6 +125,10 @@ impl Row {
             "rtt_load_lost_pings": self.rtt_load_lost,
             "udp_1g_gbps": self.udp_1g_gbps,
             "udp_1g_loss_percent": self.udp_1g_loss_percent,
+            "udp_1g_lost_datagrams": self.udp_1g_losses.lost,
+            "udp_1g_dropped_gateway_device_queues": self.udp_1g_losses.device_queues,
+            "udp_1g_dropped_gateway_socket_buffers": self.udp_1g_losses.gateway_sockets,
+            "udp_1g_dropped_receiver_socket_buffer": self.udp_1g_losses.receiver_socket,
         });
         // liqonet's own row has no ratios to itself.
         let liqonet = liqonet.filter(|l| l.name != self.name);
@@ -171,6 +181,18 @@ impl Row {
             rtt_load_lost: count("rtt_load_lost_pings"),
             udp_1g_gbps: num("udp_1g_gbps"),
             udp_1g_loss_percent: num("udp_1g_loss_percent"),
+            udp_1g_losses: UdpLosses {
+                lost: v["udp_1g_lost_datagrams"].as_u64().unwrap_or(0),
+                device_queues: v["udp_1g_dropped_gateway_device_queues"]
+                    .as_u64()
+                    .unwrap_or(0),
+                gateway_sockets: v["udp_1g_dropped_gateway_socket_buffers"]
+                    .as_u64()
+                    .unwrap_or(0),
+                receiver_socket: v["udp_1g_dropped_receiver_socket_buffer"]
+                    .as_u64()
+                    .unwrap_or(0),
+            },
         })
     }
 }
@@ -244,6 +266,28 @@ pub fn print(rows: &[Row], secs: u64, runs: u64) {
                 fig(r.rtt_load_p99_ms, 3)
             ),
             fig(r.udp_1g_loss_percent, 2),
+        );
+    }
+    println!(
+        "\nUDP 1G: datagrams lost (all rounds), and where the kernel counted drops: full device\n\
+         queues and socket buffers in the gateway nodes (a userspace gateway's TUN and underlay\n\
+         sockets), the receiving pod's socket buffer; the rest, elsewhere (e.g. in a gateway)."
+    );
+    println!(
+        "{:w$}  {:>9} {:>13} {:>13} {:>13} {:>9}",
+        "", "lost", "gw queues", "gw sockets", "receiver", "rest"
+    );
+    for r in rows.iter().filter(|r| r.skipped.is_none()) {
+        let l = &r.udp_1g_losses;
+        let counted = l.device_queues + l.gateway_sockets + l.receiver_socket;
+        println!(
+            "{:w$}  {:>9} {:>13} {:>13} {:>13} {:>9}",
+            r.name,
+            l.lost,
+            l.device_queues,
+            l.gateway_sockets,
+            l.receiver_socket,
+            l.lost.saturating_sub(counted)
         );
     }
     if let Some(liqonet) = rows
