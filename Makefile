@@ -68,6 +68,7 @@ lint:
 # micro-benchmarks, and last the end-to-end table again beside the engine's figures. If
 # wireguard-go does not build, the bench says so and measures the others.
 bench: deps controlplane build
+	$(CARGO) build --release -p liqonet-benches --bin liqonet-relay
 	@test -x target/tools/bin/boringtun-cli || $(CARGO) install boringtun-cli --locked --root target/tools
 	@mkdir -p target/bench
 	@./scripts/wireguard-go.sh > target/bench/wireguard-go.path 2> target/bench/wireguard-go.log \

@@ -45,6 +45,9 @@ pub enum GatewayKind {
     /// No tunnel: the gateway nodes route the peers' pod CIDRs to each other over the WAN
     /// (the baseline of the benchmarks; IPv4 underlay, distinct pod CIDRs).
     Plain,
+    /// The bench's I/O floor: `liqonet-relay` (benches/), the gateway's event loop and devices
+    /// with no crypto; two clusters, distinct pod CIDRs.
+    Relay,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,7 +440,10 @@ impl Lab {
         let interface = match cs.gateway {
             // Every userspace WireGuard's control socket path is global
             // (/var/run/wireguard/NAME.sock), liqonet's too: names unique across labs.
-            GatewayKind::Liqonet | GatewayKind::WireguardGo | GatewayKind::BoringtunCli => {
+            GatewayKind::Liqonet
+            | GatewayKind::WireguardGo
+            | GatewayKind::BoringtunCli
+            | GatewayKind::Relay => {
                 format!("wg{}c{i}", &self.prefix[2..self.prefix.len() - 1])
             }
             GatewayKind::Plain => String::new(),
@@ -470,6 +476,7 @@ impl Lab {
             GatewayKind::WireguardGo | GatewayKind::BoringtunCli => {
                 self.start_wireguard_go(i, &key_file)
             }
+            GatewayKind::Relay => self.start_relay(i),
             GatewayKind::Plain => {
                 for j in self.peers_of(i) {
                     let p = &self.clusters[j];
@@ -804,6 +811,46 @@ impl Lab {
                 self.log(&log)
             );
         }
+        Ok(())
+    }
+
+    /// `liqonet-relay` to the one peer this cluster has, and routes to its pod CIDR.
+    fn start_relay(&mut self, i: usize) -> anyhow::Result<()> {
+        let c = self.clusters[i].clone();
+        let [j] = self.peers_of(i)[..] else {
+            bail!("the relay carries one peer: the lab must have two clusters");
+        };
+        let peer = self.clusters[j].clone();
+        let bin = self.bin("liqonet-relay");
+        if !bin.exists() {
+            bail!(
+                "{} is not built (cargo build --release -p liqonet-benches --bin liqonet-relay)",
+                bin.display()
+            );
+        }
+        let (ifname, log) = (c.interface.clone(), format!("{}-relay", c.spec.name));
+        let (port, mtu, endpoint) = (LISTEN_PORT.to_string(), MTU.to_string(), peer.endpoint());
+        let args = [
+            bin.to_str().unwrap_or_default(),
+            "--interface",
+            &ifname,
+            "--listen-port",
+            &port,
+            "--peer",
+            &endpoint,
+            "--mtu",
+            &mtu,
+        ];
+        self.spawn(&log, c.gw_ns(), &args, &[])?;
+        if !wait_for(Duration::from_secs(10), || {
+            self.log(&log).contains("relay up")
+        }) {
+            bail!("liqonet-relay did not start; log:\n{}", self.log(&log));
+        }
+        sh(
+            c.gw_ns(),
+            &format!("ip route add {} dev {ifname}", peer.spec.pod_cidr),
+        )?;
         Ok(())
     }
 

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use liqonet_proto::Cidr;
 
+use super::dataplane::Dataplane;
 use super::routes::Routes;
-use crate::engine::{Engine, PeerChanges, PeerSpec};
+use crate::engine::{PeerChanges, PeerSpec};
 
 /// How long a caller waits for the loop to take a peer set (it takes microseconds when running).
 const LOOP_ANSWER: Duration = Duration::from_secs(10);
@@ -94,16 +95,13 @@ impl Control {
     }
 
     /// The loop's side, when the pipe is readable: applies the waiting peer set, if any.
-    pub(super) fn take(&self, engine: &mut Engine) {
+    pub(super) fn take(&self, dataplane: &mut impl Dataplane) {
         let mut drain = [0u8; 64];
         while matches!((&self.shared.wake_rx).read(&mut drain), Ok(n) if n > 0) {}
         let Some(Request { peers, reply }) = lock(&self.shared.slot).take() else {
             return;
         };
-        let result = engine
-            .apply_peers(peers)
-            .map_err(|e| format!("{e}; the running peers stay"));
-        let _ = reply.send(result);
+        let _ = reply.send(dataplane.apply_peers(peers));
     }
 
     /// The device is up: routes go through `routes` from now on.

@@ -1,6 +1,7 @@
-//! One thread, one engine: poll the TUN, the UDP sockets, a stop pipe and the [`Control`] pipe;
-//! drain whatever is readable through the engine in batches; run the engine's timers. No locks
-//! on the data path, and nothing slow: peer changes arrive ready to swap in.
+//! One thread, one data plane (the engine, through [`Dataplane`]): poll the TUN, the UDP sockets,
+//! a stop pipe and the [`Control`] pipe; drain whatever is readable through the data plane in
+//! batches; run its timers. No locks on the data path, and nothing slow: peer changes arrive
+//! ready to swap in.
 //!
 //! With offloads, one TUN read yields a TCP super-packet that tun-rs splits into MTU-sized
 //! packets, one UDP receive yields a run of coalesced datagrams, and what the engine emits is
@@ -18,9 +19,10 @@ use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::batch::{TunBatch, UdpBatch};
 use super::control::Control;
+use super::dataplane::Dataplane;
 use super::udp::{self, Sockets};
-use crate::engine::{Engine, Sink, MAX_PACKET};
-use crate::metrics::{LoopCounters, Sample};
+use crate::engine::{Sink, MAX_PACKET};
+use crate::metrics::LoopCounters;
 use crate::snapshot::Snapshot;
 
 const TICK: Duration = Duration::from_millis(250);
@@ -80,7 +82,7 @@ impl TunReader {
     fn read(
         &mut self,
         tun: &SyncDevice,
-        engine: &mut Engine,
+        dataplane: &mut impl Dataplane,
         shell: &mut Shell<'_>,
     ) -> io::Result<bool> {
         let n = if self.offload {
@@ -94,7 +96,7 @@ impl TunReader {
         match n {
             Ok(n) => {
                 for (buf, &size) in self.bufs.iter_mut().zip(&self.sizes).take(n) {
-                    engine.from_tun(&mut buf[..size], shell);
+                    dataplane.from_tun(&mut buf[..size], shell);
                 }
                 Ok(true)
             }
@@ -113,7 +115,7 @@ impl TunReader {
 
 /// Runs until a byte arrives on `stop`.
 pub fn run(
-    engine: &mut Engine,
+    dataplane: &mut impl Dataplane,
     tun: &SyncDevice,
     tun_offload: bool,
     sockets: &Sockets,
@@ -140,17 +142,17 @@ pub fn run(
     loop {
         let now = Instant::now();
         if now >= next_tick {
-            engine.tick(&mut shell);
+            dataplane.tick(&mut shell);
             shell.flush();
             next_tick = now + TICK;
         }
         // A peer that went up or down is published at once, not at the next second.
-        if now >= next_metrics || engine.take_up_changed() {
+        if now >= next_metrics || dataplane.take_changed() {
             let kernel = KernelDrops {
                 tun_queue: super::tun::queue_dropped(&tun_name),
                 socket_buffers: overflows.iter().map(|&n| u64::from(n)).sum(),
             };
-            publish(engine, &shell, &reader, kernel, loop_id, snapshot, now);
+            publish(dataplane, &shell, &reader, kernel, loop_id, snapshot, now);
             next_metrics = now + METRICS_EVERY;
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -182,11 +184,11 @@ pub fn run(
             return Ok(());
         }
         if ready[4] {
-            control.take(engine);
+            control.take(dataplane);
         }
         if ready[1] {
             for _ in 0..BURST {
-                if !reader.read(tun, engine, &mut shell)? {
+                if !reader.read(tun, dataplane, &mut shell)? {
                     break;
                 }
             }
@@ -194,11 +196,11 @@ pub fn run(
         }
         if ready[2] {
             let o = &mut overflows[0];
-            drain_udp(&sockets.v4, engine, &mut shell, &mut buf, &mut cmsg, o);
+            drain_udp(&sockets.v4, dataplane, &mut shell, &mut buf, &mut cmsg, o);
         }
         if let (Some(s), true) = (v6, ready[3]) {
             let o = &mut overflows[1];
-            drain_udp(s, engine, &mut shell, &mut buf, &mut cmsg, o);
+            drain_udp(s, dataplane, &mut shell, &mut buf, &mut cmsg, o);
         }
     }
 }
@@ -206,7 +208,7 @@ pub fn run(
 /// Drains one underlay socket; `overflows` keeps the highest drop count the kernel reported.
 fn drain_udp(
     sock: &UdpSocket,
-    engine: &mut Engine,
+    dataplane: &mut impl Dataplane,
     shell: &mut Shell<'_>,
     buf: &mut [u8],
     cmsg: &mut Vec<u8>,
@@ -220,10 +222,10 @@ fn drain_udp(
                 }
                 if r.len == 0 {
                     // An empty datagram is still one: the engine counts it as malformed.
-                    engine.from_network(r.src, &[], shell);
+                    dataplane.from_network(r.src, &[], shell);
                 }
                 for datagram in buf[..r.len].chunks(r.segment.max(1)) {
-                    engine.from_network(r.src, datagram, shell);
+                    dataplane.from_network(r.src, datagram, shell);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -252,7 +254,7 @@ struct KernelDrops {
 
 /// Hands a fresh view to the HTTP thread; its time also tells `/healthz` the loop is turning.
 fn publish(
-    engine: &Engine,
+    dataplane: &impl Dataplane,
     shell: &Shell<'_>,
     reader: &TunReader,
     kernel: KernelDrops,
@@ -265,30 +267,17 @@ fn publish(
     let at = std::time::SystemTime::now();
     s.loop_turned = Some(now);
     s.published_at = Some(at);
-    s.drops.clear();
-    s.drops.extend(
-        crate::engine::DropReason::ALL
-            .iter()
-            .map(|r| (r.name(), engine.counters().get(*r))),
-    );
+    let io = LoopCounters {
+        instance: loop_id,
+        tun_read_dropped: reader.dropped,
+        underlay_send_errors: shell.to_network.errors,
+        tun_write_errors: shell.to_tun.errors,
+        tun_queue_dropped: kernel.tun_queue,
+        socket_buffer_dropped: kernel.socket_buffers,
+    };
+    dataplane.publish(s, io, at);
     s.drops.extend([
         (KERNEL_TUN_QUEUE_FULL, kernel.tun_queue),
         (KERNEL_SOCKET_BUFFER_FULL, kernel.socket_buffers),
     ]);
-    engine.peer_stats(&mut s.peers);
-    s.totals.absorb(&Sample {
-        engine: engine.instance(),
-        counters: engine.counters(),
-        under_load: engine.under_load(),
-        io: LoopCounters {
-            instance: loop_id,
-            tun_read_dropped: reader.dropped,
-            underlay_send_errors: shell.to_network.errors,
-            tun_write_errors: shell.to_tun.errors,
-            tun_queue_dropped: kernel.tun_queue,
-            socket_buffer_dropped: kernel.socket_buffers,
-        },
-        peers: &s.peers,
-        at,
-    });
 }

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod control;
+pub mod dataplane;
 pub mod event_loop;
 pub mod metrics_http;
 pub mod routes;

@@ -47,6 +47,7 @@ fn start(subject: &Subject) -> anyhow::Result<(Lab, Target)> {
     let process = match subject.kind {
         GatewayKind::Plain => None,
         GatewayKind::Liqonet => Some("gateway"),
+        GatewayKind::Relay => Some("relay"),
         GatewayKind::WireguardGo | GatewayKind::BoringtunCli => Some("wireguard"),
     };
     let gateway_pids = match process {

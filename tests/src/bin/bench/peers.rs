@@ -30,8 +30,9 @@ pub struct Missing {
 /// The implementations whose name `wanted` accepts, in the order the table lists them.
 pub fn subjects(wanted: impl Fn(&str) -> bool) -> Vec<Result<Subject, Missing>> {
     let current = format!("wireguard-go-{WIREGUARD_GO_RELEASE}");
-    let all: [(&str, Find); 5] = [
+    let all: [(&str, Find); 6] = [
         ("plain routing", plain),
+        ("liqonet-relay (no crypto)", relay),
         ("liqonet", liqonet),
         (&current, wireguard_go_current),
         ("wireguard-go-debian", wireguard_go_debian),
@@ -73,6 +74,25 @@ fn liqonet(name: &str) -> Result<Subject, String> {
         version = format!("{version} ({commit})");
     }
     Ok(subject(name, GatewayKind::Liqonet, None, version))
+}
+
+/// The I/O floor: the gateway's loop without crypto (benches/src/bin/relay.rs).
+fn relay(name: &str) -> Result<Subject, String> {
+    let bin = liqonet_lab::lab::bin_dir()
+        .map_err(|e| format!("{e:#}"))?
+        .join("liqonet-relay");
+    if !bin.exists() {
+        return Err(format!(
+            "{} is not built (cargo build --release -p liqonet-benches --bin liqonet-relay)",
+            bin.display()
+        ));
+    }
+    Ok(subject(
+        name,
+        GatewayKind::Relay,
+        None,
+        "liqonet-gateway's io/ with no crypto".into(),
+    ))
 }
 
 /// The pinned release, built from its Go module: `LIQONET_WIREGUARD_GO` names the binary
