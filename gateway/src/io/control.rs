@@ -147,6 +147,7 @@ pub fn log_remapping(peers: &[PeerSpec]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Engine;
     use liqonet_proto::Key;
 
     #[test]

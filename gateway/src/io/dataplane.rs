@@ -9,6 +9,8 @@ use crate::engine::{DropReason, Engine, PeerChanges, PeerSpec, Sink};
 use crate::metrics::{LoopCounters, Sample};
 use crate::snapshot::Published;
 
+// The engine's own names: where a packet comes from, not a conversion.
+#[allow(clippy::wrong_self_convention)]
 pub trait Dataplane {
     /// A packet read from the TUN (mutable, for rewriting in place).
     fn from_tun(&mut self, packet: &mut [u8], sink: &mut impl Sink);
