@@ -38,10 +38,36 @@ const COOKIE_REPLY: u8 = 3;
 /// WireGuard message type of transport data.
 const DATA: u8 = 4;
 
+/// WireGuard's data message overhead: a 16-byte header and a 16-byte tag.
+const DATA_OVERHEAD: usize = 32;
+
 /// Where the engine's output goes. Implemented by the I/O shell, and by tests.
+///
+/// A sink that batches may also lend the engine room in its batch, so that data is encrypted or
+/// decrypted straight into it instead of into the engine's buffer and then copied: a copy of
+/// every byte fewer each way. Sinks that do not (the defaults) get everything through
+/// `send_to_network` and `write_to_tun`.
 pub trait Sink {
     fn send_to_network(&mut self, dst: SocketAddr, datagram: &[u8]);
     fn write_to_tun(&mut self, packet: &[u8]);
+    /// Room for a datagram of `len` bytes to `dst` (the slice may be longer), taken by
+    /// [`Sink::commit_datagram`] with the bytes written; left alone, it sends nothing.
+    fn datagram_room(&mut self, _dst: SocketAddr, _len: usize) -> Option<&mut [u8]> {
+        None
+    }
+    fn commit_datagram(&mut self, _len: usize) {}
+    /// Room for a packet of up to `len` bytes for the TUN, taken by [`Sink::commit_packet`].
+    fn packet_room(&mut self, _len: usize) -> Option<&mut [u8]> {
+        None
+    }
+    fn commit_packet(&mut self, _len: usize) {}
+}
+
+/// What became of a packet that decrypted: for the TUN (this many bytes), or answered here.
+enum Decrypted {
+    Deliver(usize),
+    ProbeRequest { seq: u32, sent_nanos: u64 },
+    Consumed,
 }
 
 pub struct Engine {
@@ -297,20 +323,46 @@ impl Engine {
         let Some(endpoint) = peer.endpoint else {
             return self.counters.count(DropReason::NoEndpoint);
         };
-        match peer.tunn.encapsulate(packet, &mut self.buf) {
-            TunnResult::WriteToNetwork(datagram) => {
+        // Into the sink's batch when it lends room. Anything but a data message (a handshake
+        // initiation when no session is up, the packet waiting for it) is rare: it moves to the
+        // engine's buffer and leaves as any other datagram.
+        let len = packet.len() + DATA_OVERHEAD;
+        let sealed = match sink.datagram_room(endpoint, len) {
+            Some(room) => match peer.tunn.encapsulate(packet, room) {
+                TunnResult::WriteToNetwork(d) if d.first() == Some(&DATA) => {
+                    let n = d.len();
+                    sink.commit_datagram(n);
+                    return;
+                }
+                TunnResult::WriteToNetwork(d) => {
+                    let n = d.len();
+                    self.buf[..n].copy_from_slice(d);
+                    Ok(Some(n))
+                }
+                TunnResult::Err(e) => Err(e),
+                _ => Ok(None),
+            },
+            None => match peer.tunn.encapsulate(packet, &mut self.buf) {
+                TunnResult::WriteToNetwork(d) => Ok(Some(d.len())),
+                TunnResult::Err(e) => Err(e),
+                _ => Ok(None),
+            },
+        };
+        match sealed {
+            Ok(Some(n)) => {
+                let datagram = &self.buf[..n];
                 // A handshake initiation when no session is up (the packet waits for it).
                 if datagram.first() != Some(&DATA) {
                     self.counters.sent(datagram);
                 }
                 sink.send_to_network(endpoint, datagram)
             }
-            TunnResult::Err(e) => {
+            Err(e) => {
                 tracing::debug!(peer = %peer.spec.name, error = ?e, "encapsulation failed");
                 self.counters.count(drop_reason(&e));
             }
             // No session yet and a handshake under way: boringtun holds the packet for it.
-            _ => self.counters.count_queued(),
+            Ok(None) => self.counters.count_queued(),
         }
     }
 
@@ -325,6 +377,43 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(idx).and_then(Option::as_mut) else {
             return self.counters.count(DropReason::UnknownPeer);
         };
+        // Data decrypts straight into the sink's TUN batch when it lends room.
+        if datagram.first() == Some(&DATA) {
+            if let Some(room) = sink.packet_room(datagram.len()) {
+                let (packet, inner_src) =
+                    match peer.tunn.decapsulate(Some(src.ip()), datagram, room) {
+                        TunnResult::WriteToTunnelV4(p, inner) => (p, IpAddr::from(inner)),
+                        TunnResult::WriteToTunnelV6(p, inner) => (p, IpAddr::from(inner)),
+                        // A keepalive: authenticated data, so the peer is where it came from.
+                        TunnResult::Done => return peer.roam(src),
+                        TunnResult::Err(e) => {
+                            tracing::debug!(peer = %peer.spec.name, %src, error = ?e, "datagram rejected");
+                            return self.counters.count(drop_reason(&e));
+                        }
+                        // Data never answers with a datagram; nothing to write.
+                        TunnResult::WriteToNetwork(_) => return,
+                    };
+                peer.roam(src);
+                let decrypted = inner_packet(
+                    peer,
+                    &mut self.counters,
+                    Inner {
+                        mtu: self.mtu,
+                        epoch: self.epoch,
+                        up_changed: &mut self.up_changed,
+                    },
+                    packet,
+                    inner_src,
+                );
+                return match decrypted {
+                    Decrypted::Deliver(n) => sink.commit_packet(n),
+                    Decrypted::ProbeRequest { seq, sent_nanos } => {
+                        answer_probe(peer, &mut self.buf, src, seq, sent_nanos, sink)
+                    }
+                    Decrypted::Consumed => {}
+                };
+            }
+        }
         let (packet, inner_src) =
             match peer
                 .tunn
@@ -368,39 +457,18 @@ impl Engine {
                 }
             };
         peer.roam(src);
-        // A probe is answered here and never reaches the TUN.
-        match probe::parse(packet) {
-            probe::Parsed::NotAProbe => {}
-            probe::Parsed::Request { seq, sent_nanos } => {
-                let mut answer = [0u8; probe::PROBE_LEN];
-                probe::reply(&mut answer, seq, sent_nanos);
-                if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(&answer, &mut self.buf)
-                {
-                    sink.send_to_network(src, d);
-                }
-                return;
+        let inner = Inner {
+            mtu: self.mtu,
+            epoch: self.epoch,
+            up_changed: &mut self.up_changed,
+        };
+        match inner_packet(peer, &mut self.counters, inner, packet, inner_src) {
+            Decrypted::Deliver(n) => sink.write_to_tun(&self.buf[..n]),
+            Decrypted::ProbeRequest { seq, sent_nanos } => {
+                answer_probe(peer, &mut self.buf, src, seq, sent_nanos, sink)
             }
-            probe::Parsed::Reply { seq, sent_nanos } => {
-                let now = self.epoch.elapsed().as_nanos() as u64;
-                let rtt = std::time::Duration::from_nanos(now.saturating_sub(sent_nanos));
-                if peer.health.answered(seq, rtt) && !peer.up && peer.tunn.stats().0.is_some() {
-                    peer.up = true;
-                    self.up_changed = true;
-                    tracing::info!(peer = %peer.spec.name, rtt = ?rtt, "peer up: probe answered");
-                }
-                return;
-            }
+            Decrypted::Consumed => {}
         }
-        // Cryptokey routing: only packets from the peer's own networks reach the TUN; their
-        // source then becomes the address home pods know.
-        if !peer.allows_source(inner_src) {
-            return self.counters.count(DropReason::SourceNotAllowed);
-        }
-        if peer.remaps && remap::rewrite(packet, Field::Src, &|a| peer.to_remapped(a)).is_err() {
-            return self.counters.count(DropReason::Malformed);
-        }
-        mss::clamp(packet, self.mtu);
-        sink.write_to_tun(packet);
     }
 
     /// Which peer a datagram belongs to: by the sender's static key for a handshake initiation, by
@@ -578,6 +646,67 @@ impl Engine {
                 incarnation: p.incarnation,
             }
         }));
+    }
+}
+
+/// What [`inner_packet`] needs of the engine besides the peer and the counters.
+struct Inner<'a> {
+    mtu: u16,
+    epoch: Instant,
+    up_changed: &'a mut bool,
+}
+
+/// A packet that decrypted, wherever it lies: a probe is taken here; anything else passes
+/// cryptokey routing (only packets from the peer's own networks reach the TUN), then its
+/// source becomes the address home pods know and its MSS is clamped, in place.
+fn inner_packet(
+    peer: &mut Peer,
+    counters: &mut Counters,
+    inner: Inner<'_>,
+    packet: &mut [u8],
+    inner_src: IpAddr,
+) -> Decrypted {
+    match probe::parse(packet) {
+        probe::Parsed::NotAProbe => {}
+        probe::Parsed::Request { seq, sent_nanos } => {
+            return Decrypted::ProbeRequest { seq, sent_nanos }
+        }
+        probe::Parsed::Reply { seq, sent_nanos } => {
+            let now = inner.epoch.elapsed().as_nanos() as u64;
+            let rtt = std::time::Duration::from_nanos(now.saturating_sub(sent_nanos));
+            if peer.health.answered(seq, rtt) && !peer.up && peer.tunn.stats().0.is_some() {
+                peer.up = true;
+                *inner.up_changed = true;
+                tracing::info!(peer = %peer.spec.name, rtt = ?rtt, "peer up: probe answered");
+            }
+            return Decrypted::Consumed;
+        }
+    }
+    if !peer.allows_source(inner_src) {
+        counters.count(DropReason::SourceNotAllowed);
+        return Decrypted::Consumed;
+    }
+    if peer.remaps && remap::rewrite(packet, Field::Src, &|a| peer.to_remapped(a)).is_err() {
+        counters.count(DropReason::Malformed);
+        return Decrypted::Consumed;
+    }
+    mss::clamp(packet, inner.mtu);
+    Decrypted::Deliver(packet.len())
+}
+
+/// A probe is answered through the session it came by and never reaches the TUN.
+fn answer_probe(
+    peer: &mut Peer,
+    buf: &mut [u8],
+    src: SocketAddr,
+    seq: u32,
+    sent_nanos: u64,
+    sink: &mut impl Sink,
+) {
+    let mut answer = [0u8; probe::PROBE_LEN];
+    probe::reply(&mut answer, seq, sent_nanos);
+    if let TunnResult::WriteToNetwork(d) = peer.tunn.encapsulate(&answer, buf) {
+        sink.send_to_network(src, d);
     }
 }
 

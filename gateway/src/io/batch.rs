@@ -135,20 +135,32 @@ impl UdpBatch {
     }
 
     pub fn push(&mut self, out: &impl Datagrams, dst: SocketAddr, datagram: &[u8]) {
+        self.room(out, dst, datagram.len())[..datagram.len()].copy_from_slice(datagram);
+        self.commit(datagram.len());
+    }
+
+    /// Where a datagram of `len` bytes to `dst` goes, flushing first if it cannot join the
+    /// batch; the slice runs to the end of the buffer (at least `len` and 2 KB). Nothing is
+    /// sent from it until [`UdpBatch::commit`].
+    pub fn room(&mut self, out: &impl Datagrams, dst: SocketAddr, len: usize) -> &mut [u8] {
         let fits = self.dst == Some(dst)
             && self.gso
-            && datagram.len() <= self.segment
+            && len <= self.segment
             // Only the last segment may be shorter: after a short one, nothing more.
             && self.len == self.count * self.segment
             && self.count < GSO_SEGMENTS
-            && self.len + datagram.len() <= GSO_BYTES;
+            && self.len + len <= GSO_BYTES;
         if !fits {
             self.flush(out);
             self.dst = Some(dst);
-            self.segment = datagram.len();
+            self.segment = len;
         }
-        self.buf[self.len..self.len + datagram.len()].copy_from_slice(datagram);
-        self.len += datagram.len();
+        &mut self.buf[self.len..]
+    }
+
+    /// Takes the `len` bytes written at the start of the last [`UdpBatch::room`].
+    pub fn commit(&mut self, len: usize) {
+        self.len += len;
         self.count += 1;
     }
 
@@ -223,13 +235,25 @@ impl TunBatch {
     }
 
     pub fn push(&mut self, dev: &impl Packets, packet: &[u8]) {
+        self.room(dev, packet.len()).copy_from_slice(packet);
+        self.commit(packet.len());
+    }
+
+    /// Where a packet of up to `len` bytes goes, flushing first if the batch is full; taken
+    /// by [`TunBatch::commit`]. A buffer keeps its length between uses, so that this rarely
+    /// writes anything (no zeroing of room about to be overwritten).
+    pub fn room(&mut self, dev: &impl Packets, len: usize) -> &mut [u8] {
         if self.count == self.bufs.len() {
             self.flush(dev);
         }
         let b = &mut self.bufs[self.count];
-        b.clear();
-        b.resize(self.offset, 0);
-        b.extend_from_slice(packet);
+        b.resize(self.offset + len, 0);
+        &mut b[self.offset..]
+    }
+
+    /// Takes the `len` bytes written at the start of the last [`TunBatch::room`].
+    pub fn commit(&mut self, len: usize) {
+        self.bufs[self.count].truncate(self.offset + len);
         self.count += 1;
     }
 
@@ -314,6 +338,28 @@ mod tests {
     }
 
     #[test]
+    fn room_the_engine_writes_into_joins_the_batch_and_room_left_alone_sends_nothing() {
+        let out = FakeSocket::default();
+        let mut batch = UdpBatch::new(true);
+        batch.push(&out, a(), &[1; 100]);
+        let room = batch.room(&out, a(), 100);
+        assert!(room.len() >= 2048);
+        room[..100].fill(2);
+        batch.commit(100);
+        // A handshake instead of data, say: the room is not taken.
+        batch.room(&out, a(), 100)[..148].fill(9);
+        batch.push(&out, b(), &[3; 100]);
+        batch.room(&out, b(), 100)[..100].fill(9);
+        batch.flush(&out);
+        let sends = out.sends.borrow();
+        assert_eq!(sends.len(), 2);
+        assert_eq!(sends[0].0, a());
+        assert_eq!(sends[0].1, [[1u8; 100], [2u8; 100]].concat());
+        assert_eq!(sends[0].2, Some(100));
+        assert_eq!((sends[1].0, sends[1].1.clone(), sends[1].2), (b(), vec![3; 100], None));
+    }
+
+    #[test]
     fn a_run_stops_at_64_segments() {
         let out = FakeSocket::default();
         let mut batch = UdpBatch::new(true);
@@ -389,6 +435,42 @@ mod tests {
             self.batches.borrow_mut().push(1);
             Ok(packet.len())
         }
+    }
+
+    /// Records the packets of each write.
+    #[derive(Default)]
+    struct PacketLog(RefCell<Vec<Vec<u8>>>);
+
+    impl Packets for PacketLog {
+        fn send_multiple(
+            &self,
+            _gro: &mut GROTable,
+            bufs: &mut [Vec<u8>],
+            offset: usize,
+        ) -> io::Result<usize> {
+            let mut log = self.0.borrow_mut();
+            log.extend(bufs.iter().map(|b| b[offset..].to_vec()));
+            Ok(bufs.len())
+        }
+        fn send(&self, packet: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().push(packet.to_vec());
+            Ok(packet.len())
+        }
+    }
+
+    #[test]
+    fn tun_room_holds_exactly_what_was_committed_whatever_was_there_before() {
+        let tun = PacketLog::default();
+        let mut batch = TunBatch::new(true);
+        batch.push(&tun, &[7; 1500]);
+        batch.flush(&tun);
+        // The same buffer again, shorter: nothing of the old packet is left in it.
+        batch.room(&tun, 100)[..60].fill(5);
+        batch.commit(60);
+        // Room not committed is not written.
+        batch.room(&tun, 100).fill(9);
+        batch.flush(&tun);
+        assert_eq!(*tun.0.borrow(), [vec![7; 1500], vec![5; 60]]);
     }
 
     #[test]

@@ -46,6 +46,23 @@ impl Sink for Shell<'_> {
     fn write_to_tun(&mut self, packet: &[u8]) {
         self.to_tun.push(self.tun, packet);
     }
+
+    // The engine encrypts and decrypts straight into the batches.
+    fn datagram_room(&mut self, dst: SocketAddr, len: usize) -> Option<&mut [u8]> {
+        Some(self.to_network.room(self.sockets, dst, len))
+    }
+
+    fn commit_datagram(&mut self, len: usize) {
+        self.to_network.commit(len);
+    }
+
+    fn packet_room(&mut self, len: usize) -> Option<&mut [u8]> {
+        Some(self.to_tun.room(self.tun, len))
+    }
+
+    fn commit_packet(&mut self, len: usize) {
+        self.to_tun.commit(len);
+    }
 }
 
 impl Shell<'_> {
