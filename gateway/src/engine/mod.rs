@@ -380,19 +380,22 @@ impl Engine {
         // Data decrypts straight into the sink's TUN batch when it lends room.
         if datagram.first() == Some(&DATA) {
             if let Some(room) = sink.packet_room(datagram.len()) {
-                let (packet, inner_src) =
-                    match peer.tunn.decapsulate(Some(src.ip()), datagram, room) {
-                        TunnResult::WriteToTunnelV4(p, inner) => (p, IpAddr::from(inner)),
-                        TunnResult::WriteToTunnelV6(p, inner) => (p, IpAddr::from(inner)),
-                        // A keepalive: authenticated data, so the peer is where it came from.
-                        TunnResult::Done => return peer.roam(src),
-                        TunnResult::Err(e) => {
-                            tracing::debug!(peer = %peer.spec.name, %src, error = ?e, "datagram rejected");
-                            return self.counters.count(drop_reason(&e));
-                        }
-                        // Data never answers with a datagram; nothing to write.
-                        TunnResult::WriteToNetwork(_) => return,
-                    };
+                let (packet, inner_src) = match peer.tunn.decapsulate(
+                    Some(src.ip()),
+                    datagram,
+                    room,
+                ) {
+                    TunnResult::WriteToTunnelV4(p, inner) => (p, IpAddr::from(inner)),
+                    TunnResult::WriteToTunnelV6(p, inner) => (p, IpAddr::from(inner)),
+                    // A keepalive: authenticated data, so the peer is where it came from.
+                    TunnResult::Done => return peer.roam(src),
+                    TunnResult::Err(e) => {
+                        tracing::debug!(peer = %peer.spec.name, %src, error = ?e, "datagram rejected");
+                        return self.counters.count(drop_reason(&e));
+                    }
+                    // Data never answers with a datagram; nothing to write.
+                    TunnResult::WriteToNetwork(_) => return,
+                };
                 peer.roam(src);
                 let decrypted = inner_packet(
                     peer,

@@ -356,7 +356,10 @@ mod tests {
         assert_eq!(sends[0].0, a());
         assert_eq!(sends[0].1, [[1u8; 100], [2u8; 100]].concat());
         assert_eq!(sends[0].2, Some(100));
-        assert_eq!((sends[1].0, sends[1].1.clone(), sends[1].2), (b(), vec![3; 100], None));
+        assert_eq!(
+            (sends[1].0, sends[1].1.clone(), sends[1].2),
+            (b(), vec![3; 100], None)
+        );
     }
 
     #[test]
