@@ -20,6 +20,7 @@ use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use super::batch::{TunBatch, UdpBatch};
 use super::control::Control;
 use super::dataplane::Dataplane;
+use super::tun::Reads;
 use super::udp::{self, Sockets};
 use crate::engine::{Sink, MAX_PACKET};
 use crate::metrics::LoopCounters;
@@ -98,12 +99,12 @@ impl TunReader {
     /// Reads what is there, handing each packet to the engine. Returns false when drained.
     fn read(
         &mut self,
-        tun: &SyncDevice,
+        tun: &impl Reads,
         dataplane: &mut impl Dataplane,
-        shell: &mut Shell<'_>,
+        shell: &mut impl Sink,
     ) -> io::Result<bool> {
         let n = if self.offload {
-            tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0)
+            tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes)
         } else {
             tun.recv(&mut self.bufs[0]).map(|n| {
                 self.sizes[0] = n;
@@ -297,4 +298,92 @@ fn publish(
         (KERNEL_TUN_QUEUE_FULL, kernel.tun_queue),
         (KERNEL_SOCKET_BUFFER_FULL, kernel.socket_buffers),
     ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{PeerChanges, PeerSpec};
+    use crate::snapshot::Published;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// A TUN whose reads follow a script: a packet of that many bytes, or an error.
+    struct ScriptedTun(RefCell<VecDeque<io::Result<usize>>>);
+
+    impl Reads for ScriptedTun {
+        fn recv_multiple(
+            &self,
+            _original: &mut [u8],
+            _bufs: &mut [Vec<u8>],
+            sizes: &mut [usize],
+        ) -> io::Result<usize> {
+            let n = self
+                .0
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or(Err(io::ErrorKind::WouldBlock.into()))?;
+            sizes[0] = n;
+            Ok(1)
+        }
+        fn recv(&self, _buf: &mut [u8]) -> io::Result<usize> {
+            self.0
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or(Err(io::ErrorKind::WouldBlock.into()))
+        }
+    }
+
+    /// Counts the packets handed over.
+    #[derive(Default)]
+    struct Counting(Vec<usize>);
+
+    impl Dataplane for Counting {
+        fn from_tun(&mut self, packet: &mut [u8], _sink: &mut impl Sink) {
+            self.0.push(packet.len());
+        }
+        fn from_network(&mut self, _src: SocketAddr, _datagram: &[u8], _sink: &mut impl Sink) {}
+        fn tick(&mut self, _sink: &mut impl Sink) {}
+        fn apply_peers(&mut self, _peers: Vec<PeerSpec>) -> Result<PeerChanges, String> {
+            Ok(PeerChanges::default())
+        }
+        fn take_changed(&mut self) -> bool {
+            false
+        }
+        fn publish(&self, _into: &mut Published, _io: LoopCounters, _at: std::time::SystemTime) {}
+    }
+
+    struct Nowhere;
+
+    impl Sink for Nowhere {
+        fn send_to_network(&mut self, _dst: SocketAddr, _datagram: &[u8]) {}
+        fn write_to_tun(&mut self, _packet: &[u8]) {}
+    }
+
+    #[test]
+    fn a_read_tun_rs_cannot_split_drops_one_read_and_a_device_error_ends_the_loop() {
+        for offload in [true, false] {
+            let tun = ScriptedTun(RefCell::new(VecDeque::from([
+                Ok(60),
+                // What tun-rs returns for a super-packet it cannot split: no OS error number.
+                Err(io::Error::other("invalid virtio header")),
+                Ok(1400),
+                Err(io::ErrorKind::WouldBlock.into()),
+                Err(io::Error::from_raw_os_error(nix::libc::EBADFD)),
+            ])));
+            let (mut reader, mut plane) = (TunReader::new(offload), Counting::default());
+            let mut read = || reader.read(&tun, &mut plane, &mut Nowhere);
+            assert!(matches!(read(), Ok(true)));
+            assert!(
+                matches!(read(), Ok(true)),
+                "an unsplittable read is not fatal"
+            );
+            assert!(matches!(read(), Ok(true)));
+            assert!(matches!(read(), Ok(false)), "drained");
+            let fatal = read().unwrap_err();
+            assert!(fatal.to_string().starts_with("TUN read: "), "{fatal}");
+            assert_eq!(reader.dropped, 1);
+            assert_eq!(plane.0, [60, 1400]);
+        }
+    }
 }

@@ -11,6 +11,35 @@ use tun_rs::{DeviceBuilder, SyncDevice};
 /// of them here, 10000 lost 0–0.04 % (plain routing: 0 %).
 const TX_QUEUE_LEN: u32 = 10_000;
 
+/// Where the loop's TUN reads come from: the TUN device (or a fake), so that what the loop does
+/// with each kind of read error is tested.
+pub trait Reads {
+    /// One read; with offloads a super-packet, split into `bufs` (sizes in `sizes`).
+    fn recv_multiple(
+        &self,
+        original: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+    ) -> io::Result<usize>;
+    /// One packet, without offloads.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl Reads for SyncDevice {
+    fn recv_multiple(
+        &self,
+        original: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+    ) -> io::Result<usize> {
+        std::ops::Deref::deref(self).recv_multiple(original, bufs, sizes, 0)
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        SyncDevice::recv(self, buf)
+    }
+}
+
 /// Creates `name` with `mtu`, up and non-blocking; the device disappears with the handle.
 ///
 /// With `offload`, the TUN carries a virtio header: the kernel hands over TCP (and, from Linux
