@@ -50,8 +50,9 @@ const DATA_OVERHEAD: usize = 32;
 pub trait Sink {
     fn send_to_network(&mut self, dst: SocketAddr, datagram: &[u8]);
     fn write_to_tun(&mut self, packet: &[u8]);
-    /// Room for a datagram of `len` bytes to `dst` (the slice may be longer), taken by
-    /// [`Sink::commit_datagram`] with the bytes written; left alone, it sends nothing.
+    /// Room for a datagram of `len` bytes to `dst`, taken by [`Sink::commit_datagram`] with the
+    /// bytes written; left alone, it sends nothing. The slice must hold at least `len.max(148)`
+    /// bytes: without a session the engine writes a handshake initiation (148 bytes) there.
     fn datagram_room(&mut self, _dst: SocketAddr, _len: usize) -> Option<&mut [u8]> {
         None
     }
@@ -669,6 +670,17 @@ fn inner_packet(
     packet: &mut [u8],
     inner_src: IpAddr,
 ) -> Decrypted {
+    // boringtun cuts a packet to its header's length field, which may be shorter than an IP
+    // header: such a packet must not reach the TUN, where it would spoil the whole batch.
+    let least = if packet.first().is_some_and(|v| v >> 4 == 6) {
+        40
+    } else {
+        20
+    };
+    if packet.len() < least {
+        counters.count(DropReason::Malformed);
+        return Decrypted::Consumed;
+    }
     match probe::parse(packet) {
         probe::Parsed::NotAProbe => {}
         probe::Parsed::Request { seq, sent_nanos } => {

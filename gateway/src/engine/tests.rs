@@ -761,3 +761,35 @@ fn a_peer_that_never_answers_probes_is_judged_by_its_session() {
     p.home.peer_stats(&mut stats);
     assert!(stats[0].up, "{:?}", stats[0]);
 }
+
+#[test]
+fn a_decrypted_packet_shorter_than_an_ip_header_never_reaches_the_tun() {
+    let mut p = Pair::new(true);
+    p.home.from_tun(
+        &mut udp4([10, 244, 0, 10], [10, 245, 0, 10]),
+        &mut p.home_out,
+    );
+    p.pump();
+    // A 20-byte header whose total length says 12: boringtun cuts the packet there, and its
+    // source (10.245.0.10, past the cut) passes the cryptokey check.
+    let mut short = udp4([10, 245, 0, 10], [10, 244, 0, 10]);
+    short[2..4].copy_from_slice(&12u16.to_be_bytes());
+    let sealed = |engine: &mut Engine| {
+        let peer = engine.peers.iter_mut().flatten().next().unwrap();
+        let mut buf = vec![0u8; 256];
+        match peer.tunn.encapsulate(&short, &mut buf) {
+            TunnResult::WriteToNetwork(d) => d.to_vec(),
+            _ => panic!("no session"),
+        }
+    };
+    let (to_home, to_foreign) = (sealed(&mut p.foreign), sealed(&mut p.home));
+    let delivered = (p.home_out.tun.len(), p.foreign_out.tun.len());
+    // Home's sink lends room (decrypted in place), foreign's does not.
+    p.home
+        .from_network(addr(FOREIGN), &to_home, &mut p.home_out);
+    p.foreign
+        .from_network(p.home_addr, &to_foreign, &mut p.foreign_out);
+    assert_eq!((p.home_out.tun.len(), p.foreign_out.tun.len()), delivered);
+    assert_eq!(p.home.counters().get(DropReason::Malformed), 1);
+    assert_eq!(p.foreign.counters().get(DropReason::Malformed), 1);
+}

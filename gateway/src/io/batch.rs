@@ -264,15 +264,19 @@ impl TunBatch {
         let bufs = &mut self.bufs[..self.count];
         // Once: a TUN write does not block (the kernel queues or drops), and send_multiple
         // merges the buffers as it goes, so a second call would send merged packets again.
-        let result = if self.offset > 0 {
-            dev.send_multiple(&mut self.gro, bufs, self.offset)
-                .map(|_| ())
+        if self.offset > 0 {
+            if let Err(e) = dev.send_multiple(&mut self.gro, bufs, self.offset) {
+                self.errors += self.count as u64;
+                tracing::debug!("TUN write failed: {e}");
+            }
         } else {
-            bufs.iter().try_for_each(|b| dev.send(b).map(|_| ()))
-        };
-        if let Err(e) = result {
-            self.errors += self.count as u64;
-            tracing::debug!("TUN write failed: {e}");
+            // One by one: a packet the kernel refuses costs only itself.
+            for b in bufs.iter() {
+                if let Err(e) = dev.send(b) {
+                    self.errors += 1;
+                    tracing::debug!("TUN write failed: {e}");
+                }
+            }
         }
         self.count = 0;
     }
@@ -459,6 +463,38 @@ mod tests {
             self.0.borrow_mut().push(packet.to_vec());
             Ok(packet.len())
         }
+    }
+
+    /// Without offloads: refuses packets shorter than an IPv4 header, as the kernel does.
+    struct PickyTun(PacketLog);
+
+    impl Packets for PickyTun {
+        fn send_multiple(
+            &self,
+            gro: &mut GROTable,
+            bufs: &mut [Vec<u8>],
+            offset: usize,
+        ) -> io::Result<usize> {
+            self.0.send_multiple(gro, bufs, offset)
+        }
+        fn send(&self, packet: &[u8]) -> io::Result<usize> {
+            if packet.len() < 20 {
+                return Err(io::Error::from_raw_os_error(nix::libc::EINVAL));
+            }
+            self.0.send(packet)
+        }
+    }
+
+    #[test]
+    fn without_offloads_a_refused_packet_costs_only_itself() {
+        let tun = PickyTun(PacketLog::default());
+        let mut batch = TunBatch::new(false);
+        batch.push(&tun, &[1; 60]);
+        batch.push(&tun, &[2; 10]);
+        batch.push(&tun, &[3; 60]);
+        batch.flush(&tun);
+        assert_eq!(*tun.0 .0.borrow(), [vec![1; 60], vec![3; 60]]);
+        assert_eq!(batch.errors, 1);
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub trait Dataplane {
     fn apply_peers(&mut self, peers: Vec<PeerSpec>) -> Result<PeerChanges, String>;
     /// Whether something changed that readers should see now, not at the next second.
     fn take_changed(&mut self) -> bool;
-    /// Its state and counts, with the loop's own, into what the HTTP and API threads read.
+    /// Its state and counts, with the loop's own, into what the HTTP and API threads read
+    /// (`drops` comes cleared: it adds its own).
     fn publish(&self, into: &mut Published, io: LoopCounters, at: SystemTime);
 }
 
@@ -48,7 +49,6 @@ impl Dataplane for Engine {
     }
 
     fn publish(&self, s: &mut Published, io: LoopCounters, at: SystemTime) {
-        s.drops.clear();
         s.drops.extend(
             DropReason::ALL
                 .iter()

@@ -153,6 +153,7 @@ pub fn run(
     // Drops the kernel reported: on each socket's full receive buffer, on the TUN's full queue.
     let mut overflows = [0u32; 2];
     let tun_name = tun.name().unwrap_or_default();
+    let mut tun_queue_dropped = 0;
     let mut next_tick = Instant::now();
     let mut next_metrics = Instant::now();
     let loop_id = LOOPS.fetch_add(1, Ordering::Relaxed);
@@ -166,8 +167,12 @@ pub fn run(
         }
         // A peer that went up or down is published at once, not at the next second.
         if now >= next_metrics || dataplane.take_changed() {
+            // A failed read keeps the last count: a dip would read as a new device's count.
+            if let Some(n) = super::tun::queue_dropped(&tun_name) {
+                tun_queue_dropped = n;
+            }
             let kernel = KernelDrops {
-                tun_queue: super::tun::queue_dropped(&tun_name),
+                tun_queue: tun_queue_dropped,
                 socket_buffers: overflows.iter().map(|&n| u64::from(n)).sum(),
             };
             publish(dataplane, &shell, &reader, kernel, loop_id, snapshot, now);
@@ -293,6 +298,7 @@ fn publish(
         tun_queue_dropped: kernel.tun_queue,
         socket_buffer_dropped: kernel.socket_buffers,
     };
+    s.drops.clear();
     dataplane.publish(s, io, at);
     s.drops.extend([
         (KERNEL_TUN_QUEUE_FULL, kernel.tun_queue),

@@ -76,24 +76,22 @@ pub fn create(name: &str, mtu: u16, offload: bool) -> io::Result<(SyncDevice, bo
     Ok((dev, offload))
 }
 
-/// Packets the kernel dropped because `name`'s queue was full: pods sent faster than the gateway
-/// read. The device's own count (its transmit drops in this network namespace's
-/// `/proc/net/dev`), 0 if it cannot be read.
-pub fn queue_dropped(name: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/net/dev")
-        .map(|dev| tx_dropped(&dev, name))
-        .unwrap_or(0)
+/// Packets the kernel dropped at `name` before the gateway read them, mostly because its queue
+/// was full: pods sent faster than the gateway read. The device's own count (its transmit drops
+/// in this network namespace's `/proc/net/dev`); `None` if it cannot be read.
+pub fn queue_dropped(name: &str) -> Option<u64> {
+    let dev = std::fs::read_to_string("/proc/self/net/dev").ok()?;
+    tx_dropped(&dev, name)
 }
 
 /// The transmit drops of `name` in the text of `/proc/net/dev`.
-fn tx_dropped(dev: &str, name: &str) -> u64 {
+fn tx_dropped(dev: &str, name: &str) -> Option<u64> {
     dev.lines()
         .filter_map(|l| l.trim_start().split_once(':'))
         .find(|(n, _)| *n == name)
         // Receive: bytes packets errs drop fifo frame compressed multicast; then transmit:
         // bytes packets errs drop.
         .and_then(|(_, counts)| counts.split_whitespace().nth(11)?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -105,8 +103,8 @@ mod tests {
     lo:    5511      10    0    0    0     0          0         0     5511      10    0    0    0     0       0          0
 wg0x1: 1312800   25246    0    0    0     0          0         0 2243192588  448325    0 55025    0     0       0          0
 ";
-        assert_eq!(super::tx_dropped(dev, "wg0x1"), 55025);
-        assert_eq!(super::tx_dropped(dev, "lo"), 0);
-        assert_eq!(super::tx_dropped(dev, "wg0"), 0);
+        assert_eq!(super::tx_dropped(dev, "wg0x1"), Some(55025));
+        assert_eq!(super::tx_dropped(dev, "lo"), Some(0));
+        assert_eq!(super::tx_dropped(dev, "wg0"), None);
     }
 }

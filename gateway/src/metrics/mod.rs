@@ -60,12 +60,12 @@ pub fn encode(t: &Totals, encoder: &mut DescriptorEncoder<'_>) -> Result {
         ),
         (
             "liqonet_tun_queue_dropped",
-            "Packets the kernel dropped on the TUN's full queue before the gateway read them.",
+            "Packets the kernel dropped at the TUN device before the gateway read them (mostly a full queue).",
             &t.tun_queue_dropped,
         ),
         (
             "liqonet_underlay_receive_buffer_dropped",
-            "Datagrams the kernel dropped on the underlay sockets' full receive buffers.",
+            "Datagrams the kernel dropped at the underlay sockets before the gateway read them (mostly full receive buffers).",
             &t.socket_buffer_dropped,
         ),
     ] {

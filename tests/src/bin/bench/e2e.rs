@@ -59,6 +59,12 @@ fn start(subject: &Subject) -> anyhow::Result<(Lab, Target)> {
             .collect(),
     };
     let gateway_ns = lab.clusters.iter().map(|c| c.gw_ns().to_string()).collect();
+    let tunnels = lab
+        .clusters
+        .iter()
+        .map(|c| c.interface.clone())
+        .filter(|i| !i.is_empty())
+        .collect();
     let receiver_ns = lab.cluster("foreign").main_pod().ns.clone();
     Ok((
         lab,
@@ -67,6 +73,7 @@ fn start(subject: &Subject) -> anyhow::Result<(Lab, Target)> {
             dst,
             gateway_pids,
             gateway_ns,
+            tunnels,
             receiver_ns,
         },
     ))

@@ -22,6 +22,8 @@ pub struct Target {
     pub dst: String,
     pub gateway_pids: Vec<u32>,
     pub gateway_ns: Vec<String>,
+    /// The gateways' tunnel devices (none for plain routing).
+    pub tunnels: Vec<String>,
     pub receiver_ns: String,
 }
 
@@ -31,8 +33,10 @@ pub struct Target {
 pub struct UdpLosses {
     /// As iperf3's receiver counted them.
     pub lost: u64,
-    /// Full device queues in the gateway nodes: for a userspace gateway, its TUN not read in time.
-    pub device_queues: u64,
+    /// The gateways' TUN devices: for a userspace gateway, its TUN queue not read in time.
+    pub tun_queues: u64,
+    /// The gateway nodes' other devices (veths: a full backlog on the far end).
+    pub node_devices: u64,
     /// Full UDP receive buffers in the gateway nodes: the underlay sockets.
     pub gateway_sockets: u64,
     /// The receiving pod's full socket buffer: iperf3's server not reading in time.
@@ -42,7 +46,8 @@ pub struct UdpLosses {
 impl UdpLosses {
     pub fn add(&mut self, o: &UdpLosses) {
         self.lost += o.lost;
-        self.device_queues += o.device_queues;
+        self.tun_queues += o.tun_queues;
+        self.node_devices += o.node_devices;
         self.gateway_sockets += o.gateway_sockets;
         self.receiver_socket += o.receiver_socket;
     }
@@ -56,20 +61,29 @@ fn kernel_drops(path: &Target) -> anyhow::Result<UdpLosses> {
     };
     let mut k = UdpLosses::default();
     for ns in &path.gateway_ns {
-        k.device_queues += device_tx_drops(&read(ns, "/proc/net/dev")?);
+        for (device, drops) in device_tx_drops(&read(ns, "/proc/net/dev")?) {
+            if path.tunnels.contains(&device) {
+                k.tun_queues += drops;
+            } else {
+                k.node_devices += drops;
+            }
+        }
         k.gateway_sockets += udp_rcvbuf_errors(&read(ns, "/proc/net/snmp")?);
     }
     k.receiver_socket = udp_rcvbuf_errors(&read(&path.receiver_ns, "/proc/net/snmp")?);
     Ok(k)
 }
 
-/// Every device's transmit drops in the text of `/proc/net/dev`.
-fn device_tx_drops(dev: &str) -> u64 {
+/// Every device's transmit drops in the text of `/proc/net/dev`, by name.
+fn device_tx_drops(dev: &str) -> Vec<(String, u64)> {
     dev.lines()
         .filter_map(|l| l.split_once(':'))
         // Receive: 8 fields; then transmit: bytes packets errs drop.
-        .filter_map(|(_, counts)| counts.split_whitespace().nth(11)?.parse::<u64>().ok())
-        .sum()
+        .filter_map(|(name, counts)| {
+            let drops = counts.split_whitespace().nth(11)?.parse().ok()?;
+            Some((name.trim().to_string(), drops))
+        })
+        .collect()
 }
 
 /// `Udp: ... RcvbufErrors` in the text of `/proc/net/snmp` (a header line, then the values).
@@ -117,7 +131,8 @@ pub fn round(path: &Target, secs: u32) -> anyhow::Result<Round> {
     let after = kernel_drops(path)?;
     let udp_losses = UdpLosses {
         lost: udp.lost_datagrams,
-        device_queues: after.device_queues.saturating_sub(before.device_queues),
+        tun_queues: after.tun_queues.saturating_sub(before.tun_queues),
+        node_devices: after.node_devices.saturating_sub(before.node_devices),
         gateway_sockets: after.gateway_sockets.saturating_sub(before.gateway_sockets),
         receiver_socket: after.receiver_socket.saturating_sub(before.receiver_socket),
     };
@@ -248,7 +263,13 @@ mod tests {
   wg0x1: 1312800   25246    0    7    0     0          0         0 2243192588  448325    0 55025    0     0       0          0
   wan0@if3: 1  2    0    0    0     0          0         0 3  4    0 5    0     0       0          0
 ";
-        assert_eq!(device_tx_drops(dev), 55030);
+        let drops = device_tx_drops(dev);
+        let of = |name: &str| drops.iter().find(|(n, _)| n == name).map(|d| d.1);
+        assert_eq!(drops.len(), 3);
+        assert_eq!(
+            (of("wg0x1"), of("wan0@if3"), of("lo")),
+            (Some(55025), Some(5), Some(0))
+        );
         let snmp = "Ip: Forwarding DefaultTTL
 Ip: 1 64
 Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors

@@ -126,7 +126,8 @@ impl Row {
             "udp_1g_gbps": self.udp_1g_gbps,
             "udp_1g_loss_percent": self.udp_1g_loss_percent,
             "udp_1g_lost_datagrams": self.udp_1g_losses.lost,
-            "udp_1g_dropped_gateway_device_queues": self.udp_1g_losses.device_queues,
+            "udp_1g_dropped_gateway_tun_queues": self.udp_1g_losses.tun_queues,
+            "udp_1g_dropped_gateway_node_devices": self.udp_1g_losses.node_devices,
             "udp_1g_dropped_gateway_socket_buffers": self.udp_1g_losses.gateway_sockets,
             "udp_1g_dropped_receiver_socket_buffer": self.udp_1g_losses.receiver_socket,
         });
@@ -183,7 +184,8 @@ impl Row {
             udp_1g_loss_percent: num("udp_1g_loss_percent"),
             udp_1g_losses: UdpLosses {
                 lost: v["udp_1g_lost_datagrams"].as_u64().unwrap_or(0),
-                device_queues: v["udp_1g_dropped_gateway_device_queues"]
+                tun_queues: v["udp_1g_dropped_gateway_tun_queues"].as_u64().unwrap_or(0),
+                node_devices: v["udp_1g_dropped_gateway_node_devices"]
                     .as_u64()
                     .unwrap_or(0),
                 gateway_sockets: v["udp_1g_dropped_gateway_socket_buffers"]
@@ -269,22 +271,23 @@ pub fn print(rows: &[Row], secs: u64, runs: u64) {
         );
     }
     println!(
-        "\nUDP 1G: datagrams lost (all rounds), and where the kernel counted drops: full device\n\
-         queues and socket buffers in the gateway nodes (a userspace gateway's TUN and underlay\n\
-         sockets), the receiving pod's socket buffer; the rest, elsewhere (e.g. in a gateway)."
+        "\nUDP 1G: datagrams lost (all rounds), and where the kernel counted drops in the gateway\n\
+         nodes (the tunnel's TUN device, other devices, UDP socket buffers) and at the receiving\n\
+         pod's socket; the rest, where no counter looks (e.g. inside a gateway)."
     );
     println!(
-        "{:w$}  {:>9} {:>13} {:>13} {:>13} {:>9}",
-        "", "lost", "gw queues", "gw sockets", "receiver", "rest"
+        "{:w$}  {:>9} {:>11} {:>11} {:>11} {:>11} {:>9}",
+        "", "lost", "gw TUN", "gw devices", "gw sockets", "receiver", "rest"
     );
     for r in rows.iter().filter(|r| r.skipped.is_none()) {
         let l = &r.udp_1g_losses;
-        let counted = l.device_queues + l.gateway_sockets + l.receiver_socket;
+        let counted = l.tun_queues + l.node_devices + l.gateway_sockets + l.receiver_socket;
         println!(
-            "{:w$}  {:>9} {:>13} {:>13} {:>13} {:>9}",
+            "{:w$}  {:>9} {:>11} {:>11} {:>11} {:>11} {:>9}",
             r.name,
             l.lost,
-            l.device_queues,
+            l.tun_queues,
+            l.node_devices,
             l.gateway_sockets,
             l.receiver_socket,
             l.lost.saturating_sub(counted)
