@@ -171,11 +171,15 @@ pub fn run(
             if let Some(n) = super::tun::queue_dropped(&tun_name) {
                 tun_queue_dropped = n;
             }
-            let kernel = KernelDrops {
-                tun_queue: tun_queue_dropped,
-                socket_buffers: overflows.iter().map(|&n| u64::from(n)).sum(),
+            let io = LoopCounters {
+                instance: loop_id,
+                tun_read_dropped: reader.dropped,
+                underlay_send_errors: shell.to_network.errors,
+                tun_write_errors: shell.to_tun.errors,
+                tun_queue_dropped,
+                socket_buffer_dropped: overflows.iter().map(|&n| u64::from(n)).sum(),
             };
-            publish(dataplane, &shell, &reader, kernel, loop_id, snapshot, now);
+            publish(dataplane, io, snapshot, now);
             next_metrics = now + METRICS_EVERY;
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -269,40 +273,18 @@ pub const KERNEL_SOCKET_BUFFER_FULL: &str = "socket_buffer_full";
 /// Numbers the loops the process runs: a new one's own counters start from zero.
 static LOOPS: AtomicU64 = AtomicU64::new(1);
 
-/// Packets the kernel dropped before the loop could read them.
-struct KernelDrops {
-    tun_queue: u64,
-    socket_buffers: u64,
-}
-
 /// Hands a fresh view to the HTTP thread; its time also tells `/healthz` the loop is turning.
-fn publish(
-    dataplane: &impl Dataplane,
-    shell: &Shell<'_>,
-    reader: &TunReader,
-    kernel: KernelDrops,
-    loop_id: u64,
-    snapshot: &Snapshot,
-    now: Instant,
-) {
+fn publish(dataplane: &impl Dataplane, io: LoopCounters, snapshot: &Snapshot, now: Instant) {
     let Ok(mut s) = snapshot.lock() else { return };
     let s = &mut *s;
     let at = std::time::SystemTime::now();
     s.loop_turned = Some(now);
     s.published_at = Some(at);
-    let io = LoopCounters {
-        instance: loop_id,
-        tun_read_dropped: reader.dropped,
-        underlay_send_errors: shell.to_network.errors,
-        tun_write_errors: shell.to_tun.errors,
-        tun_queue_dropped: kernel.tun_queue,
-        socket_buffer_dropped: kernel.socket_buffers,
-    };
     s.drops.clear();
     dataplane.publish(s, io, at);
     s.drops.extend([
-        (KERNEL_TUN_QUEUE_FULL, kernel.tun_queue),
-        (KERNEL_SOCKET_BUFFER_FULL, kernel.socket_buffers),
+        (KERNEL_TUN_QUEUE_FULL, io.tun_queue_dropped),
+        (KERNEL_SOCKET_BUFFER_FULL, io.socket_buffer_dropped),
     ]);
 }
 
