@@ -1,5 +1,6 @@
 //! The I/O shell around the engine: devices, sockets, netlink, signals. Thin on purpose.
 
+pub mod aqm;
 pub mod batch;
 pub mod control;
 pub mod dataplane;
@@ -8,5 +9,6 @@ pub mod metrics_http;
 pub mod routes;
 pub mod serve;
 pub mod tun;
+pub mod tun_reader;
 pub mod uapi;
 pub mod udp;
