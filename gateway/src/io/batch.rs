@@ -251,13 +251,6 @@ impl TunBatch {
         &mut b[self.offset..]
     }
 
-    /// The `len` bytes written at the start of the last [`TunBatch::room`], not yet taken.
-    pub fn uncommitted(&mut self, len: usize) -> &mut [u8] {
-        let b = &mut self.bufs[self.count];
-        let end = (self.offset + len).min(b.len());
-        &mut b[self.offset..end]
-    }
-
     /// Takes the `len` bytes written at the start of the last [`TunBatch::room`].
     pub fn commit(&mut self, len: usize) {
         self.bufs[self.count].truncate(self.offset + len);

@@ -15,15 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tun_rs::SyncDevice;
+use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::aqm::{self, Codel, Verdict};
 use super::batch::{TunBatch, UdpBatch};
 use super::control::Control;
 use super::dataplane::Dataplane;
-use super::tun_reader::TunReader;
+use super::tun::Reads;
 use super::udp::{self, Sockets};
-use crate::engine::Sink;
+use crate::engine::{Sink, MAX_PACKET};
 use crate::metrics::LoopCounters;
 use crate::snapshot::Snapshot;
 
@@ -31,9 +30,6 @@ const TICK: Duration = Duration::from_millis(250);
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 /// Reads from one source before looking at the others again (fairness).
 const BURST: usize = 64;
-/// TUN reads handed to the data plane between two reads of the device: a few hundred
-/// microseconds of encryption, so a pod's packet is not left unstamped in the kernel's queue.
-const SLICE: usize = 4;
 
 /// The engine's [`Sink`]: gathers its output into batches for the devices.
 struct Shell<'a> {
@@ -41,11 +37,6 @@ struct Shell<'a> {
     sockets: &'a Sockets,
     to_network: UdpBatch,
     to_tun: TunBatch,
-    /// CoDel on the underlay sockets' buffers: what peers' packets waited before we read them.
-    codel: Codel,
-    /// How long the datagram being handled waited, and when it was read (zero outside).
-    waited: Duration,
-    read_at: Instant,
 }
 
 impl Sink for Shell<'_> {
@@ -54,10 +45,7 @@ impl Sink for Shell<'_> {
     }
 
     fn write_to_tun(&mut self, packet: &[u8]) {
-        self.to_tun
-            .room(self.tun, packet.len())
-            .copy_from_slice(packet);
-        self.commit_packet(packet.len());
+        self.to_tun.push(self.tun, packet);
     }
 
     // The engine encrypts and decrypts straight into the batches.
@@ -74,10 +62,7 @@ impl Sink for Shell<'_> {
     }
 
     fn commit_packet(&mut self, len: usize) {
-        let packet = self.to_tun.uncommitted(len);
-        if self.codel.admit(packet, self.waited, self.read_at) != Verdict::Drop {
-            self.to_tun.commit(len);
-        }
+        self.to_tun.commit(len);
     }
 }
 
@@ -85,6 +70,64 @@ impl Shell<'_> {
     fn flush(&mut self) {
         self.to_network.flush(self.sockets);
         self.to_tun.flush(self.tun);
+    }
+}
+
+/// Buffers for reading from the TUN: one super-packet, and the packets it splits into.
+struct TunReader {
+    offload: bool,
+    /// Reads the TUN gave that could not be split into packets (dropped).
+    dropped: u64,
+    original: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+}
+
+impl TunReader {
+    fn new(offload: bool) -> Self {
+        TunReader {
+            offload,
+            dropped: 0,
+            original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
+            bufs: (0..if offload { IDEAL_BATCH_SIZE } else { 1 })
+                .map(|_| vec![0; MAX_PACKET])
+                .collect(),
+            sizes: vec![0; IDEAL_BATCH_SIZE],
+        }
+    }
+
+    /// Reads what is there, handing each packet to the engine. Returns false when drained.
+    fn read(
+        &mut self,
+        tun: &impl Reads,
+        dataplane: &mut impl Dataplane,
+        shell: &mut impl Sink,
+    ) -> io::Result<bool> {
+        let n = if self.offload {
+            tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes)
+        } else {
+            tun.recv(&mut self.bufs[0]).map(|n| {
+                self.sizes[0] = n;
+                1
+            })
+        };
+        match n {
+            Ok(n) => {
+                for (buf, &size) in self.bufs.iter_mut().zip(&self.sizes).take(n) {
+                    dataplane.from_tun(&mut buf[..size], shell);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            // A super-packet tun-rs cannot split is one bad packet, not a dead device: tun-rs
+            // reports those itself, without an OS error number.
+            Err(e) if e.raw_os_error().is_none() => {
+                self.dropped += 1;
+                tracing::debug!("TUN read dropped: {e}");
+                Ok(true)
+            }
+            Err(e) => Err(io::Error::new(e.kind(), format!("TUN read: {e}"))),
+        }
     }
 }
 
@@ -103,11 +146,8 @@ pub fn run(
         sockets,
         to_network: UdpBatch::new(sockets.gso),
         to_tun: TunBatch::new(tun_offload),
-        codel: aqm::codel(),
-        waited: Duration::ZERO,
-        read_at: Instant::now(),
     };
-    let mut reader = TunReader::new(tun_offload, tun.mtu().ok(), aqm::codel());
+    let mut reader = TunReader::new(tun_offload);
     let mut buf = vec![0u8; 65536];
     let mut cmsg = udp::cmsg_buffer();
     // Drops the kernel reported: on each socket's full receive buffer, on the TUN's full queue.
@@ -138,20 +178,13 @@ pub fn run(
                 tun_write_errors: shell.to_tun.errors,
                 tun_queue_dropped,
                 socket_buffer_dropped: overflows.iter().map(|&n| u64::from(n)).sum(),
-                standing_queue_dropped: reader.codel.signals.dropped + shell.codel.signals.dropped,
-                standing_queue_marked: reader.codel.signals.marked + shell.codel.signals.marked,
             };
             publish(dataplane, io, snapshot, now);
             next_metrics = now + METRICS_EVERY;
         }
-        // Reads queued for the data plane: look at the others and come straight back.
-        let wait = if reader.pending() {
-            PollTimeout::ZERO
-        } else {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            PollTimeout::try_from(wait.as_millis().min(1000) as i32 + 1)
-                .unwrap_or(PollTimeout::NONE)
-        };
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let wait = PollTimeout::try_from(wait.as_millis().min(1000) as i32 + 1)
+            .unwrap_or(PollTimeout::NONE);
         // Without IPv6 the last slot polls the stop pipe for nothing, keeping the set fixed-size.
         let (v6_fd, v6_events) = match v6 {
             Some(s) => (s.as_fd(), PollFlags::POLLIN),
@@ -180,17 +213,11 @@ pub fn run(
         if ready[4] {
             control.take(dataplane);
         }
-        if ready[1] || reader.pending() {
-            // Read the device dry, encrypt a few reads, read again: what waits, waits in the
-            // reader's queue, where CoDel sees how long.
-            let mut taken = 0;
-            while taken < BURST {
-                reader.fill(tun)?;
-                let n = reader.take(SLICE, Instant::now(), dataplane, &mut shell);
-                if n == 0 {
+        if ready[1] {
+            for _ in 0..BURST {
+                if !reader.read(tun, dataplane, &mut shell)? {
                     break;
                 }
-                taken += n;
             }
             shell.flush();
         }
@@ -217,7 +244,6 @@ fn drain_udp(
     for _ in 0..BURST {
         match udp::recv(sock, buf, cmsg) {
             Ok(r) => {
-                (shell.waited, shell.read_at) = (r.sojourn, Instant::now());
                 if let Some(n) = r.overflows {
                     *overflows = (*overflows).max(n);
                 }
@@ -237,16 +263,12 @@ fn drain_udp(
             }
         }
     }
-    // Whatever the engine writes to the TUN outside a receive did not wait in a socket.
-    shell.waited = Duration::ZERO;
     shell.flush();
 }
 
 /// How `status` names the kernel's drops beside the engine's reasons.
 pub const KERNEL_TUN_QUEUE_FULL: &str = "tun_queue_full";
 pub const KERNEL_SOCKET_BUFFER_FULL: &str = "socket_buffer_full";
-/// TCP the loop's CoDel dropped to shrink a standing queue.
-pub const STANDING_QUEUE: &str = "standing_queue";
 
 /// Numbers the loops the process runs: a new one's own counters start from zero.
 static LOOPS: AtomicU64 = AtomicU64::new(1);
@@ -263,6 +285,93 @@ fn publish(dataplane: &impl Dataplane, io: LoopCounters, snapshot: &Snapshot, no
     s.drops.extend([
         (KERNEL_TUN_QUEUE_FULL, io.tun_queue_dropped),
         (KERNEL_SOCKET_BUFFER_FULL, io.socket_buffer_dropped),
-        (STANDING_QUEUE, io.standing_queue_dropped),
     ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{PeerChanges, PeerSpec};
+    use crate::snapshot::Published;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// A TUN whose reads follow a script: a packet of that many bytes, or an error.
+    struct ScriptedTun(RefCell<VecDeque<io::Result<usize>>>);
+
+    impl Reads for ScriptedTun {
+        fn recv_multiple(
+            &self,
+            _original: &mut [u8],
+            _bufs: &mut [Vec<u8>],
+            sizes: &mut [usize],
+        ) -> io::Result<usize> {
+            let n = self
+                .0
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or(Err(io::ErrorKind::WouldBlock.into()))?;
+            sizes[0] = n;
+            Ok(1)
+        }
+        fn recv(&self, _buf: &mut [u8]) -> io::Result<usize> {
+            self.0
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or(Err(io::ErrorKind::WouldBlock.into()))
+        }
+    }
+
+    /// Counts the packets handed over.
+    #[derive(Default)]
+    struct Counting(Vec<usize>);
+
+    impl Dataplane for Counting {
+        fn from_tun(&mut self, packet: &mut [u8], _sink: &mut impl Sink) {
+            self.0.push(packet.len());
+        }
+        fn from_network(&mut self, _src: SocketAddr, _datagram: &[u8], _sink: &mut impl Sink) {}
+        fn tick(&mut self, _sink: &mut impl Sink) {}
+        fn apply_peers(&mut self, _peers: Vec<PeerSpec>) -> Result<PeerChanges, String> {
+            Ok(PeerChanges::default())
+        }
+        fn take_changed(&mut self) -> bool {
+            false
+        }
+        fn publish(&self, _into: &mut Published, _io: LoopCounters, _at: std::time::SystemTime) {}
+    }
+
+    struct Nowhere;
+
+    impl Sink for Nowhere {
+        fn send_to_network(&mut self, _dst: SocketAddr, _datagram: &[u8]) {}
+        fn write_to_tun(&mut self, _packet: &[u8]) {}
+    }
+
+    #[test]
+    fn a_read_tun_rs_cannot_split_drops_one_read_and_a_device_error_ends_the_loop() {
+        for offload in [true, false] {
+            let tun = ScriptedTun(RefCell::new(VecDeque::from([
+                Ok(60),
+                // What tun-rs returns for a super-packet it cannot split: no OS error number.
+                Err(io::Error::other("invalid virtio header")),
+                Ok(1400),
+                Err(io::ErrorKind::WouldBlock.into()),
+                Err(io::Error::from_raw_os_error(nix::libc::EBADFD)),
+            ])));
+            let (mut reader, mut plane) = (TunReader::new(offload), Counting::default());
+            let mut read = || reader.read(&tun, &mut plane, &mut Nowhere);
+            assert!(matches!(read(), Ok(true)));
+            assert!(
+                matches!(read(), Ok(true)),
+                "an unsplittable read is not fatal"
+            );
+            assert!(matches!(read(), Ok(true)));
+            assert!(matches!(read(), Ok(false)), "drained");
+            let fatal = read().unwrap_err();
+            assert!(fatal.to_string().starts_with("TUN read: "), "{fatal}");
+            assert_eq!(reader.dropped, 1);
+            assert_eq!(plane.0, [60, 1400]);
+        }
+    }
 }

@@ -1,6 +1,5 @@
 //! The I/O shell around the engine: devices, sockets, netlink, signals. Thin on purpose.
 
-pub mod aqm;
 pub mod batch;
 pub mod control;
 pub mod dataplane;
@@ -9,6 +8,5 @@ pub mod metrics_http;
 pub mod routes;
 pub mod serve;
 pub mod tun;
-pub mod tun_reader;
 pub mod uapi;
 pub mod udp;

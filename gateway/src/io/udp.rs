@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -65,9 +64,6 @@ fn open(addr: SocketAddr) -> io::Result<UdpSocket> {
     // The kernel's count of datagrams dropped on a full receive buffer, with each datagram: where
     // UDP loss happens, from the socket itself (absent on old kernels: the count stays 0).
     let _ = setsockopt(&socket, sockopt::RxqOvfl, &1);
-    // When each datagram was queued: how long it waited is what the AQM acts on (without it,
-    // the wait reads as zero and nothing is signalled on this side).
-    let _ = setsockopt(&socket, sockopt::ReceiveTimestampns, &true);
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
@@ -97,8 +93,6 @@ pub struct Received {
     /// The socket's drops on a full receive buffer until this datagram was queued, when there
     /// were any (SO_RXQ_OVFL).
     pub overflows: Option<u32>,
-    /// How long it waited in the socket's buffer (zero when the kernel does not say).
-    pub sojourn: Duration,
 }
 
 /// Receives one datagram, or with GRO a run of coalesced ones from one sender.
@@ -121,13 +115,12 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut Vec<u8>) -> io::Result<
     )
     .map_err(io::Error::from)?;
     let len = msg.bytes;
-    let (mut segment, mut overflows, mut queued) = (None, None, None);
+    let (mut segment, mut overflows) = (None, None);
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             match c {
                 ControlMessageOwned::UdpGroSegments(s) if s > 0 => segment = Some(s as usize),
                 ControlMessageOwned::RxqOvfl(n) => overflows = Some(n),
-                ControlMessageOwned::ScmTimestampns(t) => queued = Some(t),
                 _ => {}
             }
         }
@@ -146,7 +139,6 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut Vec<u8>) -> io::Result<
             segment: segment.unwrap_or(len),
             src,
             overflows,
-            sojourn: queued.map_or(Duration::ZERO, waited),
         }),
         None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -155,20 +147,9 @@ pub fn recv(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut Vec<u8>) -> io::Result<
     }
 }
 
-/// A buffer large enough for the UDP GRO, drop-count and timestamp control messages.
+/// A buffer large enough for the UDP GRO and the drop-count control messages.
 pub fn cmsg_buffer() -> Vec<u8> {
-    nix::cmsg_space!(i32, u32, nix::sys::time::TimeSpec)
-}
-
-/// The time since the kernel's stamp (the wall clock, as `SO_TIMESTAMPNS` gives it).
-fn waited(queued: nix::sys::time::TimeSpec) -> Duration {
-    use nix::time::{clock_gettime, ClockId};
-    match clock_gettime(ClockId::CLOCK_REALTIME) {
-        Ok(now) => Duration::from(now)
-            .checked_sub(Duration::from(queued))
-            .unwrap_or_default(),
-        Err(_) => Duration::ZERO,
-    }
+    nix::cmsg_space!(i32, u32)
 }
 
 #[cfg(test)]
@@ -200,30 +181,5 @@ mod tests {
         let next = recv(&rx, &mut buf, &mut cmsg).unwrap();
         assert_eq!(next.len, 10);
         assert_eq!(next.overflows, Some(200 - received));
-    }
-
-    #[test]
-    fn each_datagram_says_how_long_it_waited_in_the_buffer() {
-        let rx = open("127.0.0.1:0".parse().unwrap()).unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
-        let (mut buf, mut cmsg) = (vec![0; 2048], cmsg_buffer());
-        // The kernel turns receive stamps on lazily, the first time a socket asks: until then
-        // a datagram is stamped when read. A few tries, then they must show the wait.
-        let mut waited = Duration::ZERO;
-        for _ in 0..20 {
-            tx.send_to(&[1; 100], to).unwrap();
-            std::thread::sleep(Duration::from_millis(30));
-            waited = recv(&rx, &mut buf, &mut cmsg).unwrap().sojourn;
-            if waited >= Duration::from_millis(30) {
-                break;
-            }
-        }
-        assert!(waited >= Duration::from_millis(30), "{waited:?}");
-        assert!(waited < Duration::from_secs(5), "{waited:?}");
-        tx.send_to(&[2; 100], to).unwrap();
-        std::thread::sleep(Duration::from_millis(1));
-        let fresh = recv(&rx, &mut buf, &mut cmsg).unwrap().sojourn;
-        assert!(fresh < Duration::from_millis(30), "{fresh:?}");
     }
 }

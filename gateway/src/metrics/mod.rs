@@ -68,16 +68,6 @@ pub fn encode(t: &Totals, encoder: &mut DescriptorEncoder<'_>) -> Result {
             "Datagrams the kernel dropped at the underlay sockets before the gateway read them (mostly full receive buffers).",
             &t.socket_buffer_dropped,
         ),
-        (
-            "liqonet_standing_queue_dropped",
-            "TCP packets the gateway dropped because they stood queued past CoDel's target (the sender slows down).",
-            &t.standing_queue_dropped,
-        ),
-        (
-            "liqonet_standing_queue_marked",
-            "ECN-capable packets the gateway marked Congestion Experienced because they stood queued past CoDel's target.",
-            &t.standing_queue_marked,
-        ),
     ] {
         let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         ConstCounter::new(value.get()).encode(m)?;

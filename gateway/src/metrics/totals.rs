@@ -42,9 +42,6 @@ pub struct LoopCounters {
     pub tun_queue_dropped: u64,
     /// The kernel's drops on the underlay sockets' full receive buffers, since they were bound.
     pub socket_buffer_dropped: u64,
-    /// TCP packets CoDel dropped, and ECN-capable packets it marked, on either queue.
-    pub standing_queue_dropped: u64,
-    pub standing_queue_marked: u64,
 }
 
 /// One publication of the data path's raw counts.
@@ -125,8 +122,6 @@ pub struct Totals {
     pub tun_write_errors: Monotonic,
     pub tun_queue_dropped: Monotonic,
     pub socket_buffer_dropped: Monotonic,
-    pub standing_queue_dropped: Monotonic,
-    pub standing_queue_marked: Monotonic,
     /// By peer name. A peer stays while data planes come and go, and leaves when a running
     /// data plane no longer has it.
     pub peers: BTreeMap<String, PeerTotals>,
@@ -159,10 +154,6 @@ impl Totals {
             .observe(s.io.tun_queue_dropped, fresh);
         self.socket_buffer_dropped
             .observe(s.io.socket_buffer_dropped, fresh);
-        self.standing_queue_dropped
-            .observe(s.io.standing_queue_dropped, fresh);
-        self.standing_queue_marked
-            .observe(s.io.standing_queue_marked, fresh);
         // This runs on the data-path thread once a second: no search per peer, and a name is
         // copied only when a peer is new.
         let present: BTreeSet<&str> = s.peers.iter().map(|p| p.name.as_str()).collect();
