@@ -22,6 +22,9 @@ pub struct Report {
     pub interface: String,
     pub public_key: String,
     pub listen_port: u16,
+    /// The data-path thread's real-time priority; 0 at normal priority.
+    #[serde(default)]
+    pub realtime_priority: u8,
     pub peers: Vec<PeerReport>,
     /// Packets dropped since the start, by reason.
     pub drops: BTreeMap<String, u64>,
@@ -56,6 +59,7 @@ pub fn report(
         interface: interface.to_string(),
         public_key: keys::public_of(private_key).to_base64(),
         listen_port,
+        realtime_priority: published.totals.realtime_priority,
         peers: published
             .peers
             .iter()
@@ -117,6 +121,10 @@ pub fn render(r: &Report) -> String {
         "interface {}  public key {}  port {}",
         r.interface, r.public_key, r.listen_port
     );
+    let _ = match r.realtime_priority {
+        0 => writeln!(out, "data path  normal priority"),
+        p => writeln!(out, "data path  real-time priority {p}"),
+    };
     for p in &r.peers {
         let _ = writeln!(out, "\npeer {}: {}", p.name, p.phase);
         let _ = writeln!(

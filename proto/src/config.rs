@@ -18,6 +18,9 @@ pub const DEFAULT_INTERFACE: &str = "liqo0";
 pub const DEFAULT_LISTEN_PORT: u16 = 51840;
 pub const DEFAULT_MTU: u16 = 1420;
 pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
+/// The data-path thread's `SCHED_FIFO` priority: low among real-time threads, below threaded
+/// interrupt handlers (50).
+pub const DEFAULT_REALTIME_PRIORITY: u8 = 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -53,10 +56,18 @@ pub struct GatewayConfig {
     /// In-tunnel probes of every peer: latency, loss, and silence that makes a peer down.
     #[serde(default)]
     pub probes: ProbeConfig,
+    /// The data-path thread's real-time (`SCHED_FIFO`) priority, 1-99; 0 runs it at normal
+    /// priority. Under load a packet waits mostly for the gateway's turn on a CPU.
+    #[serde(default = "default_realtime_priority")]
+    pub realtime_priority: u8,
 }
 
 fn default_offload() -> bool {
     true
+}
+
+fn default_realtime_priority() -> u8 {
+    DEFAULT_REALTIME_PRIORITY
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +239,15 @@ impl GatewayConfig {
             err(
                 "probes.misses".into(),
                 format!("{} is out of range (1-100)", self.probes.misses),
+            );
+        }
+        if self.realtime_priority > 99 {
+            err(
+                "realtimePriority".into(),
+                format!(
+                    "{} is out of range (1-99, or 0 for normal priority)",
+                    self.realtime_priority
+                ),
             );
         }
         if !MTU_RANGE.contains(&self.mtu) {
@@ -689,6 +709,30 @@ mod tests {
         let errs = GatewayConfig::from_yaml(&text).unwrap_err().0;
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["clusterID", "mtu"]);
+    }
+
+    #[test]
+    fn the_data_path_priority_defaults_to_real_time_and_refuses_what_linux_has_not() {
+        let c = GatewayConfig::from_yaml(&base()).unwrap();
+        assert_eq!(c.realtime_priority, DEFAULT_REALTIME_PRIORITY);
+        let with = |p: &str| {
+            base().replace(
+                "privateKeyFile: home.key",
+                &format!("privateKeyFile: home.key\nrealtimePriority: {p}"),
+            )
+        };
+        assert_eq!(
+            GatewayConfig::from_yaml(&with("0"))
+                .unwrap()
+                .realtime_priority,
+            0
+        );
+        let e = first_error(&with("100"));
+        assert_eq!(e.path, "realtimePriority");
+        assert!(e.message.contains("100 is out of range (1-99"), "{e}");
+        // Beyond a byte: serde names the field too.
+        let e = GatewayConfig::from_yaml(&with("300")).unwrap_err().0;
+        assert!(e[0].to_string().contains("realtimePriority"), "{}", e[0]);
     }
 
     #[test]

@@ -95,6 +95,7 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
     println!("{text}");
     assert!(status.status.success(), "{text}");
     assert!(text.contains("peer foreign: up"), "{text}");
+    assert!(text.contains("data path  real-time priority 10"), "{text}");
     assert!(
         text.contains("network    10.245.0.0/16 → 10.245.0.0/16"),
         "{text}"
@@ -117,6 +118,26 @@ fn wg_shows_the_gateway_and_hostile_clients_go_unnoticed() {
     let report = status_json();
     let json = report.to_string();
     assert_eq!(report["peers"][0]["phase"], "up", "{json}");
+    assert_eq!(report["realtimePriority"], 10, "{json}");
+    // What the kernel says, by `ps`: one thread (the data path) in the FIFO class at 10, the
+    // rest (HTTP, API, signals) at normal priority.
+    let pid = lab.pid("home-gateway").unwrap().to_string();
+    let threads = run(&["ps", "-L", "-o", "cls=,rtprio=", "-p", &pid]).unwrap();
+    let classes: Vec<Vec<&str>> = threads
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        classes.iter().filter(|c| c[..] == ["FF", "10"]).count(),
+        1,
+        "{threads}"
+    );
+    assert!(
+        classes
+            .iter()
+            .all(|c| c[..] == ["FF", "10"] || c[0] == "TS"),
+        "{threads}"
+    );
     assert!(
         report["peers"][0]["latencyAverageMs"].as_f64().unwrap() > 0.0,
         "{json}"
@@ -275,13 +296,16 @@ want = {"liqonet_peer_up": "gauge", "liqonet_peer_rx_bytes": "counter",
         "liqonet_dropped_packets": "counter", "liqonet_build": "info",
         "liqonet_underlay_send_errors": "counter", "liqonet_tun_write_errors": "counter",
         "liqonet_tun_queue_dropped": "counter",
-        "liqonet_underlay_receive_buffer_dropped": "counter"}
+        "liqonet_underlay_receive_buffer_dropped": "counter",
+        "liqonet_data_path_realtime_priority": "gauge"}
 for name, kind in want.items():
     assert name in families, f"missing {name}"
     assert families[name].type == kind, f"{name} is {families[name].type}"
 count = [s.value for s in families["liqonet_peer_latency_seconds"].samples
          if s.name.endswith("_count") and s.labels.get("peer") == "foreign"]
 assert count and count[0] > 0, "no probe round trips in the histogram"
+priority = families["liqonet_data_path_realtime_priority"].samples[0].value
+assert priority == 10, f"data path at priority {priority}"
 exported = set()
 for f in families.values():
     exported.update(s.name for s in f.samples)

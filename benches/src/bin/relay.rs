@@ -16,10 +16,12 @@ use std::time::SystemTime;
 use liqonet_gateway::engine::{PeerChanges, PeerSpec, Sink};
 use liqonet_gateway::io::control::Control;
 use liqonet_gateway::io::dataplane::Dataplane;
+use liqonet_gateway::io::sched::Realtime;
 use liqonet_gateway::io::udp::Sockets;
 use liqonet_gateway::io::{event_loop, tun};
 use liqonet_gateway::metrics::LoopCounters;
 use liqonet_gateway::snapshot::{Published, Snapshot};
+use liqonet_proto::config::DEFAULT_REALTIME_PRIORITY;
 
 /// WireGuard's data header (type, receiver index, counter) and its Poly1305 tag.
 const HEADER: usize = 16;
@@ -106,6 +108,8 @@ fn run(args: Args) -> std::io::Result<()> {
         "relay up: {} (offload {offload}) ↔ udp {} ↔ {}",
         args.interface, args.listen_port, args.peer
     );
+    // At the gateway's priority, so that the floor differs from liqonet by the engine only.
+    let _realtime = Realtime::enter(DEFAULT_REALTIME_PRIORITY);
     event_loop::run(
         &mut relay,
         &dev,

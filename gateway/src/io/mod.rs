@@ -6,6 +6,7 @@ pub mod dataplane;
 pub mod event_loop;
 pub mod metrics_http;
 pub mod routes;
+pub mod sched;
 pub mod serve;
 pub mod tun;
 pub mod uapi;

@@ -12,6 +12,7 @@ use liqonet_proto::{Cidr, Key};
 use super::control::Control;
 use super::event_loop;
 use super::routes::Routes;
+use super::sched::Realtime;
 use super::tun;
 use super::uapi::{self, Device};
 use super::udp::Sockets;
@@ -64,6 +65,11 @@ pub fn serve(
             mtu = config.mtu,
             "tunnel up"
         );
+        // This thread is the data path from here to the loop's end.
+        let realtime = Realtime::enter(config.realtime_priority);
+        if let Ok(mut m) = snapshot.lock() {
+            m.totals.realtime_priority = realtime.priority;
+        }
         set_ready(snapshot, true);
         event_loop::run(engine, &dev, tun_offload, &sockets, stop, control, snapshot)?;
         Ok(())

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser};
 use liqonet_proto::config::{
     ConfigError, ConfigErrors, GatewayConfig, IpamConfig, Parsed, ProbeConfig, DEFAULT_INTERFACE,
-    DEFAULT_LISTEN_PORT, DEFAULT_MTU,
+    DEFAULT_LISTEN_PORT, DEFAULT_MTU, DEFAULT_REALTIME_PRIORITY,
 };
 use liqonet_proto::Cidr;
 
@@ -42,6 +42,9 @@ pub struct KubeSettings {
     /// Segmentation offloads (true or false).
     #[arg(long, env = "LIQONET_OFFLOAD", default_value_t = true, action = ArgAction::Set)]
     pub offload: bool,
+    /// The data-path thread's real-time priority (1-99; 0: normal priority).
+    #[arg(long, env = "LIQONET_REALTIME_PRIORITY", default_value_t = DEFAULT_REALTIME_PRIORITY)]
+    pub realtime_priority: u8,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(long, env = "LIQONET_HEALTH_ADDRESS", default_value = "0.0.0.0:9640")]
     pub health_address: SocketAddr,
@@ -170,6 +173,7 @@ impl KubeSettings {
                 reserved: self.ipam_reserved.clone(),
             },
             offload: self.offload,
+            realtime_priority: self.realtime_priority,
             probes: ProbeConfig {
                 interval_ms: u32::try_from(self.probe_interval.as_millis()).unwrap_or(u32::MAX),
                 misses: self.probe_misses,

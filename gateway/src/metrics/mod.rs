@@ -78,7 +78,14 @@ pub fn encode(t: &Totals, encoder: &mut DescriptorEncoder<'_>) -> Result {
         None,
         MetricType::Gauge,
     )?;
-    ConstGauge::new(i64::from(t.under_load)).encode(m)
+    ConstGauge::new(i64::from(t.under_load)).encode(m)?;
+    let m = encoder.encode_descriptor(
+        "liqonet_data_path_realtime_priority",
+        "The data-path thread's real-time (SCHED_FIFO) priority; 0 when it runs at normal priority.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(i64::from(t.realtime_priority)).encode(m)
 }
 
 /// One counter family with one label.

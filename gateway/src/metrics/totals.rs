@@ -127,6 +127,8 @@ pub struct Totals {
     pub peers: BTreeMap<String, PeerTotals>,
     /// A data plane has published at least once.
     pub started: bool,
+    /// The data-path thread's real-time priority; 0 at normal priority.
+    pub realtime_priority: u8,
 }
 
 impl Totals {
@@ -175,6 +177,7 @@ impl Totals {
     /// the counts stay for the next one to add to.
     pub fn stopped(&mut self) {
         self.under_load = false;
+        self.realtime_priority = 0;
         for p in self.peers.values_mut() {
             p.up = false;
             p.last_handshake = None;
