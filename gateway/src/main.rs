@@ -285,10 +285,11 @@ fn reload(
         || c.listen_port != running.listen_port
         || c.mtu != running.mtu
         || c.offload != running.offload
+        || c.realtime_priority != running.realtime_priority
         || c.interface_addresses != running.interface_addresses
         || c.metrics_address != running.metrics_address
     {
-        tracing::warn!("reload: only peers change live; the key, interface, port, MTU, offload, addresses and metrics address apply at the next start");
+        tracing::warn!("reload: only peers change live; the key, interface, port, MTU, offload, real-time priority, addresses and metrics address apply at the next start");
     }
     match control.apply(new.peers) {
         Ok(ch) => {

@@ -22,7 +22,7 @@ pub struct Report {
     pub interface: String,
     pub public_key: String,
     pub listen_port: u16,
-    /// The data-path thread's real-time priority; 0 at normal priority.
+    /// The data-path thread's real-time priority while busy; 0 when always at normal.
     #[serde(default)]
     pub realtime_priority: u8,
     pub peers: Vec<PeerReport>,
@@ -123,7 +123,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = match r.realtime_priority {
         0 => writeln!(out, "data path  normal priority"),
-        p => writeln!(out, "data path  real-time priority {p}"),
+        p => writeln!(out, "data path  real-time priority {p} while busy"),
     };
     for p in &r.peers {
         let _ = writeln!(out, "\npeer {}: {}", p.name, p.phase);

@@ -16,7 +16,6 @@ use std::time::SystemTime;
 use liqonet_gateway::engine::{PeerChanges, PeerSpec, Sink};
 use liqonet_gateway::io::control::Control;
 use liqonet_gateway::io::dataplane::Dataplane;
-use liqonet_gateway::io::sched::Realtime;
 use liqonet_gateway::io::udp::Sockets;
 use liqonet_gateway::io::{event_loop, tun};
 use liqonet_gateway::metrics::LoopCounters;
@@ -108,12 +107,15 @@ fn run(args: Args) -> std::io::Result<()> {
         "relay up: {} (offload {offload}) ↔ udp {} ↔ {}",
         args.interface, args.listen_port, args.peer
     );
-    // At the gateway's priority, so that the floor differs from liqonet by the engine only.
-    let _realtime = Realtime::enter(DEFAULT_REALTIME_PRIORITY);
+    // The gateway's priority, so that the floor differs from liqonet by the engine only.
+    let options = event_loop::Options {
+        tun_offload: offload,
+        realtime_priority: DEFAULT_REALTIME_PRIORITY,
+    };
     event_loop::run(
         &mut relay,
         &dev,
-        offload,
+        options,
         &sockets,
         &stop,
         &Control::new()?,

@@ -20,6 +20,7 @@ use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use super::batch::{TunBatch, UdpBatch};
 use super::control::Control;
 use super::dataplane::Dataplane;
+use super::sched::Priority;
 use super::tun::Reads;
 use super::udp::{self, Sockets};
 use crate::engine::{Sink, MAX_PACKET};
@@ -131,11 +132,20 @@ impl TunReader {
     }
 }
 
+/// How the loop runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// The TUN carries a virtio header (offloads on).
+    pub tun_offload: bool,
+    /// The thread's real-time priority while busy ([`Priority`]); 0: always normal.
+    pub realtime_priority: u8,
+}
+
 /// Runs until a byte arrives on `stop`.
 pub fn run(
     dataplane: &mut impl Dataplane,
     tun: &SyncDevice,
-    tun_offload: bool,
+    options: Options,
     sockets: &Sockets,
     mut stop: &UnixStream,
     control: &Control,
@@ -145,9 +155,11 @@ pub fn run(
         tun,
         sockets,
         to_network: UdpBatch::new(sockets.gso),
-        to_tun: TunBatch::new(tun_offload),
+        to_tun: TunBatch::new(options.tun_offload),
     };
-    let mut reader = TunReader::new(tun_offload);
+    let mut reader = TunReader::new(options.tun_offload);
+    let mut priority = Priority::new(options.realtime_priority);
+    let mut slept_until = Instant::now();
     let mut buf = vec![0u8; 65536];
     let mut cmsg = udp::cmsg_buffer();
     // Drops the kernel reported: on each socket's full receive buffer, on the TUN's full queue.
@@ -160,6 +172,7 @@ pub fn run(
     let v6 = sockets.v6.as_ref();
     loop {
         let now = Instant::now();
+        priority.worked(now.saturating_duration_since(slept_until), now);
         if now >= next_tick {
             dataplane.tick(&mut shell);
             shell.flush();
@@ -178,9 +191,11 @@ pub fn run(
                 tun_write_errors: shell.to_tun.errors,
                 tun_queue_dropped,
                 socket_buffer_dropped: overflows.iter().map(|&n| u64::from(n)).sum(),
+                realtime_priority: priority.realtime,
             };
-            publish(dataplane, io, snapshot, now);
-            next_metrics = now + METRICS_EVERY;
+            if publish(dataplane, io, snapshot, now) {
+                next_metrics = now + METRICS_EVERY;
+            }
         }
         let wait = next_tick.saturating_duration_since(Instant::now());
         let wait = PollTimeout::try_from(wait.as_millis().min(1000) as i32 + 1)
@@ -201,6 +216,7 @@ pub fn run(
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
+        slept_until = Instant::now();
         let ready = fds.map(|f| {
             f.revents()
                 .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
@@ -274,8 +290,17 @@ pub const KERNEL_SOCKET_BUFFER_FULL: &str = "socket_buffer_full";
 static LOOPS: AtomicU64 = AtomicU64::new(1);
 
 /// Hands a fresh view to the HTTP thread; its time also tells `/healthz` the loop is turning.
-fn publish(dataplane: &impl Dataplane, io: LoopCounters, snapshot: &Snapshot, now: Instant) {
-    let Ok(mut s) = snapshot.lock() else { return };
+/// False if a reader holds the view: the loop, perhaps at real-time priority, does not wait on
+/// a normal-priority thread that may be off the CPU, and tries again at its next turn.
+fn publish(
+    dataplane: &impl Dataplane,
+    io: LoopCounters,
+    snapshot: &Snapshot,
+    now: Instant,
+) -> bool {
+    let Ok(mut s) = snapshot.try_lock() else {
+        return false;
+    };
     let s = &mut *s;
     let at = std::time::SystemTime::now();
     s.loop_turned = Some(now);
@@ -286,6 +311,7 @@ fn publish(dataplane: &impl Dataplane, io: LoopCounters, snapshot: &Snapshot, no
         (KERNEL_TUN_QUEUE_FULL, io.tun_queue_dropped),
         (KERNEL_SOCKET_BUFFER_FULL, io.socket_buffer_dropped),
     ]);
+    true
 }
 
 #[cfg(test)]

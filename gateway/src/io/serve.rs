@@ -12,7 +12,6 @@ use liqonet_proto::{Cidr, Key};
 use super::control::Control;
 use super::event_loop;
 use super::routes::Routes;
-use super::sched::Realtime;
 use super::tun;
 use super::uapi::{self, Device};
 use super::udp::Sockets;
@@ -65,13 +64,12 @@ pub fn serve(
             mtu = config.mtu,
             "tunnel up"
         );
-        // This thread is the data path from here to the loop's end.
-        let realtime = Realtime::enter(config.realtime_priority);
-        if let Ok(mut m) = snapshot.lock() {
-            m.totals.realtime_priority = realtime.priority;
-        }
         set_ready(snapshot, true);
-        event_loop::run(engine, &dev, tun_offload, &sockets, stop, control, snapshot)?;
+        let options = event_loop::Options {
+            tun_offload,
+            realtime_priority: config.realtime_priority,
+        };
+        event_loop::run(engine, &dev, options, &sockets, stop, control, snapshot)?;
         Ok(())
     })();
     set_ready(snapshot, false);

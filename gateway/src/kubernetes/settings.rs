@@ -126,6 +126,7 @@ fn source_of(path: &str) -> String {
         "listenPort" => "listen-port",
         "mtu" => "mtu",
         "interfaceAddresses" => "interface-addresses",
+        "realtimePriority" => "realtime-priority",
         "ipam" if path.contains("reserved") => "ipam-reserved",
         "ipam" => "ipam-pools",
         // The flag is a duration, the message counts milliseconds.
@@ -316,6 +317,7 @@ mod tests {
             ("LIQONET_CLUSTER_ID", "home"),
             ("LIQONET_PROBE_INTERVAL", "50ms"),
             ("LIQONET_PROBE_MISSES", "0"),
+            ("LIQONET_REALTIME_PRIORITY", "100"),
         ])
         .unwrap()
         .to_config()
@@ -326,6 +328,10 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("--probe-misses (LIQONET_PROBE_MISSES)"), "{e}");
+        assert!(
+            e.contains("--realtime-priority (LIQONET_REALTIME_PRIORITY)") && e.contains("100 "),
+            "{e}"
+        );
         let e = settings(&[("LIQONET_RETRY_PERIOD", "soon")]).unwrap_err();
         assert!(e.contains("--retry-period") && e.contains("soon"), "{e}");
     }

@@ -81,7 +81,7 @@ pub fn encode(t: &Totals, encoder: &mut DescriptorEncoder<'_>) -> Result {
     ConstGauge::new(i64::from(t.under_load)).encode(m)?;
     let m = encoder.encode_descriptor(
         "liqonet_data_path_realtime_priority",
-        "The data-path thread's real-time (SCHED_FIFO) priority; 0 when it runs at normal priority.",
+        "The data-path thread's real-time (SCHED_FIFO) priority while it is busy; 0 when it always runs at normal priority.",
         None,
         MetricType::Gauge,
     )?;

@@ -42,6 +42,8 @@ pub struct LoopCounters {
     pub tun_queue_dropped: u64,
     /// The kernel's drops on the underlay sockets' full receive buffers, since they were bound.
     pub socket_buffer_dropped: u64,
+    /// The loop thread's real-time priority while busy; 0 when it always runs at normal.
+    pub realtime_priority: u8,
 }
 
 /// One publication of the data path's raw counts.
@@ -127,7 +129,7 @@ pub struct Totals {
     pub peers: BTreeMap<String, PeerTotals>,
     /// A data plane has published at least once.
     pub started: bool,
-    /// The data-path thread's real-time priority; 0 at normal priority.
+    /// The data-path thread's real-time priority while busy; 0 when it always runs at normal.
     pub realtime_priority: u8,
 }
 
@@ -156,6 +158,7 @@ impl Totals {
             .observe(s.io.tun_queue_dropped, fresh);
         self.socket_buffer_dropped
             .observe(s.io.socket_buffer_dropped, fresh);
+        self.realtime_priority = s.io.realtime_priority;
         // This runs on the data-path thread once a second: no search per peer, and a name is
         // copied only when a peer is new.
         let present: BTreeSet<&str> = s.peers.iter().map(|p| p.name.as_str()).collect();
