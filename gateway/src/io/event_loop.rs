@@ -159,7 +159,6 @@ pub fn run(
     };
     let mut reader = TunReader::new(options.tun_offload);
     let mut priority = Priority::new(options.realtime_priority);
-    let mut slept_until = Instant::now();
     let mut buf = vec![0u8; 65536];
     let mut cmsg = udp::cmsg_buffer();
     // Drops the kernel reported: on each socket's full receive buffer, on the TUN's full queue.
@@ -172,7 +171,10 @@ pub fn run(
     let v6 = sockets.v6.as_ref();
     loop {
         let now = Instant::now();
-        priority.worked(now.saturating_duration_since(slept_until), now);
+        let rest = priority.turn(now);
+        if !rest.is_zero() {
+            std::thread::sleep(rest);
+        }
         if now >= next_tick {
             dataplane.tick(&mut shell);
             shell.flush();
@@ -216,7 +218,6 @@ pub fn run(
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        slept_until = Instant::now();
         let ready = fds.map(|f| {
             f.revents()
                 .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
