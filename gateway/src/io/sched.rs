@@ -4,14 +4,14 @@
 //! waits for nothing so long as for the gateway's turn on a CPU: with both gateways and both
 //! iperf3 ends on 2 vCPUs, a ping through the tunnel took 6.5 ms (median) under a single stream
 //! at normal priority and 0.55 ms with the data-path threads at real-time priority, for the same
-//! throughput (docs/STATUS.md, speed, round 3). The kernel's own WireGuard runs in softirq context, above
-//! every task; a low real-time priority (`SCHED_FIFO`) is the userspace equivalent. The kernel
-//! still keeps a share of every CPU for normal tasks (`sched_rt_runtime_us`, or the fair server
-//! since Linux 6.12), and threaded interrupt handlers (priority 50) preempt it.
+//! throughput (docs/STATUS.md, speed, round 3). The kernel's own WireGuard runs in softirq
+//! context, above every task; a low real-time priority (`SCHED_FIFO`) is the userspace
+//! equivalent. Threaded interrupt handlers (priority 50) still preempt it.
 //!
-//! Only the calling thread is raised, only while the loop is busy but not flat out
-//! ([`Priority`]), and with `SCHED_RESET_ON_FORK`: threads it starts run at normal priority. It
-//! needs `CAP_SYS_NICE`; without it the loop runs at normal priority (said once).
+//! Only the calling thread is raised, only while the loop is busy, never for more than
+//! [`MOST`] of a CPU ([`Priority`]), and with `SCHED_RESET_ON_FORK`: threads it starts run at
+//! normal priority. It needs `CAP_SYS_NICE`; without it the loop runs at normal priority (said
+//! once).
 
 use std::time::{Duration, Instant};
 
@@ -112,15 +112,6 @@ impl Priority {
             self.raised = false;
         }
     }
-
-    /// The real-time priority in force now; 0 at normal priority.
-    pub fn in_force(&self) -> u8 {
-        if self.raised {
-            self.realtime
-        } else {
-            0
-        }
-    }
 }
 
 impl Drop for Priority {
@@ -170,9 +161,26 @@ mod tests {
         policy & !libc::SCHED_RESET_ON_FORK
     }
 
+    impl Priority {
+        /// The real-time priority in force now; 0 at normal priority.
+        fn in_force(&self) -> u8 {
+            if self.raised {
+                self.realtime
+            } else {
+                0
+            }
+        }
+    }
+
+    /// Runs `test` on a thread of its own: priorities are per thread, and the harness's must
+    /// stay as they are.
+    fn on_own_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test).join().unwrap();
+    }
+
     #[test]
     fn real_time_while_busy_normal_while_idle_never_for_threads_it_starts() {
-        std::thread::spawn(|| {
+        on_own_thread(|| {
             let mut p = Priority::new(10);
             // Tests run as root here; elsewhere the refusal is the case under test.
             if p.realtime == 0 {
@@ -203,14 +211,12 @@ mod tests {
             assert_eq!((policy(), p.in_force()), (libc::SCHED_FIFO, 10));
             drop(p);
             assert_eq!(policy(), libc::SCHED_OTHER, "normal once the loop is over");
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn flat_out_at_real_time_priority_it_rests_for_what_it_took_past_its_share() {
-        std::thread::spawn(|| {
+        on_own_thread(|| {
             let mut p = Priority::new(10);
             if p.realtime == 0 {
                 return;
@@ -232,14 +238,12 @@ mod tests {
             std::thread::sleep(WINDOW * 2);
             assert_eq!(p.turn(Instant::now()), Duration::ZERO);
             assert_eq!(p.in_force(), 0);
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn the_share_is_the_threads_own_cpu_time() {
-        std::thread::spawn(|| {
+        on_own_thread(|| {
             let start = thread_cpu();
             // Asleep, the thread uses no CPU time; spinning, it does.
             std::thread::sleep(Duration::from_millis(20));
@@ -251,14 +255,12 @@ mod tests {
                     "the clock does not move"
                 );
             }
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn priority_zero_stays_normal_however_busy() {
-        std::thread::spawn(|| {
+        on_own_thread(|| {
             let mut p = Priority::new(0);
             let t0 = Instant::now();
             let spin = Instant::now();
@@ -268,8 +270,6 @@ mod tests {
                 (policy(), p.in_force(), p.realtime),
                 (libc::SCHED_OTHER, 0, 0)
             );
-        })
-        .join()
-        .unwrap();
+        });
     }
 }
