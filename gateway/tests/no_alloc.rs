@@ -1,28 +1,43 @@
 //! No allocation per packet: a counting global allocator watches two engines carry a million
 //! packets each way (remapped both ways, TCP and UDP, small to full-size, timers running), after
-//! the session is up. Its own test binary, so nothing else runs on the counted thread.
+//! the session is up, and the TUN batches coalesce a million segments. Its own test binary;
+//! allocations are counted per thread, so the tests do not see each other's.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use boringtun::x25519::{PublicKey, StaticSecret};
 use liqonet_gateway::engine::{Engine, Network, PeerSpec, Sink};
+use liqonet_gateway::io::batch::{Packets, TunBatch};
+use liqonet_gateway::io::gro::Writes;
 use liqonet_proto::{Cidr, Key};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
 fn note() {
     if COUNTING.with(Cell::get) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
     }
+}
+
+/// Counts from here on this thread; the first allocation is the check that it counts at all.
+fn start_counting() {
+    COUNTING.with(|c| c.set(true));
+    drop(std::hint::black_box(Box::new(7u64)));
+    assert_eq!(ALLOCATIONS.with(|a| a.replace(0)), 1);
+}
+
+/// Stops counting; returns how many allocations were seen since `start_counting`.
+fn stop_counting() -> u64 {
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.with(Cell::get)
 }
 
 // SAFETY: every call is passed to the system allocator unchanged; only counted.
@@ -219,10 +234,7 @@ fn a_million_packets_each_way_allocate_nothing() {
     let mut buf = vec![0u8; 2048];
     const PACKETS: usize = 1_000_000;
     let (mut carried_out, mut carried_back) = (0u64, 0u64);
-    COUNTING.with(|c| c.set(true));
-    // The counter sees allocations on this thread (or this test could not fail).
-    drop(std::hint::black_box(Box::new(7u64)));
-    assert_eq!(ALLOCATIONS.swap(0, Ordering::Relaxed), 1);
+    start_counting();
     for n in 0..PACKETS {
         let p = &outbound[n % outbound.len()];
         buf[..p.len()].copy_from_slice(p);
@@ -241,8 +253,7 @@ fn a_million_packets_each_way_allocate_nothing() {
             foreign.tick(&mut scratch);
         }
     }
-    COUNTING.with(|c| c.set(false));
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocations = stop_counting();
     println!(
         "{PACKETS} packets each way ({carried_out} and {carried_back} delivered): {allocations} allocations"
     );
@@ -252,4 +263,93 @@ fn a_million_packets_each_way_allocate_nothing() {
     );
     assert_eq!(allocations, 0);
     assert!(out.datagrams >= PACKETS as u64 && out.packets >= PACKETS as u64);
+}
+
+/// A TUN that takes everything and remembers only how much.
+#[derive(Default)]
+struct Tun {
+    writes: Cell<u64>,
+    bytes: Cell<usize>,
+}
+
+impl Writes for Tun {
+    fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = iov.iter().map(|s| s.len()).sum();
+        self.writes.set(self.writes.get() + 1);
+        self.bytes.set(self.bytes.get() + n);
+        Ok(n)
+    }
+}
+
+impl Packets for Tun {
+    fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        self.writes.set(self.writes.get() + 1);
+        Ok(packet.len())
+    }
+    fn udp_offload(&self) -> bool {
+        true
+    }
+}
+
+/// A TCP segment (ACK, IPv4 with DF) of flow `port`, or a UDP datagram; checksums are not
+/// the coalescer's business.
+fn segment(port: u16, seq: u32, len: usize, udp: bool) -> Vec<u8> {
+    let l4 = if udp { 8 } else { 20 };
+    let mut p = vec![0u8; 20 + l4 + len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&((20 + l4 + len) as u16).to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = if udp { 17 } else { 6 };
+    p[12..16].copy_from_slice(&[10, 244, 0, 10]);
+    p[16..20].copy_from_slice(&[10, 245, 0, 10]);
+    p[20..22].copy_from_slice(&port.to_be_bytes());
+    p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+    if udp {
+        p[24..26].copy_from_slice(&((8 + len) as u16).to_be_bytes());
+    } else {
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x10;
+    }
+    p
+}
+
+#[test]
+fn a_million_segments_coalesced_for_the_tun_allocate_nothing() {
+    // Four TCP flows and a UDP one, interleaved; all segments built up front.
+    const SEGMENTS: usize = 1_000_000;
+    let mut seqs = [0u32; 4];
+    let pkts: Vec<Vec<u8>> = (0..1000)
+        .map(|i| match i % 5 {
+            4 => segment(53, 0, 1300, true),
+            f => {
+                seqs[f] = seqs[f].wrapping_add(1400);
+                segment(40000 + f as u16, seqs[f], 1400, false)
+            }
+        })
+        .collect();
+    let tun = Tun::default();
+    let mut batch = TunBatch::new(true);
+    // Warm: the batch's buffers reach their full size.
+    for p in &pkts {
+        batch.push(&tun, p);
+    }
+    batch.flush(&tun);
+    let before = tun.writes.get();
+    start_counting();
+    for n in 0..SEGMENTS {
+        batch.push(&tun, &pkts[n % pkts.len()]);
+        if n % 100 == 99 {
+            batch.flush(&tun);
+        }
+    }
+    batch.flush(&tun);
+    let allocations = stop_counting();
+    let writes = tun.writes.get() - before;
+    println!("{SEGMENTS} segments in {writes} writes: {allocations} allocations");
+    assert_eq!(allocations, 0);
+    assert_eq!(batch.errors, 0);
+    // Coalesced: far fewer writes than segments.
+    assert!(writes * 4 < SEGMENTS as u64, "{writes} writes");
 }

@@ -1,6 +1,6 @@
 //! Batches between the engine and the kernel: datagrams to one endpoint leave in one `sendmsg`
-//! (UDP GSO), packets for the TUN leave in one coalesced write (TCP/UDP GRO through the TUN's
-//! virtio header). Buffers are allocated once; pushing copies the engine's output into them.
+//! (UDP GSO), packets for the TUN leave coalesced by flow (TCP/UDP GRO through the TUN's virtio
+//! header, [`super::gro`]). Buffers are allocated once; the engine writes into them.
 //!
 //! The devices are behind two small traits, [`Datagrams`] and [`Packets`], so that the batching,
 //! the GSO fallback and the retry on a full buffer are tested against fakes.
@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
-use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE};
 
+use super::gro::{self, Gro, Writes};
 use super::udp::Sockets;
 
 /// Segments per GSO send (the kernel's limit is 64).
@@ -31,16 +32,12 @@ pub trait Datagrams {
     fn wait_writable(&self, dst: SocketAddr, timeout: Duration) -> io::Result<()>;
 }
 
-/// Where TUN batches go: the TUN device (or a fake).
-pub trait Packets {
-    /// Writes `bufs` (each with `offset` bytes of room for the virtio header), merging flows.
-    fn send_multiple(
-        &self,
-        gro: &mut GROTable,
-        bufs: &mut [Vec<u8>],
-        offset: usize,
-    ) -> io::Result<usize>;
+/// Where TUN batches go: the TUN device (or a fake). With offloads, packets go through
+/// [`Writes`], each after its virtio header; without, one by one through `send`.
+pub trait Packets: Writes {
     fn send(&self, packet: &[u8]) -> io::Result<usize>;
+    /// The device takes UDP super-packets (Linux 6.2 and later).
+    fn udp_offload(&self) -> bool;
 }
 
 impl Datagrams for Sockets {
@@ -75,19 +72,19 @@ impl Datagrams for Sockets {
     }
 }
 
-impl Packets for SyncDevice {
-    fn send_multiple(
-        &self,
-        gro: &mut GROTable,
-        bufs: &mut [Vec<u8>],
-        offset: usize,
-    ) -> io::Result<usize> {
-        // The device's own method (on the DeviceImpl it derefs to), not this trait's.
-        std::ops::Deref::deref(self).send_multiple(gro, bufs, offset)
+impl Writes for SyncDevice {
+    fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        Ok(nix::sys::uio::writev(self, iov)?)
     }
+}
 
+impl Packets for SyncDevice {
     fn send(&self, packet: &[u8]) -> io::Result<usize> {
         SyncDevice::send(self, packet)
+    }
+
+    fn udp_offload(&self) -> bool {
+        self.udp_gso()
     }
 }
 
@@ -208,11 +205,11 @@ impl UdpBatch {
     }
 }
 
-/// Packets for the TUN, written together so that tun-rs can coalesce TCP/UDP flows (GRO).
+/// Packets for the TUN, written together so that flows can be coalesced (GRO).
 pub struct TunBatch {
     bufs: Vec<Vec<u8>>,
     count: usize,
-    gro: GROTable,
+    gro: Gro,
     /// Bytes before each packet: room for the virtio header when offloads are on.
     offset: usize,
     /// Packets in batches the TUN refused.
@@ -221,14 +218,13 @@ pub struct TunBatch {
 
 impl TunBatch {
     pub fn new(offload: bool) -> Self {
-        let offset = if offload { VIRTIO_NET_HDR_LEN } else { 0 };
+        let offset = if offload { gro::HEADER_LEN } else { 0 };
         TunBatch {
-            // Coalescing grows the first packet of a flow: room for a whole 64 KB super-packet.
             bufs: (0..IDEAL_BATCH_SIZE)
                 .map(|_| Vec::with_capacity(offset + 65535))
                 .collect(),
             count: 0,
-            gro: GROTable::new(),
+            gro: Gro::new(IDEAL_BATCH_SIZE),
             offset,
             errors: 0,
         }
@@ -262,13 +258,9 @@ impl TunBatch {
             return;
         }
         let bufs = &mut self.bufs[..self.count];
-        // Once: a TUN write does not block (the kernel queues or drops), and send_multiple
-        // merges the buffers as it goes, so a second call would send merged packets again.
+        // Once: a TUN write does not block (the kernel queues or drops).
         if self.offset > 0 {
-            if let Err(e) = dev.send_multiple(&mut self.gro, bufs, self.offset) {
-                self.errors += self.count as u64;
-                tracing::debug!("TUN write failed: {e}");
-            }
+            self.errors += self.gro.write(dev, bufs, dev.udp_offload());
         } else {
             // One by one: a packet the kernel refuses costs only itself.
             for b in bufs.iter() {
@@ -418,70 +410,74 @@ mod tests {
         assert_eq!(batch.errors, 2);
     }
 
+    /// Counts writes; refuses them all when told to.
     #[derive(Default)]
     struct FakeTun {
-        batches: RefCell<Vec<usize>>,
+        writes: RefCell<usize>,
         fail: RefCell<bool>,
     }
 
-    impl Packets for FakeTun {
-        fn send_multiple(
-            &self,
-            _gro: &mut GROTable,
-            bufs: &mut [Vec<u8>],
-            offset: usize,
-        ) -> io::Result<usize> {
-            assert!(bufs.iter().all(|b| b.len() > offset));
-            self.batches.borrow_mut().push(bufs.len());
+    impl Writes for FakeTun {
+        fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+            assert!(iov[0].len() > gro::HEADER_LEN);
+            *self.writes.borrow_mut() += 1;
             if *self.fail.borrow() {
                 return Err(io::Error::from_raw_os_error(nix::libc::EIO));
             }
-            Ok(bufs.iter().map(Vec::len).sum())
-        }
-        fn send(&self, packet: &[u8]) -> io::Result<usize> {
-            self.batches.borrow_mut().push(1);
-            Ok(packet.len())
+            Ok(iov.iter().map(|s| s.len()).sum())
         }
     }
 
-    /// Records the packets of each write.
+    impl Packets for FakeTun {
+        fn send(&self, packet: &[u8]) -> io::Result<usize> {
+            *self.writes.borrow_mut() += 1;
+            Ok(packet.len())
+        }
+        fn udp_offload(&self) -> bool {
+            false
+        }
+    }
+
+    /// Records the packets of each write (without their virtio header).
     #[derive(Default)]
     struct PacketLog(RefCell<Vec<Vec<u8>>>);
 
-    impl Packets for PacketLog {
-        fn send_multiple(
-            &self,
-            _gro: &mut GROTable,
-            bufs: &mut [Vec<u8>],
-            offset: usize,
-        ) -> io::Result<usize> {
-            let mut log = self.0.borrow_mut();
-            log.extend(bufs.iter().map(|b| b[offset..].to_vec()));
-            Ok(bufs.len())
+    impl Writes for PacketLog {
+        fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+            let whole: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+            self.0.borrow_mut().push(whole[gro::HEADER_LEN..].to_vec());
+            Ok(whole.len())
         }
+    }
+
+    impl Packets for PacketLog {
         fn send(&self, packet: &[u8]) -> io::Result<usize> {
             self.0.borrow_mut().push(packet.to_vec());
             Ok(packet.len())
+        }
+        fn udp_offload(&self) -> bool {
+            false
         }
     }
 
     /// Without offloads: refuses packets shorter than an IPv4 header, as the kernel does.
     struct PickyTun(PacketLog);
 
-    impl Packets for PickyTun {
-        fn send_multiple(
-            &self,
-            gro: &mut GROTable,
-            bufs: &mut [Vec<u8>],
-            offset: usize,
-        ) -> io::Result<usize> {
-            self.0.send_multiple(gro, bufs, offset)
+    impl Writes for PickyTun {
+        fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.0.write_vectored(iov)
         }
+    }
+
+    impl Packets for PickyTun {
         fn send(&self, packet: &[u8]) -> io::Result<usize> {
             if packet.len() < 20 {
                 return Err(io::Error::from_raw_os_error(nix::libc::EINVAL));
             }
             self.0.send(packet)
+        }
+        fn udp_offload(&self) -> bool {
+            false
         }
     }
 
@@ -513,20 +509,25 @@ mod tests {
     }
 
     #[test]
-    fn tun_batches_are_written_once_when_full_or_flushed_and_failures_counted() {
+    fn tun_batches_are_written_when_full_or_flushed_and_failures_counted() {
         let tun = FakeTun::default();
         let mut batch = TunBatch::new(true);
-        for _ in 0..IDEAL_BATCH_SIZE + 3 {
+        for _ in 0..IDEAL_BATCH_SIZE {
             batch.push(&tun, &[0x45; 60]);
         }
+        assert_eq!(*tun.writes.borrow(), 0);
+        // Packets that cannot be coalesced: one write each.
+        batch.push(&tun, &[0x45; 60]);
+        assert_eq!(*tun.writes.borrow(), IDEAL_BATCH_SIZE);
+        batch.push(&tun, &[0x45; 60]);
         batch.flush(&tun);
-        assert_eq!(*tun.batches.borrow(), [IDEAL_BATCH_SIZE, 3]);
-        // A refused write is not retried (tun-rs has merged the buffers by then).
+        assert_eq!(*tun.writes.borrow(), IDEAL_BATCH_SIZE + 2);
+        // A refused write is not retried.
         *tun.fail.borrow_mut() = true;
         batch.push(&tun, &[0x45; 60]);
         batch.push(&tun, &[0x45; 60]);
         batch.flush(&tun);
-        assert_eq!(tun.batches.borrow().len(), 3);
+        assert_eq!(*tun.writes.borrow(), IDEAL_BATCH_SIZE + 4);
         assert_eq!(batch.errors, 2);
     }
 }

@@ -4,6 +4,7 @@ pub mod batch;
 pub mod control;
 pub mod dataplane;
 pub mod event_loop;
+pub mod gro;
 pub mod metrics_http;
 pub mod routes;
 pub mod sched;
