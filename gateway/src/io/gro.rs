@@ -579,6 +579,11 @@ mod tests {
         pkts.iter().map(|p| norm(p)).collect()
     }
 
+    /// How many segments each write carried.
+    fn segments(writes: &[Vec<u8>]) -> Vec<usize> {
+        writes.iter().map(|w| cut(w).len()).collect()
+    }
+
     /// A small xorshift: the same walk on every run.
     fn dice(mut seed: u32) -> impl FnMut(u32) -> u32 {
         move |n| {
@@ -642,8 +647,7 @@ mod tests {
         ];
         let (writes, out) = run(&pkts, false);
         assert_eq!(out, norms(&pkts));
-        let segments: Vec<usize> = writes.iter().map(|w| cut(w).len()).collect();
-        assert_eq!(segments, [2, 1, 2, 1, 1, 2, 1, 1]);
+        assert_eq!(segments(&writes), [2, 1, 2, 1, 1, 2, 1, 1]);
         // An IPv6 RST behind a hop-by-hop header: its ports cannot be read, so it ends every
         // super-packet between the same addresses.
         let p6 = |seq: u32, flags: u8, len: usize| tcp(true, 40000, seq, flags, len);
@@ -660,10 +664,7 @@ mod tests {
         ];
         let (writes, out) = run(&pkts, false);
         assert_eq!(out, norms(&pkts));
-        assert_eq!(
-            writes.iter().map(|w| cut(w).len()).collect::<Vec<_>>(),
-            [2, 1, 1]
-        );
+        assert_eq!(segments(&writes), [2, 1, 1]);
     }
 
     #[test]
@@ -673,10 +674,7 @@ mod tests {
             .collect();
         let (writes, out) = run(&many, false);
         assert_eq!(out, norms(&many));
-        assert_eq!(
-            writes.iter().map(|w| cut(w).len()).collect::<Vec<_>>(),
-            [64, 36]
-        );
+        assert_eq!(segments(&writes), [64, 36]);
         for v6 in [false, true] {
             let big: Vec<Vec<u8>> = (0..50)
                 .map(|i| tcp(v6, 40000, i * 1400, TCP_ACK, 1400))
@@ -684,10 +682,7 @@ mod tests {
             let (writes, out) = run(&big, false);
             assert_eq!(out, norms(&big));
             // 52 or 72 bytes of headers and 46 segments of 1400 fit under 65 535, 47 do not.
-            assert_eq!(
-                writes.iter().map(|w| cut(w).len()).collect::<Vec<_>>(),
-                [46, 4]
-            );
+            assert_eq!(segments(&writes), [46, 4]);
         }
     }
 
