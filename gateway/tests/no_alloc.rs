@@ -12,6 +12,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use liqonet_gateway::engine::{Engine, Network, PeerSpec, Sink};
 use liqonet_gateway::io::batch::{Packets, TunBatch};
 use liqonet_gateway::io::gro::Writes;
+use liqonet_gateway::wire::checksum;
 use liqonet_proto::{Cidr, Key};
 
 struct Counting;
@@ -291,8 +292,8 @@ impl Packets for Tun {
     }
 }
 
-/// A TCP segment (ACK, IPv4 with DF) of flow `port`, or a UDP datagram; checksums are not
-/// the coalescer's business.
+/// A TCP segment (ACK, IPv4 with DF) of flow `port`, or a UDP datagram; transport checksums
+/// are not the coalescer's business, the IPv4 header's is.
 fn segment(port: u16, seq: u32, len: usize, udp: bool) -> Vec<u8> {
     let l4 = if udp { 8 } else { 20 };
     let mut p = vec![0u8; 20 + l4 + len];
@@ -303,6 +304,8 @@ fn segment(port: u16, seq: u32, len: usize, udp: bool) -> Vec<u8> {
     p[9] = if udp { 17 } else { 6 };
     p[12..16].copy_from_slice(&[10, 244, 0, 10]);
     p[16..20].copy_from_slice(&[10, 245, 0, 10]);
+    let c = checksum::finish(checksum::sum(&p[..20], 0));
+    checksum::write(&mut p, 10, c);
     p[20..22].copy_from_slice(&port.to_be_bytes());
     p[22..24].copy_from_slice(&5201u16.to_be_bytes());
     if udp {
