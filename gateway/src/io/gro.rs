@@ -127,7 +127,8 @@ impl Gro {
                 // Written alone, after everything before it of its flow; when its ports cannot
                 // be read (extension headers, a later fragment), after everything between the
                 // same addresses, and with no addresses either, after everything.
-                let (flow, addrs) = (flow_of(pkt), addresses(pkt));
+                let addrs = addresses(pkt);
+                let flow = addrs.and_then(|a| with_ports(pkt, a));
                 for g in self.groups.iter_mut().filter(|g| g.open) {
                     g.open = match (&flow, &addrs) {
                         (Some(f), _) => g.flow != *f,
@@ -158,25 +159,30 @@ impl Gro {
                 // Anything else of the flow ends its super-packet, to stay in sequence.
                 g.open = false;
             }
-            self.groups.push(Group {
-                flow,
-                head: i,
-                last: i,
-                segments: 1,
-                udp: s.udp,
-                ip_len: s.ip_len,
-                hdr_len: s.hdr_len,
-                size: s.payload,
-                payload: s.payload,
-                next_seq: s.seq.wrapping_add(s.payload as u32),
-                psh: s.last,
-                open: !s.last,
-            });
+            self.groups.push(Group::of(i, &s, flow));
         }
     }
 }
 
 impl Group {
+    /// A segment that heads a super-packet (its only one, until others join).
+    fn of(i: usize, s: &Segment, flow: Flow) -> Self {
+        Group {
+            flow,
+            head: i,
+            last: i,
+            segments: 1,
+            udp: s.udp,
+            ip_len: s.ip_len,
+            hdr_len: s.hdr_len,
+            size: s.payload,
+            payload: s.payload,
+            next_seq: s.seq.wrapping_add(s.payload as u32),
+            psh: s.last,
+            open: !s.last,
+        }
+    }
+
     /// A packet written as it came.
     fn alone(i: usize, len: usize) -> Self {
         Group {
@@ -263,7 +269,11 @@ fn segment(p: &[u8], udp: bool) -> Option<(Segment, Flow)> {
 /// The flow of a TCP or UDP packet whose ports can be read: IPv4 (with or without options) but
 /// not a later fragment, IPv6 with the transport header first.
 fn flow_of(p: &[u8]) -> Option<Flow> {
-    let mut key = addresses(p)?;
+    with_ports(p, addresses(p)?)
+}
+
+/// `key` (the packet's addresses) completed with its protocol and ports, if they can be read.
+fn with_ports(p: &[u8], mut key: Flow) -> Option<Flow> {
     let (ip_len, proto) = if key[0] == 4 {
         let later_fragment = u16::from_be_bytes([p[6], p[7]]) & 0x1fff != 0;
         (
