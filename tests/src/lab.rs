@@ -610,6 +610,9 @@ impl Lab {
         if !offload_enabled() {
             y = y.replace("peers:\n", "offload: false\npeers:\n");
         }
+        if let Some(p) = realtime_priority() {
+            y = y.replace("peers:\n", &format!("realtimePriority: {p}\npeers:\n"));
+        }
         for j in self.peers_of(i) {
             let p = &self.clusters[j];
             y += &format!(
@@ -1074,6 +1077,12 @@ impl Drop for Lab {
 /// `LIQONET_LAB_OFFLOAD=0` forces them off (`make test` runs the lab tests both ways).
 pub fn offload_enabled() -> bool {
     std::env::var("LIQONET_LAB_OFFLOAD").map_or(true, |v| v != "0")
+}
+
+/// The lab's liqonet gateways' `realtimePriority`, when `LIQONET_LAB_REALTIME_PRIORITY` sets one
+/// (0: normal priority throughout), for A/B runs; otherwise the gateway's default.
+pub fn realtime_priority() -> Option<String> {
+    std::env::var("LIQONET_LAB_REALTIME_PRIORITY").ok()
 }
 
 fn check_root() -> anyhow::Result<()> {

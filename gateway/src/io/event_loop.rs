@@ -97,13 +97,14 @@ impl TunReader {
         }
     }
 
-    /// Reads what is there, handing each packet to the engine. Returns false when drained.
+    /// Reads what is there, handing each packet to the engine. Returns the bytes read (0 for a
+    /// read it dropped), or `None` when drained.
     fn read(
         &mut self,
         tun: &impl Reads,
         dataplane: &mut impl Dataplane,
         shell: &mut impl Sink,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Option<usize>> {
         let n = if self.offload {
             tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes)
         } else {
@@ -114,18 +115,20 @@ impl TunReader {
         };
         match n {
             Ok(n) => {
+                let mut bytes = 0;
                 for (buf, &size) in self.bufs.iter_mut().zip(&self.sizes).take(n) {
+                    bytes += size;
                     dataplane.from_tun(&mut buf[..size], shell);
                 }
-                Ok(true)
+                Ok(Some(bytes))
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             // A super-packet tun-rs cannot split is one bad packet, not a dead device: tun-rs
             // reports those itself, without an OS error number.
             Err(e) if e.raw_os_error().is_none() => {
                 self.dropped += 1;
                 tracing::debug!("TUN read dropped: {e}");
-                Ok(true)
+                Ok(Some(0))
             }
             Err(e) => Err(io::Error::new(e.kind(), format!("TUN read: {e}"))),
         }
@@ -169,12 +172,15 @@ pub fn run(
     let mut next_metrics = Instant::now();
     let loop_id = LOOPS.fetch_add(1, Ordering::Relaxed);
     let v6 = sockets.v6.as_ref();
+    // Bytes the last turn read, from the TUN and the sockets.
+    let mut moved = 0;
     loop {
         let now = Instant::now();
-        let rest = priority.turn(now);
-        if !rest.is_zero() {
-            std::thread::sleep(rest);
+        let pause = priority.turn(now, moved);
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
         }
+        moved = 0;
         if now >= next_tick {
             dataplane.tick(&mut shell);
             shell.flush();
@@ -232,24 +238,26 @@ pub fn run(
         }
         if ready[1] {
             for _ in 0..BURST {
-                if !reader.read(tun, dataplane, &mut shell)? {
-                    break;
+                match reader.read(tun, dataplane, &mut shell)? {
+                    Some(n) => moved += n,
+                    None => break,
                 }
             }
             shell.flush();
         }
         if ready[2] {
             let o = &mut overflows[0];
-            drain_udp(&sockets.v4, dataplane, &mut shell, &mut buf, &mut cmsg, o);
+            moved += drain_udp(&sockets.v4, dataplane, &mut shell, &mut buf, &mut cmsg, o);
         }
         if let (Some(s), true) = (v6, ready[3]) {
             let o = &mut overflows[1];
-            drain_udp(s, dataplane, &mut shell, &mut buf, &mut cmsg, o);
+            moved += drain_udp(s, dataplane, &mut shell, &mut buf, &mut cmsg, o);
         }
     }
 }
 
 /// Drains one underlay socket; `overflows` keeps the highest drop count the kernel reported.
+/// Returns the bytes it read.
 fn drain_udp(
     sock: &UdpSocket,
     dataplane: &mut impl Dataplane,
@@ -257,10 +265,12 @@ fn drain_udp(
     buf: &mut [u8],
     cmsg: &mut Vec<u8>,
     overflows: &mut u32,
-) {
+) -> usize {
+    let mut bytes = 0;
     for _ in 0..BURST {
         match udp::recv(sock, buf, cmsg) {
             Ok(r) => {
+                bytes += r.len;
                 if let Some(n) = r.overflows {
                     *overflows = (*overflows).max(n);
                 }
@@ -281,6 +291,7 @@ fn drain_udp(
         }
     }
     shell.flush();
+    bytes
 }
 
 /// How `status` names the kernel's drops beside the engine's reasons.
@@ -388,13 +399,13 @@ mod tests {
             ])));
             let (mut reader, mut plane) = (TunReader::new(offload), Counting::default());
             let mut read = || reader.read(&tun, &mut plane, &mut Nowhere);
-            assert!(matches!(read(), Ok(true)));
+            assert!(matches!(read(), Ok(Some(60))));
             assert!(
-                matches!(read(), Ok(true)),
+                matches!(read(), Ok(Some(0))),
                 "an unsplittable read is not fatal"
             );
-            assert!(matches!(read(), Ok(true)));
-            assert!(matches!(read(), Ok(false)), "drained");
+            assert!(matches!(read(), Ok(Some(1400))));
+            assert!(matches!(read(), Ok(None)), "drained");
             let fatal = read().unwrap_err();
             assert!(fatal.to_string().starts_with("TUN read: "), "{fatal}");
             assert_eq!(reader.dropped, 1);

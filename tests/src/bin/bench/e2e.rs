@@ -140,11 +140,13 @@ pub fn run(secs: u32, runs: usize, out: &str) -> bool {
             match measure::round(&l.target, secs) {
                 Ok(r) => {
                     eprintln!(
-                        "== round {}/{runs} {}: tcp {:.2} Gbit/s, 4 streams {:.2}, udp loss {:.2} %",
+                        "== round {}/{runs} {}: tcp {:.2} Gbit/s, 4 streams {:.2}, udp {:.2} Gbit/s \
+                         through, {:.2} % lost",
                         round + 1,
                         l.subject.name,
                         r.gbps_single,
                         r.gbps_4_streams,
+                        r.udp_gbps,
                         r.udp_loss_percent
                     );
                     l.rounds.push(r);
