@@ -8,6 +8,9 @@
 //! for the same reason). A super-packet carries only its pseudo-header sum and `NEEDS_CSUM`, as
 //! a locally sent one does; a packet written alone keeps its checksums. An IPv4 header with a
 //! wrong checksum is written alone, for the kernel to drop as it would.
+//!
+//! A super-packet the device refuses (a kernel that checks what this one does not) is not lost:
+//! its head gets its own headers back and every segment is written alone.
 
 use std::io::{self, IoSlice};
 
@@ -76,6 +79,8 @@ pub struct Gro {
     groups: Vec<Group>,
     /// For each packet of the batch, the next of its group.
     next: Vec<usize>,
+    /// A refused super-packet was reported (once: the rest go to the debug log).
+    said: bool,
 }
 
 impl Gro {
@@ -84,6 +89,7 @@ impl Gro {
         Gro {
             groups: Vec::with_capacity(batch),
             next: vec![usize::MAX; batch],
+            said: false,
         }
     }
 
@@ -100,19 +106,23 @@ impl Gro {
         for g in &self.groups {
             finish_headers(&mut bufs[g.head], g);
         }
-        let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS];
         for g in &self.groups {
-            iov[0] = IoSlice::new(&bufs[g.head][..HEADER_LEN + g.hdr_len + g.size]);
-            let mut n = 1;
-            let mut i = g.head;
-            while i != g.last {
-                i = self.next[i];
-                iov[n] = IoSlice::new(&bufs[i][HEADER_LEN + g.hdr_len..]);
-                n += 1;
-            }
-            if let Err(e) = out.write_vectored(&iov[..n]) {
-                refused += g.segments as u64;
-                tracing::debug!("TUN write failed: {e}");
+            match write_group(out, bufs, g, &self.next) {
+                Ok(()) => {}
+                Err(e) if g.segments > 1 => {
+                    if !std::mem::replace(&mut self.said, true) {
+                        tracing::warn!(
+                            "the TUN refused a super-packet ({e}); its segments are written one \
+                             by one"
+                        );
+                    }
+                    tracing::debug!("TUN super-packet refused: {e}");
+                    refused += one_by_one(out, bufs, g, &self.next);
+                }
+                Err(e) => {
+                    refused += 1;
+                    tracing::debug!("TUN write failed: {e}");
+                }
             }
         }
         refused
@@ -322,6 +332,78 @@ fn same_headers(head: &[u8], pkt: &[u8], g: &Group) -> bool {
         || (head[t + 8..t + 13] == pkt[t + 8..t + 13]
             && head[t + 14..t + 16] == pkt[t + 14..t + 16]
             && head[t + 18..g.hdr_len] == pkt[t + 18..g.hdr_len]))
+}
+
+/// Writes a group in one `writev`: the head's headers and payload, then each follower's payload.
+fn write_group(out: &impl Writes, bufs: &[Vec<u8>], g: &Group, next: &[usize]) -> io::Result<()> {
+    let head = &bufs[g.head][..HEADER_LEN + g.hdr_len + g.size];
+    if g.segments == 1 {
+        return out.write_vectored(&[IoSlice::new(head)]).map(drop);
+    }
+    let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS];
+    iov[0] = IoSlice::new(head);
+    let mut i = g.head;
+    for slot in &mut iov[1..g.segments] {
+        i = next[i];
+        *slot = IoSlice::new(&bufs[i][HEADER_LEN + g.hdr_len..]);
+    }
+    out.write_vectored(&iov[..g.segments]).map(drop)
+}
+
+/// Writes a refused super-packet's segments one by one, the head with its own headers again.
+/// Returns how many the device refused.
+fn one_by_one(out: &impl Writes, bufs: &mut [Vec<u8>], g: &Group, next: &[usize]) -> u64 {
+    restore_head(&mut bufs[g.head], g);
+    let mut refused = 0;
+    let mut i = g.head;
+    loop {
+        let buf = &mut bufs[i];
+        buf[..HEADER_LEN].fill(0);
+        if let Err(e) = out.write_vectored(&[IoSlice::new(buf)]) {
+            refused += 1;
+            tracing::debug!("TUN write failed: {e}");
+        }
+        if i == g.last {
+            return refused;
+        }
+        i = next[i];
+    }
+}
+
+/// Undoes [`finish_headers`] on a super-packet's head: its own lengths, no PSH (a head with
+/// PSH takes no followers), and its checksums whole.
+fn restore_head(buf: &mut [u8], g: &Group) {
+    let p = &mut buf[HEADER_LEN..];
+    let t = g.ip_len;
+    let l4_len = g.hdr_len - t + g.size;
+    let (addrs, proto) = (
+        if t == 20 { 12..20 } else { 8..40 },
+        if g.udp { UDP } else { TCP },
+    );
+    if t == 20 {
+        p[2..4].copy_from_slice(&((t + l4_len) as u16).to_be_bytes());
+        p[10..12].fill(0);
+        let c = checksum::finish(checksum::sum(&p[..20], 0));
+        checksum::write(p, 10, c);
+    } else {
+        p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    let at = if g.udp {
+        p[t + 4..t + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        t + 6
+    } else {
+        p[t + 13] &= !TCP_PSH;
+        t + 16
+    };
+    p[at..at + 2].fill(0);
+    let (src, dst) = p[addrs].split_at(if t == 20 { 4 } else { 16 });
+    let pseudo = checksum::pseudo_header(src, dst, proto, l4_len as u32);
+    let mut c = checksum::finish(checksum::sum(&p[t..t + l4_len], pseudo));
+    if g.udp && c == 0 {
+        // UDP sends a computed zero as all ones (zero means "no checksum").
+        c = 0xffff;
+    }
+    checksum::write(p, at, c);
 }
 
 /// The head's virtio header, and for a super-packet its lengths, PSH and partial checksum.
@@ -675,6 +757,65 @@ mod tests {
         let (writes, out) = run(&pkts, false);
         assert_eq!(out, norms(&pkts));
         assert_eq!(segments(&writes), [2, 1, 1]);
+    }
+
+    /// A TUN that refuses every super-packet, and with `all` every write.
+    #[derive(Default)]
+    struct Refusing {
+        all: bool,
+        written: RefCell<Vec<Vec<u8>>>,
+    }
+
+    impl Writes for Refusing {
+        fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+            let whole: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+            if self.all || whole[1] != 0 {
+                return Err(io::Error::from_raw_os_error(nix::libc::EINVAL));
+            }
+            let n = whole.len();
+            self.written.borrow_mut().push(whole);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_refused_super_packet_is_written_one_segment_at_a_time_as_it_came() {
+        let mut pkts = vec![];
+        for i in 0..6u32 {
+            pkts.push(tcp(false, 40000, 1000 + i * 1400, TCP_ACK, 1400));
+            pkts.push(udp(true, 5353, 1300, i as u8));
+            let flags = if i == 5 { TCP_ACK | TCP_PSH } else { TCP_ACK };
+            pkts.push(tcp(true, 40001, 7 + i * 1000, flags, 1000));
+        }
+        pkts.push(tcp(false, 40000, 1000 + 6 * 1400, TCP_ACK | TCP_PSH, 300));
+        assert_eq!(run(&pkts, true).0.len(), 3, "three super-packets");
+        let bufs = || -> Vec<Vec<u8>> {
+            pkts.iter()
+                .map(|p| [&[0xee; HEADER_LEN][..], p].concat())
+                .collect()
+        };
+        let tun = Refusing::default();
+        assert_eq!(Gro::new(64).write(&tun, &mut bufs(), true), 0);
+        let written = tun.written.into_inner();
+        assert!(written.iter().all(|w| w[..HEADER_LEN] == [0; HEADER_LEN]));
+        let got: Vec<&[u8]> = written.iter().map(|w| &w[HEADER_LEN..]).collect();
+        assert_eq!(got.len(), pkts.len());
+        // Each flow's packets in their order, each exactly as it came: the head's lengths, PSH
+        // and checksums are its own again.
+        for flow in pkts.iter().filter_map(|p| flow_of(p)) {
+            let of = |p: &&[u8]| flow_of(p) == Some(flow);
+            let sent: Vec<&[u8]> = pkts.iter().map(|p| &p[..]).filter(of).collect();
+            assert_eq!(got.iter().copied().filter(of).collect::<Vec<_>>(), sent);
+        }
+        let tun = Refusing {
+            all: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            Gro::new(64).write(&tun, &mut bufs(), true),
+            pkts.len() as u64,
+            "every packet refused is counted once"
+        );
     }
 
     #[test]
