@@ -88,7 +88,7 @@ FUZZ_INPUTS ?= 10M
 .PHONY: fuzz
 fuzz:
 	$(CARGO) build --profile fuzzing -p liqonet-fuzz
-	./target/fuzzing/liqonet-fuzz --inputs $(FUZZ_INPUTS) ip_packets icmp_errors engine_from_network engine_from_tun gateway_config agent_config; a=$$?; \
+	./target/fuzzing/liqonet-fuzz --inputs $(FUZZ_INPUTS) ip_packets icmp_errors engine_from_network engine_from_tun gro_writes gateway_config agent_config; a=$$?; \
 	./target/fuzzing/liqonet-fuzz --inputs $(FUZZ_INPUTS) --time-limit 120 http_requests; b=$$?; \
 	test $$a -eq 0 && test $$b -eq 0
 

@@ -4,6 +4,7 @@ pub mod agent_config;
 pub mod engine_from_network;
 pub mod engine_from_tun;
 pub mod gateway_config;
+pub mod gro_writes;
 pub mod http_requests;
 pub mod icmp_errors;
 pub mod ip_packets;
@@ -22,11 +23,12 @@ pub trait Target {
 }
 
 /// Every target, in the order a full run takes them.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "ip_packets",
     "icmp_errors",
     "engine_from_network",
     "engine_from_tun",
+    "gro_writes",
     "gateway_config",
     "agent_config",
     "http_requests",
@@ -41,6 +43,7 @@ pub fn make(name: &str) -> Option<Box<dyn Target>> {
         "icmp_errors" => Box::new(icmp_errors::IcmpErrors::default()),
         "engine_from_network" => Box::new(engine_from_network::EngineFromNetwork::new()),
         "engine_from_tun" => Box::new(engine_from_tun::EngineFromTun::new()),
+        "gro_writes" => Box::new(gro_writes::GroWrites::default()),
         "gateway_config" => Box::new(gateway_config::GatewayConfigTarget::default()),
         "agent_config" => Box::new(agent_config::AgentConfigTarget::default()),
         "http_requests" => Box::new(http_requests::HttpRequests::new()),

@@ -16,6 +16,8 @@ use std::io::{self, IoSlice};
 
 use crate::wire::checksum;
 
+pub mod kernel;
+
 /// Bytes of the virtio header before each packet.
 pub const HEADER_LEN: usize = 10;
 /// Segments in one super-packet at most (the kernel's GRO stops at 64 too).
@@ -448,6 +450,7 @@ fn finish_headers(buf: &mut [u8], g: &Group) {
 
 #[cfg(test)]
 mod tests {
+    use super::kernel::{norm, refresh};
     use super::*;
     use crate::wire::checksum::{finish, pseudo_header, sum};
     use crate::wire::testing::verify;
@@ -521,132 +524,9 @@ mod tests {
         ip(v6, UDP, u)
     }
 
-    /// Rewrites every checksum of a packet (after a test changed a field).
-    fn refresh(p: &mut [u8]) {
-        let v4 = p[0] >> 4 == 4;
-        let t = if v4 { 20 } else { 40 };
-        if v4 {
-            p[10..12].fill(0);
-            let c = finish(sum(&p[..20], 0));
-            checksum::write(p, 10, c);
-        }
-        let proto = if v4 { p[9] } else { p[6] };
-        let at = t + if proto == TCP { 16 } else { 6 };
-        p[at..at + 2].fill(0);
-        let (src, dst) = if v4 {
-            (&p[12..16], &p[16..20])
-        } else {
-            (&p[8..24], &p[24..40])
-        };
-        let c = finish(sum(
-            &p[t..],
-            pseudo_header(src, dst, proto, (p.len() - t) as u32),
-        ));
-        checksum::write(p, at, c);
-    }
-
-    /// A packet with its IPv4 ID cleared (the kernel numbers the segments it cuts).
-    fn norm(p: &[u8]) -> Vec<u8> {
-        let mut p = p.to_vec();
-        if p[0] >> 4 == 4 {
-            p[4..6].fill(0);
-            refresh(&mut p);
-        }
-        p
-    }
-
-    /// What the kernel makes of one write: the packet, or a super-packet cut into segments as
-    /// `virtio_net_hdr_to_skb` and `tcp_gso_segment` / `__udp_gso_segment` do (headers from
-    /// the transport's own length, IDs counted up, checksums completed from the partial sum),
-    /// after the checks they make.
+    /// The kernel's cut of a write, which must pass its checks.
     fn cut(written: &[u8]) -> Vec<Vec<u8>> {
-        let (h, p) = written.split_at(HEADER_LEN);
-        if h[1] == 0 {
-            assert_eq!(h, [0; HEADER_LEN], "a lone packet's header is empty");
-            return vec![p.to_vec()];
-        }
-        let ne = |at: usize| usize::from(u16::from_ne_bytes([h[at], h[at + 1]]));
-        let (hdr_len, size, t, at) = (ne(2), ne(4), ne(6), ne(8));
-        assert_eq!(h[0], NEEDS_CSUM);
-        let v4 = p[0] >> 4 == 4;
-        let udp = h[1] == GSO_UDP_L4;
-        assert_eq!(
-            h[1],
-            if udp {
-                GSO_UDP_L4
-            } else if v4 {
-                GSO_TCPV4
-            } else {
-                GSO_TCPV6
-            }
-        );
-        assert_eq!(
-            t,
-            if v4 { usize::from(p[0] & 0x0f) * 4 } else { 40 },
-            "csum_start"
-        );
-        assert_eq!(at, if udp { 6 } else { 16 }, "csum_offset");
-        let l4_hdr = if udp {
-            8
-        } else {
-            usize::from(p[t + 12] >> 4) * 4
-        };
-        assert_eq!(hdr_len, t + l4_hdr, "hdr_len");
-        assert!(size > 0 && p.len() - hdr_len > size, "gso_size {size}");
-        assert!(p.len() <= usize::from(u16::MAX), "{} bytes", p.len());
-        let (src, dst) = if v4 {
-            (&p[12..16], &p[16..20])
-        } else {
-            (&p[8..24], &p[24..40])
-        };
-        let proto = if udp { UDP } else { TCP };
-        // Independent of the code's own helpers: the ones'-complement sum, folded, not inverted.
-        let mut pseudo: u32 = src
-            .chunks(2)
-            .chain(dst.chunks(2))
-            .map(|w| u32::from(w[0]) << 8 | u32::from(w[1]))
-            .sum();
-        pseudo += u32::from(proto) + (p.len() - t) as u32;
-        while pseudo > 0xffff {
-            pseudo = (pseudo & 0xffff) + (pseudo >> 16);
-        }
-        assert_eq!(
-            checksum::read(p, t + at),
-            pseudo as u16,
-            "partial checksum of the whole"
-        );
-        let chunks: Vec<&[u8]> = p[hdr_len..].chunks(size).collect();
-        let n = chunks.len();
-        assert!((2..=MAX_SEGMENTS).contains(&n));
-        let id = u16::from_be_bytes([p[4], p[5]]);
-        chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, chunk)| {
-                let mut s = p[..hdr_len].to_vec();
-                s.extend_from_slice(chunk);
-                let l4_len = s.len() - t;
-                if v4 {
-                    let total = s.len() as u16;
-                    s[2..4].copy_from_slice(&total.to_be_bytes());
-                    s[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
-                } else {
-                    s[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-                }
-                if udp {
-                    s[t + 4..t + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-                } else {
-                    let seq = u32::from_be_bytes([s[t + 4], s[t + 5], s[t + 6], s[t + 7]]);
-                    let seq = seq.wrapping_add((i * size) as u32);
-                    s[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
-                    if i + 1 < n {
-                        s[t + 13] &= !TCP_PSH;
-                    }
-                }
-                refresh(&mut s);
-                s
-            })
-            .collect()
+        kernel::cut(written).unwrap_or_else(|e| panic!("the kernel refuses a write: {e}"))
     }
 
     /// Writes `pkts` as one batch; returns what was written and the packets the kernel made
