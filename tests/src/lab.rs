@@ -259,6 +259,7 @@ impl Lab {
     /// Builds and starts a lab; on any failure what was built is torn down.
     pub fn start(spec: &LabSpec) -> anyhow::Result<Lab> {
         check_root()?;
+        realtime_priority_setting()?;
         netns::sweep_stale();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("lq{}x{n}-", std::process::id());
@@ -1080,9 +1081,20 @@ pub fn offload_enabled() -> bool {
 }
 
 /// The lab's liqonet gateways' `realtimePriority`, when `LIQONET_LAB_REALTIME_PRIORITY` sets one
-/// (0: normal priority throughout), for A/B runs; otherwise the gateway's default.
-pub fn realtime_priority() -> Option<String> {
-    std::env::var("LIQONET_LAB_REALTIME_PRIORITY").ok()
+/// (0: normal priority throughout), for A/B runs; otherwise the gateway's default. A lab does
+/// not start with a value that is not a priority.
+pub fn realtime_priority() -> Option<u8> {
+    realtime_priority_setting().ok().flatten()
+}
+
+fn realtime_priority_setting() -> anyhow::Result<Option<u8>> {
+    match std::env::var("LIQONET_LAB_REALTIME_PRIORITY") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.parse::<u8>() {
+            Ok(p) if p <= 99 => Ok(Some(p)),
+            _ => bail!("LIQONET_LAB_REALTIME_PRIORITY={v:?}: not a priority (0-99)"),
+        },
+    }
 }
 
 fn check_root() -> anyhow::Result<()> {

@@ -2,8 +2,9 @@
 //! UDP datagrams of a few flows, with gaps, retransmits, flags and header fields that differ,
 //! among hostile packets and flipped bytes. Every write must pass the kernel's checks and cut
 //! back (`io::gro::kernel`) into exactly the packets of the batch (up to IPv4 IDs and
-//! checksums), each flow's in its order, and nothing ever panics. Half the time the device
-//! refuses every super-packet, and their segments must come through one by one all the same.
+//! checksums for those the kernel cut from a super-packet, byte for byte for the rest), each
+//! flow's in its order, and nothing ever panics. Half the time the device refuses every
+//! super-packet as invalid: then every packet must come through alone, exactly as it went in.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
@@ -34,6 +35,7 @@ impl Writes for Tun {
         let mut whole = Vec::new();
         iov.iter().for_each(|s| whole.extend_from_slice(s));
         if self.refuse_super_packets && whole.get(1).is_some_and(|&gso| gso != 0) {
+            // EINVAL: what the kernel answers a virtio header it will not take.
             return Err(io::Error::from_raw_os_error(22));
         }
         let n = whole.len();
@@ -42,28 +44,14 @@ impl Writes for Tun {
     }
 }
 
+#[derive(Default)]
 pub struct GroWrites {
-    gro: Gro,
     inputs: u64,
     packets: u64,
     writes: u64,
     super_packets: u64,
     coalesced: u64,
     refusing: u64,
-}
-
-impl Default for GroWrites {
-    fn default() -> Self {
-        GroWrites {
-            gro: Gro::new(BATCH),
-            inputs: 0,
-            packets: 0,
-            writes: 0,
-            super_packets: 0,
-            coalesced: 0,
-            refusing: 0,
-        }
-    }
 }
 
 /// A flow the generator sends segments of.
@@ -134,15 +122,15 @@ impl Target for GroWrites {
             refuse_super_packets: refuse,
             ..Tun::default()
         };
-        let refused = self.gro.write(&tun, &mut bufs, udp);
+        // A fresh coalescer: one that saw a refusal coalesces that transport no more.
+        let refused = Gro::new(BATCH).write(&tun, &mut bufs, udp);
         if refused != 0 {
             return Err(format!(
                 "{refused} packets refused by a device that takes them"
             ));
         }
-        // What the kernel makes of the writes, each packet marked when it came from a
-        // super-packet (or, refused, may have been its head): those are compared up to IPv4
-        // IDs and checksums, the rest byte for byte.
+        // What the kernel makes of the writes, each packet marked when it was cut from a
+        // super-packet: those are compared up to IPv4 IDs and checksums, the rest byte for byte.
         let mut out: Vec<(Vec<u8>, bool)> = Vec::new();
         for (k, w) in tun.writes.into_inner().iter().enumerate() {
             let segments = kernel::cut(w).map_err(|e| format!("write {k}: the kernel: {e}"))?;
@@ -152,7 +140,7 @@ impl Target for GroWrites {
                 self.super_packets += 1;
                 self.coalesced += segments.len() as u64;
             }
-            out.extend(segments.into_iter().map(|s| (s, coalesced || refuse)));
+            out.extend(segments.into_iter().map(|s| (s, coalesced)));
         }
         if out.len() != pkts.len() {
             return Err(format!("{} packets in, {} out", pkts.len(), out.len()));

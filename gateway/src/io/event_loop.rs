@@ -20,7 +20,7 @@ use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use super::batch::{TunBatch, UdpBatch};
 use super::control::Control;
 use super::dataplane::Dataplane;
-use super::sched::Priority;
+use super::sched::{Priority, Turn};
 use super::tun::Reads;
 use super::udp::{self, Sockets};
 use crate::engine::{Sink, MAX_PACKET};
@@ -172,15 +172,14 @@ pub fn run(
     let mut next_metrics = Instant::now();
     let loop_id = LOOPS.fetch_add(1, Ordering::Relaxed);
     let v6 = sockets.v6.as_ref();
-    // Bytes the last turn read, from the TUN and the sockets.
-    let mut moved = 0;
+    let mut last = Turn::default();
     loop {
-        let now = Instant::now();
-        let pause = priority.turn(now, moved);
+        let pause = priority.turn(Instant::now(), last);
         if !pause.is_zero() {
             std::thread::sleep(pause);
         }
-        moved = 0;
+        let now = Instant::now();
+        last = Turn::default();
         if now >= next_tick {
             dataplane.tick(&mut shell);
             shell.flush();
@@ -237,27 +236,39 @@ pub fn run(
             control.take(dataplane);
         }
         if ready[1] {
+            last.left_some = true;
             for _ in 0..BURST {
                 match reader.read(tun, dataplane, &mut shell)? {
-                    Some(n) => moved += n,
-                    None => break,
+                    Some(n) => last.read += n,
+                    None => {
+                        last.left_some = false;
+                        break;
+                    }
                 }
             }
             shell.flush();
         }
         if ready[2] {
             let o = &mut overflows[0];
-            moved += drain_udp(&sockets.v4, dataplane, &mut shell, &mut buf, &mut cmsg, o);
+            drain_udp(
+                &sockets.v4,
+                dataplane,
+                &mut shell,
+                &mut buf,
+                &mut cmsg,
+                o,
+                &mut last,
+            );
         }
         if let (Some(s), true) = (v6, ready[3]) {
             let o = &mut overflows[1];
-            moved += drain_udp(s, dataplane, &mut shell, &mut buf, &mut cmsg, o);
+            drain_udp(s, dataplane, &mut shell, &mut buf, &mut cmsg, o, &mut last);
         }
     }
 }
 
-/// Drains one underlay socket; `overflows` keeps the highest drop count the kernel reported.
-/// Returns the bytes it read.
+/// Drains one underlay socket (up to [`BURST`] receives); `overflows` keeps the highest drop
+/// count the kernel reported; `turn` learns what was read and whether the socket had more.
 fn drain_udp(
     sock: &UdpSocket,
     dataplane: &mut impl Dataplane,
@@ -265,12 +276,13 @@ fn drain_udp(
     buf: &mut [u8],
     cmsg: &mut Vec<u8>,
     overflows: &mut u32,
-) -> usize {
-    let mut bytes = 0;
+    turn: &mut Turn,
+) {
+    let mut drained = false;
     for _ in 0..BURST {
         match udp::recv(sock, buf, cmsg) {
             Ok(r) => {
-                bytes += r.len;
+                turn.read += r.len;
                 if let Some(n) = r.overflows {
                     *overflows = (*overflows).max(n);
                 }
@@ -282,16 +294,20 @@ fn drain_udp(
                     dataplane.from_network(r.src, datagram, shell);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drained = true;
+                break;
+            }
             // ICMP errors for earlier sends surface here (ECONNREFUSED...); they are not fatal.
             Err(e) => {
                 tracing::debug!("UDP receive: {e}");
+                drained = true;
                 break;
             }
         }
     }
+    turn.left_some |= !drained;
     shell.flush();
-    bytes
 }
 
 /// How `status` names the kernel's drops beside the engine's reasons.

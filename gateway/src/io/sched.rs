@@ -17,9 +17,11 @@
 //! from a pod: a send each) are read one or two a turn, each turn its own wake-up, underlay
 //! send and TUN write. At 1 Gbit/s of such datagrams that took 25 k turns a second and 2.7
 //! times the gateways' CPU per byte of normal priority, and the pods sending lost the CPU to it:
-//! 0.35–0.63 Gbit/s got through against 0.96–1.0. So after a run of small turns a raised loop lets
-//! packets gather for a moment ([`GATHER`]), as a NIC moderates its interrupts. Under a TCP
-//! stream turns carry 64 KB super-packets and it almost never waits (about 20 times a second).
+//! 0.33–0.63 Gbit/s got through against 0.95–1.0. So after a run of small turns a raised loop lets
+//! packets gather for a moment ([`GATHER`]) before each next turn, as a NIC moderates its
+//! interrupts, until a turn is full again. At 1 Gbit/s of datagrams the turn after a pause
+//! usually is, so it pauses about every fifth turn. Under a TCP stream turns carry 64 KB
+//! super-packets and it almost never waits (about 20 times a second).
 
 use std::time::{Duration, Instant};
 
@@ -38,12 +40,21 @@ const LOWER_AT: f64 = 0.05;
 /// enough for its socket buffer to overflow under a flood (47 datagrams in the hardening lab
 /// test). Resting a millisecond or two at a time, the rest of the machine runs in between.
 const MOST: f64 = 0.9;
-/// A turn that read less than this is a small one.
+/// A turn that read less than this, and left nothing behind, is a small one.
 const SMALL_TURN: usize = 16 * 1024;
 /// Small turns in a row after which a raised loop lets packets gather before each next turn.
 const SMALL_TURNS: u32 = 4;
 /// How long it lets them gather: at 1 Gbit/s of 1300-byte datagrams, about 20 of them.
 const GATHER: Duration = Duration::from_micros(200);
+
+/// What one loop turn did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Turn {
+    /// Bytes read from the TUN and the sockets.
+    pub read: usize,
+    /// A source still had packets when the turn moved on (it read its most from one).
+    pub left_some: bool,
+}
 
 /// The calling thread's priority: real-time while the loop is busy (taking at most [`MOST`] of
 /// a CPU), normal while it idles.
@@ -92,23 +103,27 @@ impl Priority {
         p
     }
 
-    /// Once per loop turn, with the bytes the last turn read: when a window has passed, the
-    /// thread takes the priority its share of CPU time over the window calls for. Returns how
-    /// long to pause first, at real-time priority: to rest for what it used past [`MOST`] of
-    /// the window, or to let packets gather after small turns ([`GATHER`]); usually zero.
-    pub fn turn(&mut self, now: Instant, moved: usize) -> Duration {
+    /// Once per loop turn, with what the last turn did: when a window has passed, the thread
+    /// takes the priority its share of CPU time over the window calls for. Returns how long to
+    /// pause first, at real-time priority: to rest for what it used past [`MOST`] of the
+    /// window, or to let packets gather after small turns ([`GATHER`]); usually zero.
+    pub fn turn(&mut self, now: Instant, last: Turn) -> Duration {
         if self.realtime == 0 {
             return Duration::ZERO;
         }
-        self.gather(moved).max(self.rest(now))
+        let rest = self.rest(now);
+        self.gather(last).max(rest)
     }
 
-    /// How long a raised loop waits for packets to gather, given the bytes its last turn read.
-    fn gather(&mut self, moved: usize) -> Duration {
-        match moved {
+    /// How long a raised loop waits for packets to gather after `last`.
+    fn gather(&mut self, last: Turn) -> Duration {
+        match last {
             // A turn for a timer or a control message says nothing of the traffic.
-            0 => {}
-            n if n < SMALL_TURN => self.small_turns = (self.small_turns + 1).min(SMALL_TURNS),
+            Turn { read: 0, .. } => {}
+            Turn {
+                read,
+                left_some: false,
+            } if read < SMALL_TURN => self.small_turns = (self.small_turns + 1).min(SMALL_TURNS),
             _ => self.small_turns = 0,
         }
         match self.raised && self.small_turns == SMALL_TURNS {
@@ -147,6 +162,8 @@ impl Priority {
             }
         } else if self.raised && share < LOWER_AT && set(normal_policy(), 0).is_ok() {
             self.raised = false;
+            // The next busy spell starts its own run of small turns.
+            self.small_turns = 0;
         }
     }
 }
@@ -261,7 +278,7 @@ mod tests {
             let spin = |p: &mut Priority| {
                 let start = p.window_start;
                 while Instant::now() - start < WINDOW * 2 {}
-                p.turn(Instant::now(), 0)
+                p.turn(Instant::now(), Turn::default())
             };
             // The first busy window raises it (and rests nothing: it was normal till then).
             assert_eq!(spin(&mut p), Duration::ZERO);
@@ -273,44 +290,60 @@ mod tests {
             assert_eq!(p.in_force(), 10);
             // Resting, it uses nothing: it is lowered after an idle window, and rests no more.
             std::thread::sleep(WINDOW * 2);
-            assert_eq!(p.turn(Instant::now(), 0), Duration::ZERO);
+            assert_eq!(p.turn(Instant::now(), Turn::default()), Duration::ZERO);
             assert_eq!(p.in_force(), 0);
         });
     }
 
     #[test]
     fn raised_after_a_run_of_small_turns_it_lets_packets_gather() {
-        on_own_thread(|| {
-            let mut p = Priority::new(10);
-            if p.realtime == 0 {
-                return;
-            }
-            let small = SMALL_TURN - 1;
-            // At normal priority the kernel's scheduling gathers packets already.
-            for _ in 0..SMALL_TURNS * 2 {
-                assert_eq!(p.gather(small), Duration::ZERO);
-            }
-            p.decide(0.5);
-            assert_eq!(
-                p.gather(small),
-                GATHER,
-                "a run of small turns ends in a pause"
-            );
-            assert_eq!(p.gather(small), GATHER, "and a pause before each next one");
-            assert_eq!(
-                p.gather(0),
-                GATHER,
-                "an empty turn (a timer) changes nothing"
-            );
-            assert_eq!(p.gather(SMALL_TURN), Duration::ZERO, "a full turn: at once");
-            for _ in 1..SMALL_TURNS {
-                assert_eq!(p.gather(small), Duration::ZERO, "not before a run");
-            }
-            assert_eq!(p.gather(small), GATHER);
-            // Lowered, never.
-            p.decide(0.0);
+        // No system call here: the flag stands for the priority, so this runs unprivileged too.
+        let mut p = Priority::new(0);
+        let small = Turn {
+            read: SMALL_TURN - 1,
+            left_some: false,
+        };
+        let full = Turn {
+            read: SMALL_TURN,
+            left_some: false,
+        };
+        // Small in bytes, but a source had more: not a trickle.
+        let cut_short = Turn {
+            read: 100,
+            left_some: true,
+        };
+        // At normal priority the kernel's scheduling gathers packets already.
+        for _ in 0..SMALL_TURNS * 2 {
             assert_eq!(p.gather(small), Duration::ZERO);
-        });
+        }
+        p.raised = true;
+        assert_eq!(
+            p.gather(small),
+            GATHER,
+            "a run of small turns ends in a pause"
+        );
+        assert_eq!(p.gather(small), GATHER, "and a pause before each next one");
+        assert_eq!(
+            p.gather(Turn::default()),
+            GATHER,
+            "an empty turn (a timer) changes nothing"
+        );
+        assert_eq!(p.gather(full), Duration::ZERO, "a full turn: at once");
+        for _ in 1..SMALL_TURNS {
+            assert_eq!(p.gather(small), Duration::ZERO, "not before a run");
+        }
+        assert_eq!(p.gather(small), GATHER);
+        assert_eq!(
+            p.gather(cut_short),
+            Duration::ZERO,
+            "a turn that left packets: at once"
+        );
+        for _ in 1..SMALL_TURNS {
+            assert_eq!(p.gather(small), Duration::ZERO);
+        }
+        // Lowered, never.
+        p.raised = false;
+        assert_eq!(p.gather(small), Duration::ZERO);
     }
 
     #[test]
@@ -337,7 +370,13 @@ mod tests {
             let t0 = Instant::now();
             let spin = Instant::now();
             while spin.elapsed() < WINDOW {}
-            p.turn(t0 + WINDOW * 2, 1);
+            p.turn(
+                t0 + WINDOW * 2,
+                Turn {
+                    read: 1,
+                    left_some: false,
+                },
+            );
             assert_eq!(
                 (policy(), p.in_force(), p.realtime),
                 (libc::SCHED_OTHER, 0, 0)

@@ -1,8 +1,9 @@
 //! What the kernel makes of one TUN write with a virtio header: the packet itself, or a
 //! super-packet cut back into its segments as `virtio_net_hdr_to_skb` and `tcp_gso_segment` /
 //! `__udp_gso_segment` cut it (headers from the transport's own length, IPv4 IDs counted up,
-//! checksums completed from the partial sum), after the checks they make. The oracle of
-//! [`super`]'s tests and of the fuzzer's `gro_writes` target; not on the data path.
+//! checksums completed from the partial sum), after the checks they and the IP and UDP input
+//! paths make. The oracle of [`super`]'s tests and of the fuzzer's `gro_writes` target (feature
+//! `gro-oracle`); not on the data path.
 
 use super::{
     GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, HEADER_LEN, MAX_SEGMENTS, NEEDS_CSUM, TCP, TCP_PSH, UDP,
@@ -33,6 +34,26 @@ pub fn cut(written: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         format!("flags/type {h:?}")
     })?;
     let ip_len = if v4 { usize::from(p[0] & 0x0f) * 4 } else { 40 };
+    check(ip_len >= 20 && p.len() >= ip_len, || {
+        format!("{} bytes, IP header {ip_len}", p.len())
+    })?;
+    // ip_rcv_core and ipv6_rcv: a right IPv4 header checksum, and the length the header says
+    // (a shorter one would cut the super-packet short).
+    if v4 {
+        let sum = checksum::fold(checksum::sum(&p[..ip_len], 0));
+        check(sum == 0xffff, || {
+            format!("IPv4 header checksum sums to {sum:#x}")
+        })?;
+        let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+        check(total == p.len(), || {
+            format!("IPv4 total length {total} of {}", p.len())
+        })?;
+    } else {
+        let payload = usize::from(u16::from_be_bytes([p[4], p[5]]));
+        check(payload + 40 == p.len(), || {
+            format!("IPv6 payload length {payload} of {}", p.len())
+        })?;
+    }
     let min_l4 = if udp { 8 } else { 20 };
     check(t == ip_len && p.len() >= t + min_l4, || {
         format!("csum_start {t}")
@@ -46,6 +67,13 @@ pub fn cut(written: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         usize::from(p[t + 12] >> 4) * 4
     };
     check(hdr_len == t + l4_hdr, || format!("hdr_len {hdr_len}"))?;
+    if udp {
+        // udp_rcv trims the datagram to its own length before cutting it.
+        let len = usize::from(u16::from_be_bytes([p[t + 4], p[t + 5]]));
+        check(len == p.len() - t, || {
+            format!("UDP length {len} of {}", p.len() - t)
+        })?;
+    }
     check(size > 0 && p.len() > hdr_len + size, || {
         format!("gso_size {size}")
     })?;
@@ -74,6 +102,8 @@ pub fn cut(written: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     })?;
     let chunks: Vec<&[u8]> = p[hdr_len..].chunks(size).collect();
     let n = chunks.len();
+    // The kernel would take one segment as a plain packet; the coalescer never writes fewer
+    // than two, nor more than its limit.
     check((2..=MAX_SEGMENTS).contains(&n), || format!("{n} segments"))?;
     let id = u16::from_be_bytes([p[4], p[5]]);
     Ok(chunks

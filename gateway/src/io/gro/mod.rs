@@ -9,13 +9,15 @@
 //! a locally sent one does; a packet written alone keeps its checksums. An IPv4 header with a
 //! wrong checksum is written alone, for the kernel to drop as it would.
 //!
-//! A super-packet the device refuses (a kernel that checks what this one does not) is not lost:
-//! its head gets its own headers back and every segment is written alone.
+//! A super-packet the device refuses as invalid (a kernel that checks what this one does not) is
+//! not lost: its head gets its own headers back and every segment is written alone; from then on
+//! that transport (TCP or UDP) is not coalesced, as a refusal would repeat for every batch.
 
 use std::io::{self, IoSlice};
 
 use crate::wire::checksum;
 
+#[cfg(any(test, feature = "gro-oracle"))]
 pub mod kernel;
 
 /// Bytes of the virtio header before each packet.
@@ -74,6 +76,9 @@ struct Group {
     psh: bool,
     /// Still taking segments.
     open: bool,
+    /// The head's IPv4 header checksum (zero for IPv6) and transport checksum as they came, for
+    /// writing it alone again.
+    checksums: [u8; 4],
 }
 
 /// The coalescer's state between batches: two lists, allocated once for a whole batch.
@@ -81,8 +86,9 @@ pub struct Gro {
     groups: Vec<Group>,
     /// For each packet of the batch, the next of its group.
     next: Vec<usize>,
-    /// A refused super-packet was reported (once: the rest go to the debug log).
-    said: bool,
+    /// The device refused a TCP, a UDP super-packet: that transport is no longer coalesced.
+    refused_tcp: bool,
+    refused_udp: bool,
 }
 
 impl Gro {
@@ -91,43 +97,48 @@ impl Gro {
         Gro {
             groups: Vec::with_capacity(batch),
             next: vec![usize::MAX; batch],
-            said: false,
+            refused_tcp: false,
+            refused_udp: false,
         }
     }
 
     /// Writes `bufs` (each a packet after `HEADER_LEN` bytes of room for its virtio header),
     /// coalescing what it can, in an order that keeps each flow's packets in sequence. `udp`:
-    /// the device takes UDP super-packets. Returns how many packets the device refused.
+    /// the device takes UDP super-packets. Returns how many packets were lost to write errors
+    /// (a refused super-packet whose segments then went through loses none).
     pub fn write(&mut self, out: &impl Writes, bufs: &mut [Vec<u8>], udp: bool) -> u64 {
         if bufs.len() > self.next.len() {
             // Larger than the batches it was made for (never from `TunBatch`): grows once.
             self.next.resize(bufs.len(), usize::MAX);
         }
         self.plan(bufs, udp);
-        let mut refused = 0;
-        for g in &self.groups {
-            finish_headers(&mut bufs[g.head], g);
+        let mut lost = 0;
+        for g in &mut self.groups {
+            g.checksums = finish_headers(&mut bufs[g.head], g);
         }
         for g in &self.groups {
             match write_group(out, bufs, g, &self.next) {
                 Ok(()) => {}
-                Err(e) if g.segments > 1 => {
-                    if !std::mem::replace(&mut self.said, true) {
+                Err(e) if g.segments > 1 && e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    let (refused, kind) = match g.udp {
+                        true => (&mut self.refused_udp, "UDP"),
+                        false => (&mut self.refused_tcp, "TCP"),
+                    };
+                    if !std::mem::replace(refused, true) {
                         tracing::warn!(
-                            "the TUN refused a super-packet ({e}); its segments are written one \
-                             by one"
+                            "the TUN refused a {kind} super-packet ({e}): its segments are \
+                             written one by one, and {kind} is no longer coalesced"
                         );
                     }
-                    tracing::debug!("TUN super-packet refused: {e}");
-                    refused += one_by_one(out, bufs, g, &self.next);
+                    lost += one_by_one(out, bufs, g, &self.next);
                 }
                 Err(e) => {
-                    refused += 1;
+                    lost += g.segments as u64;
                     tracing::debug!("TUN write failed: {e}");
                 }
             }
         }
-        refused
+        lost
     }
 
     /// Sorts the batch into groups, in the order of their heads.
@@ -135,7 +146,14 @@ impl Gro {
         self.groups.clear();
         for (i, buf) in bufs.iter().enumerate() {
             let pkt = buf.get(HEADER_LEN..).unwrap_or_default();
-            let Some((s, flow)) = segment(pkt, udp) else {
+            let refused = |s: &Segment| {
+                if s.udp {
+                    self.refused_udp
+                } else {
+                    self.refused_tcp
+                }
+            };
+            let Some((s, flow)) = segment(pkt, udp).filter(|(s, _)| !refused(s)) else {
                 // Written alone, after everything before it of its flow; when its ports cannot
                 // be read (extension headers, a later fragment), after everything between the
                 // same addresses, and with no addresses either, after everything.
@@ -192,6 +210,7 @@ impl Group {
             next_seq: s.seq.wrapping_add(s.payload as u32),
             psh: s.last,
             open: !s.last,
+            checksums: [0; 4],
         }
     }
 
@@ -210,6 +229,7 @@ impl Group {
             next_seq: 0,
             psh: false,
             open: false,
+            checksums: [0; 4],
         }
     }
 }
@@ -373,70 +393,51 @@ fn one_by_one(out: &impl Writes, bufs: &mut [Vec<u8>], g: &Group, next: &[usize]
 }
 
 /// Undoes [`finish_headers`] on a super-packet's head: its own lengths, no PSH (a head with
-/// PSH takes no followers), and its checksums whole.
+/// PSH takes no followers), its checksums as they came.
 fn restore_head(buf: &mut [u8], g: &Group) {
     let p = &mut buf[HEADER_LEN..];
+    set_lengths(p, g, g.size);
     let t = g.ip_len;
-    let l4_len = g.hdr_len - t + g.size;
-    let (addrs, proto) = (
-        if t == 20 { 12..20 } else { 8..40 },
-        if g.udp { UDP } else { TCP },
-    );
     if t == 20 {
-        p[2..4].copy_from_slice(&((t + l4_len) as u16).to_be_bytes());
-        p[10..12].fill(0);
-        let c = checksum::finish(checksum::sum(&p[..20], 0));
-        checksum::write(p, 10, c);
-    } else {
-        p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        p[10..12].copy_from_slice(&g.checksums[..2]);
     }
-    let at = if g.udp {
-        p[t + 4..t + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        t + 6
-    } else {
+    if !g.udp {
         p[t + 13] &= !TCP_PSH;
-        t + 16
-    };
-    p[at..at + 2].fill(0);
-    let (src, dst) = p[addrs].split_at(if t == 20 { 4 } else { 16 });
-    let pseudo = checksum::pseudo_header(src, dst, proto, l4_len as u32);
-    let mut c = checksum::finish(checksum::sum(&p[t..t + l4_len], pseudo));
-    if g.udp && c == 0 {
-        // UDP sends a computed zero as all ones (zero means "no checksum").
-        c = 0xffff;
     }
-    checksum::write(p, at, c);
+    let at = t + csum_offset(g);
+    p[at..at + 2].copy_from_slice(&g.checksums[2..]);
 }
 
 /// The head's virtio header, and for a super-packet its lengths, PSH and partial checksum.
-fn finish_headers(buf: &mut [u8], g: &Group) {
+/// Returns the head's IPv4 header and transport checksums as they were.
+fn finish_headers(buf: &mut [u8], g: &Group) -> [u8; 4] {
     let (vnet, p) = buf.split_at_mut(HEADER_LEN);
     if g.segments == 1 {
         vnet.fill(0);
-        return;
+        return [0; 4];
     }
     let t = g.ip_len;
-    let l4_len = g.hdr_len - t + g.payload;
-    let (addrs, gso) = if t == 20 {
-        let total = (g.hdr_len + g.payload) as u16;
-        p[2..4].copy_from_slice(&total.to_be_bytes());
+    let csum_at = csum_offset(g);
+    let mut was = [0; 4];
+    if t == 20 {
+        was[..2].copy_from_slice(&p[10..12]);
+    }
+    was[2..].copy_from_slice(&p[t + csum_at..t + csum_at + 2]);
+    set_lengths(p, g, g.payload);
+    let (addrs, proto, gso) = match (t, g.udp) {
+        (_, true) => (if t == 20 { 12..20 } else { 8..40 }, UDP, GSO_UDP_L4),
+        (20, false) => (12..20, TCP, GSO_TCPV4),
+        _ => (8..40, TCP, GSO_TCPV6),
+    };
+    if t == 20 {
         p[10..12].fill(0);
         let c = checksum::finish(checksum::sum(&p[..20], 0));
         checksum::write(p, 10, c);
-        (12..20, GSO_TCPV4)
-    } else {
-        p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        (8..40, GSO_TCPV6)
-    };
-    let (proto, gso, csum_at) = if g.udp {
-        p[t + 4..t + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-        (UDP, GSO_UDP_L4, 6)
-    } else {
-        if g.psh {
-            p[t + 13] |= TCP_PSH;
-        }
-        (TCP, gso, 16)
-    };
+    }
+    if !g.udp && g.psh {
+        p[t + 13] |= TCP_PSH;
+    }
+    let l4_len = g.hdr_len - t + g.payload;
     let (src, dst) = p[addrs].split_at(if t == 20 { 4 } else { 16 });
     let partial = checksum::fold(checksum::pseudo_header(src, dst, proto, l4_len as u32));
     checksum::write(p, t + csum_at, partial);
@@ -446,6 +447,30 @@ fn finish_headers(buf: &mut [u8], g: &Group) {
     vnet[4..6].copy_from_slice(&(g.size as u16).to_ne_bytes());
     vnet[6..8].copy_from_slice(&(t as u16).to_ne_bytes());
     vnet[8..10].copy_from_slice(&(csum_at as u16).to_ne_bytes());
+    was
+}
+
+/// The IP (and UDP) length fields of a head carrying `payload` bytes after its headers.
+fn set_lengths(p: &mut [u8], g: &Group, payload: usize) {
+    let t = g.ip_len;
+    let l4_len = g.hdr_len - t + payload;
+    if t == 20 {
+        p[2..4].copy_from_slice(&((t + l4_len) as u16).to_be_bytes());
+    } else {
+        p[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    if g.udp {
+        p[t + 4..t + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+}
+
+/// Where the transport checksum sits in its header.
+fn csum_offset(g: &Group) -> usize {
+    if g.udp {
+        6
+    } else {
+        16
+    }
 }
 
 #[cfg(test)]
@@ -639,18 +664,33 @@ mod tests {
         assert_eq!(segments(&writes), [2, 1, 1]);
     }
 
-    /// A TUN that refuses every super-packet, and with `all` every write.
-    #[derive(Default)]
+    /// A TUN that refuses every super-packet with `errno` (EINVAL: as invalid), and with `all`
+    /// every write; it counts the super-packets it was offered.
     struct Refusing {
+        errno: i32,
         all: bool,
+        offered: std::cell::Cell<usize>,
         written: RefCell<Vec<Vec<u8>>>,
+    }
+
+    impl Refusing {
+        fn new(errno: i32, all: bool) -> Self {
+            Refusing {
+                errno,
+                all,
+                offered: Default::default(),
+                written: Default::default(),
+            }
+        }
     }
 
     impl Writes for Refusing {
         fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
             let whole: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+            self.offered
+                .set(self.offered.get() + usize::from(whole[1] != 0));
             if self.all || whole[1] != 0 {
-                return Err(io::Error::from_raw_os_error(nix::libc::EINVAL));
+                return Err(io::Error::from_raw_os_error(self.errno));
             }
             let n = whole.len();
             self.written.borrow_mut().push(whole);
@@ -660,22 +700,27 @@ mod tests {
 
     #[test]
     fn a_refused_super_packet_is_written_one_segment_at_a_time_as_it_came() {
+        use nix::libc::{EINVAL, EIO};
         let mut pkts = vec![];
         for i in 0..6u32 {
-            pkts.push(tcp(false, 40000, 1000 + i * 1400, TCP_ACK, 1400));
+            pkts.push(tcp(false, 40000, 1000 + i * 1399, TCP_ACK, 1399));
             pkts.push(udp(true, 5353, 1300, i as u8));
             let flags = if i == 5 { TCP_ACK | TCP_PSH } else { TCP_ACK };
             pkts.push(tcp(true, 40001, 7 + i * 1000, flags, 1000));
+            pkts.push(udp(false, 5354, 1301, i as u8));
         }
-        pkts.push(tcp(false, 40000, 1000 + 6 * 1400, TCP_ACK | TCP_PSH, 300));
-        assert_eq!(run(&pkts, true).0.len(), 3, "three super-packets");
+        pkts.push(tcp(false, 40000, 1000 + 6 * 1399, TCP_ACK | TCP_PSH, 301));
+        pkts.push(tcp(false, 40002, 0, 0x02, 0));
+        assert_eq!(run(&pkts, true).0.len(), 5, "four super-packets and a SYN");
         let bufs = || -> Vec<Vec<u8>> {
             pkts.iter()
                 .map(|p| [&[0xee; HEADER_LEN][..], p].concat())
                 .collect()
         };
-        let tun = Refusing::default();
-        assert_eq!(Gro::new(64).write(&tun, &mut bufs(), true), 0);
+        let mut gro = Gro::new(64);
+        let tun = Refusing::new(EINVAL, false);
+        assert_eq!(gro.write(&tun, &mut bufs(), true), 0, "none lost");
+        assert_eq!(tun.offered.get(), 4);
         let written = tun.written.into_inner();
         assert!(written.iter().all(|w| w[..HEADER_LEN] == [0; HEADER_LEN]));
         let got: Vec<&[u8]> = written.iter().map(|w| &w[HEADER_LEN..]).collect();
@@ -687,10 +732,18 @@ mod tests {
             let sent: Vec<&[u8]> = pkts.iter().map(|p| &p[..]).filter(of).collect();
             assert_eq!(got.iter().copied().filter(of).collect::<Vec<_>>(), sent);
         }
-        let tun = Refusing {
-            all: true,
-            ..Default::default()
-        };
+        // Refused once, not offered again.
+        let tun = Refusing::new(EINVAL, false);
+        assert_eq!(gro.write(&tun, &mut bufs(), true), 0);
+        assert_eq!(
+            (tun.offered.get(), tun.written.borrow().len()),
+            (0, pkts.len())
+        );
+        // Any other error is the device's, not a refusal: that write is lost, once counted.
+        let tun = Refusing::new(EIO, false);
+        assert_eq!(Gro::new(64).write(&tun, &mut bufs(), true), 7 + 6 + 6 + 6);
+        assert_eq!(tun.written.borrow().len(), 1, "the SYN");
+        let tun = Refusing::new(EINVAL, true);
         assert_eq!(
             Gro::new(64).write(&tun, &mut bufs(), true),
             pkts.len() as u64,
