@@ -236,16 +236,17 @@ pub fn run(
             control.take(dataplane);
         }
         if ready[1] {
-            last.left_some = true;
+            let mut drained = false;
             for _ in 0..BURST {
                 match reader.read(tun, dataplane, &mut shell)? {
                     Some(n) => last.read += n,
                     None => {
-                        last.left_some = false;
+                        drained = true;
                         break;
                     }
                 }
             }
+            last.left_some |= !drained;
             shell.flush();
         }
         if ready[2] {

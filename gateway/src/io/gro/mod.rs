@@ -144,16 +144,10 @@ impl Gro {
     /// Sorts the batch into groups, in the order of their heads.
     fn plan(&mut self, bufs: &[Vec<u8>], udp: bool) {
         self.groups.clear();
+        let (tcp, udp) = (!self.refused_tcp, udp && !self.refused_udp);
         for (i, buf) in bufs.iter().enumerate() {
             let pkt = buf.get(HEADER_LEN..).unwrap_or_default();
-            let refused = |s: &Segment| {
-                if s.udp {
-                    self.refused_udp
-                } else {
-                    self.refused_tcp
-                }
-            };
-            let Some((s, flow)) = segment(pkt, udp).filter(|(s, _)| !refused(s)) else {
+            let Some((s, flow)) = segment(pkt, tcp, udp) else {
                 // Written alone, after everything before it of its flow; when its ports cannot
                 // be read (extension headers, a later fragment), after everything between the
                 // same addresses, and with no addresses either, after everything.
@@ -245,10 +239,10 @@ fn joins(g: &Group, head: &[u8], pkt: &[u8], s: &Segment) -> bool {
         && same_headers(head, pkt, g)
 }
 
-/// A TCP segment with data and only ACK (or ACK and PSH) set, or a UDP datagram with data
-/// when `udp`; IPv4 without options, with DF and a right header checksum, or IPv6 without
+/// A TCP segment with data and only ACK (or ACK and PSH) set when `tcp`, or a UDP datagram
+/// with data when `udp`; IPv4 without options, with DF and a right header checksum, or IPv6 without
 /// extension headers; lengths as the headers say. Anything else is written alone.
-fn segment(p: &[u8], udp: bool) -> Option<(Segment, Flow)> {
+fn segment(p: &[u8], tcp: bool, udp: bool) -> Option<(Segment, Flow)> {
     let (ip_len, proto) = match p.first()? >> 4 {
         4 if p.len() >= 20
             && p[0] == 0x45
@@ -265,7 +259,7 @@ fn segment(p: &[u8], udp: bool) -> Option<(Segment, Flow)> {
     };
     let l4 = &p[ip_len..];
     let seg = match proto {
-        TCP if l4.len() >= 20 => {
+        TCP if tcp && l4.len() >= 20 => {
             let doff = usize::from(l4[12] >> 4) * 4;
             let flags = l4[13];
             if doff < 20 || l4.len() <= doff || (flags != TCP_ACK && flags != TCP_ACK | TCP_PSH) {
@@ -356,6 +350,11 @@ fn same_headers(head: &[u8], pkt: &[u8], g: &Group) -> bool {
             && head[t + 18..g.hdr_len] == pkt[t + 18..g.hdr_len]))
 }
 
+/// The packets of group `g`, head first, in their order.
+fn members<'a>(g: &'a Group, next: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+    std::iter::successors(Some(g.head), move |&i| (i != g.last).then(|| next[i]))
+}
+
 /// Writes a group in one `writev`: the head's headers and payload, then each follower's payload.
 fn write_group(out: &impl Writes, bufs: &[Vec<u8>], g: &Group, next: &[usize]) -> io::Result<()> {
     let head = &bufs[g.head][..HEADER_LEN + g.hdr_len + g.size];
@@ -364,9 +363,7 @@ fn write_group(out: &impl Writes, bufs: &[Vec<u8>], g: &Group, next: &[usize]) -
     }
     let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS];
     iov[0] = IoSlice::new(head);
-    let mut i = g.head;
-    for slot in &mut iov[1..g.segments] {
-        i = next[i];
+    for (slot, i) in iov[1..g.segments].iter_mut().zip(members(g, next).skip(1)) {
         *slot = IoSlice::new(&bufs[i][HEADER_LEN + g.hdr_len..]);
     }
     out.write_vectored(&iov[..g.segments]).map(drop)
@@ -377,19 +374,15 @@ fn write_group(out: &impl Writes, bufs: &[Vec<u8>], g: &Group, next: &[usize]) -
 fn one_by_one(out: &impl Writes, bufs: &mut [Vec<u8>], g: &Group, next: &[usize]) -> u64 {
     restore_head(&mut bufs[g.head], g);
     let mut refused = 0;
-    let mut i = g.head;
-    loop {
+    for i in members(g, next) {
         let buf = &mut bufs[i];
         buf[..HEADER_LEN].fill(0);
         if let Err(e) = out.write_vectored(&[IoSlice::new(buf)]) {
             refused += 1;
             tracing::debug!("TUN write failed: {e}");
         }
-        if i == g.last {
-            return refused;
-        }
-        i = next[i];
     }
+    refused
 }
 
 /// Undoes [`finish_headers`] on a super-packet's head: its own lengths, no PSH (a head with
@@ -670,7 +663,7 @@ mod tests {
         errno: i32,
         all: bool,
         offered: std::cell::Cell<usize>,
-        written: RefCell<Vec<Vec<u8>>>,
+        written: Tun,
     }
 
     impl Refusing {
@@ -686,15 +679,12 @@ mod tests {
 
     impl Writes for Refusing {
         fn write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-            let whole: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
-            self.offered
-                .set(self.offered.get() + usize::from(whole[1] != 0));
-            if self.all || whole[1] != 0 {
+            let gso = iov[0][1] != 0;
+            self.offered.set(self.offered.get() + usize::from(gso));
+            if self.all || gso {
                 return Err(io::Error::from_raw_os_error(self.errno));
             }
-            let n = whole.len();
-            self.written.borrow_mut().push(whole);
-            Ok(n)
+            self.written.write_vectored(iov)
         }
     }
 
@@ -721,7 +711,7 @@ mod tests {
         let tun = Refusing::new(EINVAL, false);
         assert_eq!(gro.write(&tun, &mut bufs(), true), 0, "none lost");
         assert_eq!(tun.offered.get(), 4);
-        let written = tun.written.into_inner();
+        let written = tun.written.0.into_inner();
         assert!(written.iter().all(|w| w[..HEADER_LEN] == [0; HEADER_LEN]));
         let got: Vec<&[u8]> = written.iter().map(|w| &w[HEADER_LEN..]).collect();
         assert_eq!(got.len(), pkts.len());
@@ -736,13 +726,13 @@ mod tests {
         let tun = Refusing::new(EINVAL, false);
         assert_eq!(gro.write(&tun, &mut bufs(), true), 0);
         assert_eq!(
-            (tun.offered.get(), tun.written.borrow().len()),
+            (tun.offered.get(), tun.written.0.borrow().len()),
             (0, pkts.len())
         );
         // Any other error is the device's, not a refusal: that write is lost, once counted.
         let tun = Refusing::new(EIO, false);
         assert_eq!(Gro::new(64).write(&tun, &mut bufs(), true), 7 + 6 + 6 + 6);
-        assert_eq!(tun.written.borrow().len(), 1, "the SYN");
+        assert_eq!(tun.written.0.borrow().len(), 1, "the SYN");
         let tun = Refusing::new(EINVAL, true);
         assert_eq!(
             Gro::new(64).write(&tun, &mut bufs(), true),
