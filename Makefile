@@ -8,7 +8,7 @@ alone = $(shell $(CARGO) nextest --version >/dev/null 2>&1 \
 	&& echo "nextest run -p liqonet-lab --test $(1) --run-ignored ignored-only --test-threads 1 --no-capture" \
 	|| echo "test -p liqonet-lab --test $(1) -- --ignored --test-threads=1 --nocapture")
 
-.PHONY: all demo kube-demo kube-demo-down test deps controlplane build lint bench clean
+.PHONY: all demo kube-demo kube-demo-down test deps controlplane peers build lint bench clean
 
 all: build
 
@@ -22,6 +22,13 @@ controlplane:
 
 build:
 	$(CARGO) build --release --bins
+
+# The stock WireGuard peers the tests and the bench run beside liqonet: wireguard-go at the pinned
+# release (built from its Go module into a cache outside the work tree) and boringtun-cli (into
+# target/tools). A no-op once built.
+peers:
+	@./scripts/wireguard-go.sh >/dev/null
+	@test -x target/tools/bin/boringtun-cli || $(CARGO) install -q boringtun-cli --locked --root target/tools
 
 demo: deps build
 	./target/release/liqonet-demo
@@ -43,9 +50,9 @@ test: deps
 	@# The control plane's Go build overlaps the Rust build (each leaves a core idle at times).
 	@# `cargo test --no-run` builds the binaries too, with the tests' feature set, so nothing
 	@# is compiled twice.
-	@mkdir -p target; ./scripts/controlplane.sh > target/controlplane.log 2>&1 & cp=$$!; \
+	@mkdir -p target; { ./scripts/controlplane.sh && $(MAKE) -s peers; } > target/controlplane.log 2>&1 & cp=$$!; \
 	$(CARGO) test --no-run; built=$$?; \
-	wait $$cp || { cat target/controlplane.log; echo "the lab's control plane did not build" >&2; exit 1; }; \
+	wait $$cp || { cat target/controlplane.log; echo "the lab's control plane or its WireGuard peers did not build" >&2; exit 1; }; \
 	exit $$built
 	$(CARGO) $(TEST_RUNNER)
 	$(CARGO) run -q -p liqonet-fuzz -- --inputs 20000 --time-limit 8 --allow-known
@@ -53,6 +60,8 @@ test: deps
 	LIQONET_LAB_OFFLOAD=0 $(CARGO) $(TEST_RUNNER) -p liqonet-lab
 	@echo "== attacks, restarts and reloads under traffic, one at a time (they measure outages)"
 	$(CARGO) $(call alone,hardening)
+	@echo "== first contact: the first packet's wait after a lost initiation, one at a time"
+	$(CARGO) $(call alone,first_contact)
 	@echo "== the Kubernetes lab tests (real kube-apiserver and etcd), one at a time"
 	$(CARGO) $(call alone,kube)
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use liqonet_lab::kube::failover::{fail_over, pingers};
 use liqonet_lab::kube::lab::{AGENT_DS, GATEWAY_DS};
 use liqonet_lab::kube::KubeLab;
-use liqonet_lab::outage::TunWatch;
+use liqonet_lab::outage::{Pinger, TunWatch};
 use liqonet_lab::probe::{curl, iperf3, ping, wait_reachable};
 
 const CONNECT: Duration = Duration::from_secs(60);
@@ -359,4 +359,49 @@ fn the_tunnel_outlives_the_api_server_and_watches_survive_410_gone() {
     }
     println!("watchers that logged 410 Gone and relisted: {gone:?}");
     assert!(!gone.is_empty(), "no watcher saw 410 Gone");
+}
+
+#[test]
+#[ignore = "Kubernetes lab: make test runs it in its own step"]
+fn tunnel_endpoints_created_together_carry_the_first_ping_at_once() {
+    let lab = KubeLab::start_unpeered(&["home", "foreign"]).unwrap();
+    // Both clusters' gateways are up and elected before any peering.
+    for c in ["home", "foreign"] {
+        assert!(
+            liqonet_lab::netns::wait_for(CONVERGE, || lab.cluster(c).lease_holder().is_some()),
+            "{c}: no gateway leads"
+        );
+    }
+    let infos = [
+        lab.peering_info("foreign").unwrap(),
+        lab.peering_info("home").unwrap(),
+    ];
+    let first = Instant::now();
+    lab.peer_add("home", &infos[0]).unwrap();
+    lab.peer_add("foreign", &infos[1]).unwrap();
+    let created = Instant::now();
+    let apart = created - first;
+    assert!(apart < Duration::from_secs(1), "created {apart:?} apart");
+    // A home pod pings a foreign pod every 50 ms from the moment its address is known.
+    assert!(liqonet_lab::netns::wait_for(CONVERGE, || lab
+        .alias("home", "foreign")
+        .is_ok()));
+    let dst = lab.remote_pod_ip("home", "foreign", "w1").unwrap();
+    let pinger = Pinger::start_every(
+        &lab.cluster("home").node("w2").pod.ns,
+        &dst,
+        "home → foreign",
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    liqonet_lab::netns::wait_for(Duration::from_secs(10), || pinger.first_reply().is_some());
+    let answered = pinger.first_reply();
+    let _ = pinger.stop();
+    let took = answered
+        .expect("no reply within 10 s")
+        .saturating_duration_since(created);
+    println!(
+        "TunnelEndpoints created {apart:.2?} apart: the first ping answered {took:.2?} after the later one"
+    );
+    assert!(took <= Duration::from_millis(1500), "{took:?}");
 }

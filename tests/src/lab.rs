@@ -547,6 +547,44 @@ impl Lab {
         bail!("{name} did not exit within 5 s of SIG{sig}")
     }
 
+    /// Starts cluster `name`'s gateway, whatever its kind, as the lab first started it (for a
+    /// liqonet gateway: with `liqonet_config`).
+    pub fn start_gateway_of(&mut self, name: &str) -> anyhow::Result<()> {
+        let i = self.index_of(name);
+        self.start_gateway(i)
+    }
+
+    /// Stops cluster `name`'s gateway (SIGTERM), whatever its kind, and waits for its tunnel
+    /// device and control socket to go.
+    pub fn stop_gateway_of(&mut self, name: &str) -> anyhow::Result<()> {
+        let c = self.cluster(name).clone();
+        let process = match c.spec.gateway {
+            GatewayKind::Liqonet => format!("{name}-gateway"),
+            GatewayKind::WireguardGo | GatewayKind::BoringtunCli => format!("{name}-wireguard"),
+            GatewayKind::Relay => format!("{name}-relay"),
+            GatewayKind::Plain => bail!("cluster {name} runs no gateway process"),
+        };
+        self.stop(&process)?;
+        let sock = format!("/var/run/wireguard/{}.sock", c.interface);
+        let gone = wait_for(Duration::from_secs(5), || {
+            !Path::new(&sock).exists()
+                && ns_run(c.gw_ns(), &["ip", "link", "show", &c.interface]).is_err()
+        });
+        if !gone {
+            // A userspace WireGuard may leave its socket behind; the next start must not
+            // mistake it for its own.
+            let _ = fs::remove_file(&sock);
+        }
+        Ok(())
+    }
+
+    fn index_of(&self, name: &str) -> usize {
+        self.clusters
+            .iter()
+            .position(|c| c.spec.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name:?} in this lab"))
+    }
+
     /// Writes `config` as cluster `name`'s gateway config and starts its liqonet gateway.
     pub fn run_liqonet(&mut self, name: &str, config: &str) -> anyhow::Result<()> {
         let path = self.dir.join(format!("{name}.yaml"));

@@ -13,6 +13,7 @@ pub mod kube_mock;
 pub mod lab;
 pub mod netns;
 pub mod outage;
+pub mod peers;
 pub mod probe;
 pub mod rtnl;
 pub mod under_flood;

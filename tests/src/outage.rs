@@ -74,6 +74,16 @@ fn reply_seq(packet: &[u8], id: u16) -> Option<u16> {
 impl Pinger {
     /// Starts probing `dst` (IPv4) from network namespace `ns` every 10 ms.
     pub fn start(ns: &str, dst: &str, label: &str) -> anyhow::Result<Pinger> {
+        Self::start_every(ns, dst, label, INTERVAL)
+    }
+
+    /// Starts probing `dst` (IPv4) from network namespace `ns` every `interval`.
+    pub fn start_every(
+        ns: &str,
+        dst: &str,
+        label: &str,
+        interval: Duration,
+    ) -> anyhow::Result<Pinger> {
         let dst: Ipv4Addr = dst
             .parse()
             .with_context(|| format!("{dst} is not an IPv4 address"))?;
@@ -119,7 +129,7 @@ impl Pinger {
                 sent.store(n, Ordering::Relaxed);
                 // Unreachable destinations are answered with errors: the echo still counts.
                 let _ = socket.send_to(&echo(id, n as u16), &to);
-                next += INTERVAL;
+                next += interval;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
             n
@@ -132,6 +142,12 @@ impl Pinger {
             started: Instant::now(),
             label: label.to_string(),
         })
+    }
+
+    /// When the first reply came, if one has.
+    pub fn first_reply(&self) -> Option<Instant> {
+        let replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        replies.iter().map(|(_, at)| *at).min()
     }
 
     /// Stops probing and measures.

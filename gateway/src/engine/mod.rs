@@ -26,7 +26,7 @@ use crate::wire::remap::{self, Field};
 use crate::wire::{mss, IpPacket};
 pub use counters::{Counters, DropReason, HANDSHAKE_TYPES};
 use peer::Peer;
-pub use peer::{Network, PeerSpec};
+pub use peer::{Network, PeerSpec, EARLY_REINITIATION};
 pub use probe::{Latency, Probing, RttHistogram, RTT_BUCKETS};
 
 /// Largest datagram or packet the engine handles (a full IP packet plus WireGuard's overhead).
@@ -260,6 +260,7 @@ impl Engine {
             tunn,
             session_age: None,
             cookie_retry: None,
+            last_initiation: None,
             health: probe::Health::default(),
             next_probe: None,
             up: false,
@@ -354,6 +355,7 @@ impl Engine {
                 let datagram = &self.buf[..n];
                 // A handshake initiation when no session is up (the packet waits for it).
                 if datagram.first() != Some(&DATA) {
+                    peer.note_sent(datagram, Instant::now());
                     self.counters.sent(datagram);
                 }
                 sink.send_to_network(endpoint, datagram)
@@ -363,7 +365,22 @@ impl Engine {
                 self.counters.count(drop_reason(&e));
             }
             // No session yet and a handshake under way: boringtun holds the packet for it.
-            Ok(None) => self.counters.count_queued(),
+            // If that handshake has gone unanswered for a second, the packet sends a new
+            // initiation rather than waiting for the 5 s retry (see EARLY_REINITIATION).
+            Ok(None) => {
+                self.counters.count_queued();
+                let now = Instant::now();
+                if peer.early_reinitiation_due(now) {
+                    if let TunnResult::WriteToNetwork(init) =
+                        peer.tunn.format_handshake_initiation(&mut self.buf, true)
+                    {
+                        tracing::debug!(peer = %peer.spec.name, endpoint = %endpoint, "handshake unanswered for a second: initiating again");
+                        peer.note_sent(init, now);
+                        self.counters.sent(init);
+                        sink.send_to_network(endpoint, init);
+                    }
+                }
+            }
         }
     }
 
@@ -434,6 +451,7 @@ impl Engine {
                         if let TunnResult::WriteToNetwork(init) =
                             peer.tunn.format_handshake_initiation(&mut self.buf, true)
                         {
+                            peer.note_sent(init, Instant::now());
                             self.counters.sent(init);
                             sink.send_to_network(ep, init);
                         }
@@ -541,7 +559,8 @@ impl Engine {
 
     /// Runs WireGuard's timers (handshake retries, rekeys, keepalives); call every ~250 ms.
     pub fn tick(&mut self, sink: &mut impl Sink) {
-        self.admission.tick(Instant::now());
+        let now = Instant::now();
+        self.admission.tick(now);
         for peer in self.peers.iter_mut().flatten() {
             if std::mem::take(&mut peer.initiate) {
                 if let (Some(ep), TunnResult::WriteToNetwork(init)) = (
@@ -549,6 +568,7 @@ impl Engine {
                     peer.tunn.format_handshake_initiation(&mut self.buf, false),
                 ) {
                     tracing::debug!(peer = %peer.spec.name, endpoint = %ep, "starting a handshake");
+                    peer.note_sent(init, now);
                     self.counters.sent(init);
                     sink.send_to_network(ep, init);
                 }
@@ -556,6 +576,7 @@ impl Engine {
             match peer.tunn.update_timers(&mut self.buf) {
                 TunnResult::WriteToNetwork(datagram) => {
                     if let Some(ep) = peer.endpoint {
+                        peer.note_sent(datagram, now);
                         self.counters.sent(datagram);
                         sink.send_to_network(ep, datagram);
                     }
@@ -573,7 +594,6 @@ impl Engine {
                 }
             }
             // Probe once an interval, through the session; without one the round is lost.
-            let now = Instant::now();
             if self.probing.enabled && peer.next_probe.is_none_or(|t| now >= t) {
                 peer.next_probe = Some(now + self.probing.interval);
                 if age.is_some() {

@@ -8,6 +8,20 @@ use liqonet_proto::{Cidr, Key};
 
 use super::probe::Health;
 
+/// WireGuard message type of a handshake initiation.
+const HANDSHAKE_INIT: u8 = 1;
+
+/// How long a handshake may stay unanswered before a packet waiting for it sends a new
+/// initiation, rather than waiting for boringtun's retry at REKEY_TIMEOUT (5 s).
+///
+/// A deliberate deviation from WireGuard, which sends one initiation per REKEY_TIMEOUT: an
+/// initiation lost because the far side was not up yet (both sides installed or restarted
+/// together, a failover to a gateway still starting) would otherwise hold every packet for
+/// 5 s. At most one such early initiation leaves per second per peer, and only while packets
+/// wait; responders accept them (the kernel, wireguard-go and boringtun limit a peer to 50
+/// initiations a second and need only a newer timestamp).
+pub const EARLY_REINITIATION: Duration = Duration::from_secs(1);
+
 /// A network a peer exports: `cidr` as the peer numbers it, `remapped` as home pods address it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
@@ -40,6 +54,8 @@ pub(crate) struct Peer {
     pub initiate: bool,
     /// When a cookie reply last made us initiate again at once.
     pub cookie_retry: Option<Instant>,
+    /// When our latest handshake initiation to this peer left (see [`EARLY_REINITIATION`]).
+    pub last_initiation: Option<Instant>,
     /// In-tunnel probes: latency, loss, silence.
     pub health: Health,
     pub next_probe: Option<Instant>,
@@ -82,6 +98,21 @@ impl Peer {
         }
         self.cookie_retry = Some(now);
         true
+    }
+
+    /// Notes a handshake message about to leave for this peer: an initiation restarts the
+    /// clock of [`Peer::early_reinitiation_due`].
+    pub fn note_sent(&mut self, datagram: &[u8], now: Instant) {
+        if datagram.first() == Some(&HANDSHAKE_INIT) {
+            self.last_initiation = Some(now);
+        }
+    }
+
+    /// A packet has to wait for a handshake that is under way: has our latest initiation gone
+    /// unanswered for [`EARLY_REINITIATION`]? (Then the packet sends a new one.)
+    pub fn early_reinitiation_due(&self, now: Instant) -> bool {
+        self.last_initiation
+            .is_some_and(|t| now.saturating_duration_since(t) >= EARLY_REINITIATION)
     }
 
     /// Follows the peer to the address its latest authenticated packet came from.

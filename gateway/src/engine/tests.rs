@@ -1,6 +1,7 @@
 //! The engine without devices: two (or three) engines wired back to back in memory.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::*;
 use liqonet_proto::Cidr;
@@ -679,6 +680,88 @@ fn a_handshake_flood_from_one_source_is_answered_a_few_times_and_a_restarted_pee
     p.foreign.from_tun(&mut pkt, &mut p.foreign_out);
     p.pump();
     assert_eq!(p.home_out.tun.len(), 1);
+}
+
+/// Initiations in `out`, taken out of it (lost on the way).
+fn lose_initiations(out: &mut Recorder) -> usize {
+    let before = out.net.len();
+    out.net.retain(|(_, d)| d[0] != 1);
+    before - out.net.len()
+}
+
+#[test]
+fn an_unanswered_handshake_is_retried_by_a_waiting_packet_after_a_second_not_five() {
+    let mut p = Pair::new(true);
+    // The start-up initiation is lost: the far side was not up yet.
+    p.home.tick(&mut p.home_out);
+    assert_eq!(lose_initiations(&mut p.home_out), 1);
+    // A pod sends every 10 ms: its packets wait, and once the handshake has gone unanswered
+    // for a second one of them sends a new initiation, at most one a second. These are lost
+    // too, until the last.
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        let mut pkt = udp4([10, 244, 0, 10], [10, 245, 0, sent as u8]);
+        p.home.from_tun(&mut pkt, &mut p.home_out);
+        p.home.tick(&mut p.home_out);
+        sent += 1;
+        if started.elapsed() < Duration::from_millis(1500) {
+            assert!(lose_initiations(&mut p.home_out) <= 1);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One at the start, one after 1 s, one after 2 s.
+    assert_eq!(p.home.counters().handshakes_sent("initiation"), 3);
+    assert_eq!(p.home_out.net.len(), 1, "{:?}", p.home_out.net);
+    // The far side answers the last one, and the packets that waited go through.
+    p.pump();
+    assert!(p.home.peer_is_up("foreign"));
+    assert_eq!(p.foreign_out.tun.len(), sent.min(256));
+}
+
+#[test]
+fn a_responder_that_saw_the_first_initiation_answers_the_early_one() {
+    let mut p = Pair::new(false);
+    let mut pkt = udp4([10, 244, 0, 10], [10, 245, 0, 10]);
+    p.home.from_tun(&mut pkt, &mut p.home_out);
+    // Foreign answers the first initiation, and its response is lost.
+    let init = std::mem::take(&mut p.home_out.net);
+    assert_eq!(init.len(), 1);
+    p.foreign
+        .from_network(p.home_addr, &init[0].1, &mut p.foreign_out);
+    assert_eq!(p.foreign_out.net.len(), 1);
+    p.foreign_out.net.clear();
+    // Within the second a waiting packet sends nothing new; after it, a new initiation, which
+    // foreign accepts.
+    let mut pkt = udp4([10, 244, 0, 10], [10, 245, 0, 11]);
+    p.home.from_tun(&mut pkt, &mut p.home_out);
+    assert!(p.home_out.net.is_empty());
+    std::thread::sleep(EARLY_REINITIATION);
+    let mut pkt = udp4([10, 244, 0, 10], [10, 245, 0, 12]);
+    p.home.from_tun(&mut pkt, &mut p.home_out);
+    assert_eq!(p.home_out.net.len(), 1);
+    p.pump();
+    assert!(p.home.peer_is_up("foreign") && p.foreign.peer_is_up("home"));
+    assert_eq!(p.foreign_out.tun.len(), 3);
+    assert_eq!(p.home.counters().handshakes_sent("initiation"), 2);
+    assert_eq!(p.foreign.counters().get(DropReason::AuthFailed), 0);
+}
+
+#[test]
+fn the_early_retry_waits_a_second_from_the_latest_initiation() {
+    let mut p = Pair::new(true);
+    let peer = p.home.peers[0].as_mut().unwrap();
+    let t0 = Instant::now();
+    assert!(!peer.early_reinitiation_due(t0), "nothing sent yet");
+    peer.note_sent(&[1, 0, 0, 0], t0);
+    assert!(!peer.early_reinitiation_due(t0 + Duration::from_millis(999)));
+    assert!(peer.early_reinitiation_due(t0 + EARLY_REINITIATION));
+    // Responses and data do not restart the clock; a new initiation does.
+    peer.note_sent(&[2, 0, 0, 0], t0 + Duration::from_millis(900));
+    peer.note_sent(&[4, 0, 0, 0], t0 + Duration::from_millis(900));
+    assert!(peer.early_reinitiation_due(t0 + EARLY_REINITIATION));
+    peer.note_sent(&[1, 0, 0, 0], t0 + EARLY_REINITIATION);
+    assert!(!peer.early_reinitiation_due(t0 + Duration::from_millis(1999)));
 }
 
 #[test]

@@ -131,6 +131,15 @@ impl KubeLab {
     /// gateway replicas and route agents running) and peers the first with every other one
     /// through the peering CLI. On failure what was built is torn down.
     pub fn start(names: &[&str]) -> anyhow::Result<KubeLab> {
+        let lab = Self::start_unpeered(names)?;
+        for other in names.iter().skip(1) {
+            lab.peer(names[0], other)?;
+        }
+        Ok(lab)
+    }
+
+    /// Builds clusters `names` as [`KubeLab::start`] does, without peering them.
+    pub fn start_unpeered(names: &[&str]) -> anyhow::Result<KubeLab> {
         if run(&["id", "-u"])?.trim() != "0" {
             bail!("the lab needs root (network namespaces, TUN devices)");
         }
@@ -157,9 +166,6 @@ impl KubeLab {
         sh(&lab.wan_ns, "ip link set br0 up")?;
         for name in names {
             lab.add_cluster(name)?;
-        }
-        for other in names.iter().skip(1) {
-            lab.peer(names[0], other)?;
         }
         Ok(lab)
     }
@@ -517,16 +523,28 @@ impl KubeLab {
 
     /// `a` adds `b` as a peer (`b`'s peering-info, `peer add` on `a`).
     pub fn peer_one_way(&self, a: &str, b: &str) -> anyhow::Result<()> {
-        let info = self.peering_cli(b, &["peering-info", "--kubernetes"])?;
-        let file = self.dir.join(format!("{b}.peering.yaml"));
+        let info = self.peering_info(b)?;
+        self.peer_add(a, &info)
+    }
+
+    /// `peering-info --kubernetes` on `cluster`, into a file.
+    pub fn peering_info(&self, cluster: &str) -> anyhow::Result<PathBuf> {
+        let info = self.peering_cli(cluster, &["peering-info", "--kubernetes"])?;
+        let file = self.dir.join(format!("{cluster}.peering.yaml"));
         fs::write(&file, info)?;
+        Ok(file)
+    }
+
+    /// `peer add --kubernetes INFO` on `cluster`: its TunnelEndpoint for the cluster `info`
+    /// describes.
+    pub fn peer_add(&self, cluster: &str, info: &Path) -> anyhow::Result<()> {
         self.peering_cli(
-            a,
+            cluster,
             &[
                 "peer",
                 "add",
                 "--kubernetes",
-                file.to_str().unwrap_or_default(),
+                info.to_str().unwrap_or_default(),
             ],
         )?;
         Ok(())

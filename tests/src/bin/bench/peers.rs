@@ -104,7 +104,10 @@ fn wireguard_go_current(name: &str) -> Result<Subject, String> {
             return Err("not built: scripts/wireguard-go.sh failed (its output is above)".into())
         }
         Some(p) => PathBuf::from(p),
-        None => build_wireguard_go()?,
+        None => {
+            eprintln!("== building wireguard-go {WIREGUARD_GO_RELEASE}");
+            liqonet_lab::peers::pinned_wireguard_go().map_err(|e| format!("not built: {e}"))?
+        }
     };
     let version = first_line(&bin, &["--version"])?;
     let release = version.trim_start_matches("wireguard-go v");
@@ -114,24 +117,6 @@ fn wireguard_go_current(name: &str) -> Result<Subject, String> {
         format!("wireguard-go-{release}")
     };
     Ok(subject(&name, GatewayKind::WireguardGo, Some(bin), version))
-}
-
-fn build_wireguard_go() -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/wireguard-go.sh");
-    eprintln!(
-        "== building wireguard-go {WIREGUARD_GO_RELEASE} ({})",
-        script.display()
-    );
-    let out = Command::new(&script)
-        .output()
-        .map_err(|e| format!("not built: cannot run {}: {e}", script.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(5).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(format!("not built: {}", tail.join(" / ")));
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// Debian's wireguard-go (2022, before its TUN and UDP offloads): history, for comparison.
