@@ -8,7 +8,7 @@ alone = $(shell $(CARGO) nextest --version >/dev/null 2>&1 \
 	&& echo "nextest run -p liqonet-lab --test $(1) --run-ignored ignored-only --test-threads 1 --no-capture" \
 	|| echo "test -p liqonet-lab --test $(1) -- --ignored --test-threads=1 --nocapture")
 
-.PHONY: all demo kube-demo kube-demo-down test deps controlplane peers build lint bench clean
+.PHONY: all demo kube-demo kube-demo-down test deps controlplane peers image build lint bench clean
 
 all: build
 
@@ -22,6 +22,11 @@ controlplane:
 
 build:
 	$(CARGO) build --release --bins
+
+# The project's image and the test pods' image, built offline (no registry, no base image) from
+# the release binaries as OCI layout archives in target/image/, for `ctr images import`.
+image: build
+	./target/release/liqonet-image
 
 # The stock WireGuard peers the tests and the bench run beside liqonet: wireguard-go at the pinned
 # release (built from its Go module into a cache outside the work tree) and boringtun-cli (into

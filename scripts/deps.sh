@@ -12,6 +12,11 @@ missing=()
 for cmd in "${!pkg_of[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_of[$cmd]}")
 done
+# What the lab's nodes are built with (scripts/controlplane.sh): runc needs cgo and libseccomp,
+# the pause binary a static libc. Their images: Debian's static busybox for the test pods.
+for pkg in gcc pkg-config libseccomp-dev libc6-dev busybox-static; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
 if ((${#missing[@]})); then
   if [[ $(id -u) != 0 ]]; then
     echo "deps: missing ${missing[*]}; run as root to install them" >&2

@@ -8,6 +8,7 @@
 pub mod agent_scale;
 pub mod attack;
 pub mod bad_configs;
+pub mod image;
 pub mod kube;
 pub mod kube_mock;
 pub mod lab;
