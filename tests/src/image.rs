@@ -237,6 +237,18 @@ pub fn test_image() -> anyhow::Result<Image> {
     Ok(image)
 }
 
+/// The pod sandbox's image: the pause binary `scripts/controlplane.sh` compiled (static), named
+/// as containerd's sandbox setting names it (`registry.k8s.io/pause:<tag>`).
+pub fn pause_image(controlplane_bin: &Path) -> anyhow::Result<Image> {
+    let dir = controlplane_bin.join("pause");
+    let tag = fs::read_to_string(dir.join("tag"))
+        .with_context(|| format!("{}: run scripts/controlplane.sh", dir.display()))?;
+    let mut image = Image::new(&format!("registry.k8s.io/pause:{}", tag.trim()));
+    image.file("/pause", &dir.join("pause"), 0o755);
+    image.cmd = vec!["/pause".into()];
+    Ok(image)
+}
+
 /// The libraries `ldd` lists for `binary`, the dynamic loader included (none for a static one).
 pub fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let out = std::process::Command::new("ldd")

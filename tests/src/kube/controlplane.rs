@@ -70,6 +70,8 @@ pub struct ControlPlane {
     bin: PathBuf,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    scheduler: Option<Child>,
+    controller_manager: Option<Child>,
 }
 
 impl ControlPlane {
@@ -86,6 +88,8 @@ impl ControlPlane {
             bin,
             etcd: None,
             apiserver: None,
+            scheduler: None,
+            controller_manager: None,
         };
         cp.write_kubeconfig("admin", &cp.server(), "admin")?;
         cp.start_etcd()?;
@@ -178,12 +182,23 @@ impl ControlPlane {
             format!("--tls-cert-file={}", d("apiserver.crt")),
             format!("--tls-private-key-file={}", d("apiserver.key")),
             format!("--client-ca-file={}", d("ca.crt")),
-            "--authorization-mode=RBAC".into(),
+            // As hardened clusters have it: kubelets may touch only their own Node and pods,
+            // and pods are held to the Pod Security baseline unless their namespace says more.
+            "--authorization-mode=Node,RBAC".into(),
+            "--enable-admission-plugins=NodeRestriction".into(),
+            format!("--admission-control-config-file={}", d("admission.yaml")),
+            format!(
+                "--kubelet-client-certificate={}",
+                d("apiserver-kubelet-client.crt")
+            ),
+            format!("--kubelet-client-key={}", d("apiserver-kubelet-client.key")),
+            format!("--kubelet-certificate-authority={}", d("ca.crt")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--service-cluster-ip-range=10.96.0.0/12".into(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", d("sa.pub")),
             format!("--service-account-signing-key-file={}", d("sa.key")),
-            // Nothing here runs a kubelet or pods; keep the server's own work small.
+            // Keep the server's own work small on a 2-core lab.
             "--enable-priority-and-fairness=false".into(),
             "--profiling=false".into(),
             "--v=0".into(),
@@ -313,16 +328,115 @@ impl ControlPlane {
         server: &str,
         file: &str,
     ) -> anyhow::Result<PathBuf> {
-        let d = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: {user}, namespace: liqonet}}\ncurrent-context: lab\n",
-            ca = d("ca.crt"),
-            crt = d(&format!("{user}.crt")),
-            key = d(&format!("{user}.key")),
-        );
         let path = self.dir.join(format!("{file}.kubeconfig"));
-        fs::write(&path, text)?;
+        let cert = self.dir.join(user);
+        self.kubeconfig_at(&path, server, &cert)?;
         Ok(path)
+    }
+
+    /// A kubeconfig at `path` against `server` with the client certificate `cert`.crt/.key.
+    fn kubeconfig_at(&self, path: &Path, server: &str, cert: &Path) -> anyhow::Result<()> {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: lab\n  user:\n    client-certificate: {cert}.crt\n    client-key: {cert}.key\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: lab, namespace: liqonet}}\ncurrent-context: lab\n",
+            ca = self.dir.join("ca.crt").display(),
+            cert = cert.display(),
+        );
+        fs::write(path, text)?;
+        Ok(())
+    }
+
+    /// A node's credentials in `dir`: the kubelet's client certificate (`system:node:NAME`) and
+    /// serving certificate (its IP), kube-proxy's client certificate, and their kubeconfigs.
+    pub fn node_credentials(&self, name: &str, ip: &str, dir: &Path) -> anyhow::Result<()> {
+        let file = format!("node-{name}");
+        client_cert_file(
+            &self.dir,
+            &file,
+            &format!("system:node:{name}"),
+            &["system:nodes"],
+        )?;
+        self.kubeconfig_at(
+            &dir.join("kubelet.kubeconfig"),
+            &self.server(),
+            &self.dir.join(&file),
+        )?;
+        let serving = format!("node-{name}-serving");
+        key_and_csr(&self.dir, &serving, &format!("/CN={name}"))?;
+        sign(
+            &self.dir,
+            &serving,
+            &format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:{ip},DNS:{name}\n"),
+        )?;
+        fs::copy(
+            self.dir.join(format!("{serving}.crt")),
+            dir.join("kubelet.crt"),
+        )?;
+        fs::copy(
+            self.dir.join(format!("{serving}.key")),
+            dir.join("kubelet.key"),
+        )?;
+        if !self.dir.join("kube-proxy.crt").exists() {
+            // Its certificate's user is system:kube-proxy, bound to system:node-proxier by default.
+            client_cert_file(&self.dir, "kube-proxy", "system:kube-proxy", &[])?;
+        }
+        self.kubeconfig_at(
+            &dir.join("kube-proxy.kubeconfig"),
+            &self.server(),
+            &self.dir.join("kube-proxy"),
+        )?;
+        Ok(())
+    }
+
+    /// Starts kube-scheduler and kube-controller-manager (pod CIDRs from 10.244.0.0/16, a /24
+    /// per node), each with its own certificate and the default RBAC bindings for it.
+    pub fn start_components(&mut self) -> anyhow::Result<()> {
+        for (file, user) in [
+            ("kube-scheduler", "system:kube-scheduler"),
+            ("kube-controller-manager", "system:kube-controller-manager"),
+        ] {
+            client_cert_file(&self.dir, file, user, &[])?;
+            self.kubeconfig_at(
+                &self.dir.join(format!("{file}.kubeconfig")),
+                &self.server(),
+                &self.dir.join(file),
+            )?;
+        }
+        let d = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
+        let kc = |f: &str| {
+            let k = d(&format!("{f}.kubeconfig"));
+            [
+                format!("--kubeconfig={k}"),
+                format!("--authentication-kubeconfig={k}"),
+                format!("--authorization-kubeconfig={k}"),
+            ]
+        };
+        let mut scheduler = vec![self
+            .bin
+            .join("kube-scheduler")
+            .to_string_lossy()
+            .into_owned()];
+        scheduler.extend(kc("kube-scheduler"));
+        scheduler.extend(["--leader-elect=false".into(), "--v=1".into()]);
+        self.scheduler = Some(self.spawn("kube-scheduler", &scheduler)?);
+        let mut kcm = vec![self
+            .bin
+            .join("kube-controller-manager")
+            .to_string_lossy()
+            .into_owned()];
+        kcm.extend(kc("kube-controller-manager"));
+        kcm.extend([
+            "--leader-elect=false".into(),
+            "--use-service-account-credentials=true".into(),
+            format!("--service-account-private-key-file={}", d("sa.key")),
+            format!("--root-ca-file={}", d("ca.crt")),
+            "--allocate-node-cidrs=true".into(),
+            "--cluster-cidr=10.244.0.0/16".into(),
+            "--node-cidr-mask-size=24".into(),
+            "--service-cluster-ip-range=10.96.0.0/12".into(),
+            "--v=1".into(),
+        ]);
+        self.controller_manager = Some(self.spawn("kube-controller-manager", &kcm)?);
+        Ok(())
     }
 
     /// A client certificate for `user` in `groups`, signed by the lab CA.
@@ -337,6 +451,13 @@ impl ControlPlane {
     }
 
     pub fn stop(&mut self) {
+        for mut child in [self.scheduler.take(), self.controller_manager.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = self.stop_apiserver();
         if let Some(mut child) = self.etcd.take() {
             let _ = child.kill();
@@ -451,6 +572,13 @@ fn make_pki(dir: &Path, ip: &str) -> anyhow::Result<()> {
         ),
     )?;
     client_cert(dir, "admin", &["system:masters"])?;
+    // The API server's own identity towards kubelets (logs, exec, port-forward).
+    client_cert(dir, "apiserver-kubelet-client", &["system:masters"])?;
+    // Pod Security: baseline for every namespace that does not ask for another level.
+    fs::write(
+        dir.join("admission.yaml"),
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n- name: PodSecurity\n  configuration:\n    apiVersion: pod-security.admission.config.k8s.io/v1\n    kind: PodSecurityConfiguration\n    defaults:\n      enforce: baseline\n      enforce-version: latest\n    exemptions: {}\n",
+    )?;
     openssl(
         dir,
         &[
@@ -468,15 +596,20 @@ fn make_pki(dir: &Path, ip: &str) -> anyhow::Result<()> {
 }
 
 fn client_cert(dir: &Path, user: &str, groups: &[&str]) -> anyhow::Result<()> {
+    client_cert_file(dir, user, user, groups)
+}
+
+/// A client certificate for `user` in `groups`, as `file.crt` and `file.key` in `dir`.
+fn client_cert_file(dir: &Path, file: &str, user: &str, groups: &[&str]) -> anyhow::Result<()> {
     let subject: String = groups
         .iter()
         .map(|g| format!("/O={g}"))
         .chain(std::iter::once(format!("/CN={user}")))
         .collect();
-    key_and_csr(dir, user, &subject)?;
+    key_and_csr(dir, file, &subject)?;
     sign(
         dir,
-        user,
+        file,
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
     )
 }

@@ -16,8 +16,10 @@ pub mod controlplane;
 pub mod failover;
 pub mod forward;
 pub mod lab;
+pub mod node;
 pub mod nodeport;
 pub mod pods;
+pub mod real;
 
 pub use controlplane::ControlPlane;
 pub use lab::{KubeCluster, KubeLab, KubeNode};

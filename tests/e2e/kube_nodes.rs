@@ -1,0 +1,97 @@
+//! The Kubernetes lab on real nodes: kubelet, containerd and kube-proxy run what deploy/
+//! declares, from the project's image built offline.
+//!
+//! `#[ignore]`d in the ordinary pass: `make test` runs them one at a time in a step of their own.
+
+use std::time::Duration;
+
+use liqonet_lab::kube::real::RealLab;
+use liqonet_lab::netns::wait_for;
+
+#[test]
+#[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
+fn the_daemonsets_run_on_real_nodes() {
+    println!("{}", liqonet_lab::kube::node::versions().unwrap());
+    let lab = RealLab::start(&["home"]).unwrap();
+    let c = lab.cluster("home");
+    let nodes = c.get_json(&["nodes"]).unwrap();
+    for n in nodes["items"].as_array().unwrap() {
+        let info = &n["status"]["nodeInfo"];
+        println!(
+            "node {}: kubelet {}, {}, {}",
+            n["metadata"]["name"],
+            info["kubeletVersion"],
+            info["containerRuntimeVersion"],
+            info["osImage"]
+        );
+        assert_eq!(info["kubeletVersion"], "v1.36.3");
+        assert!(info["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("containerd://2.3"));
+    }
+    // Every node runs a route agent, every gateway node a gateway replica; all Running.
+    let running = wait_for(Duration::from_secs(120), || {
+        c.get_json(&["-n", "liqonet", "pods"]).is_ok_and(|p| {
+            let pods = p["items"].as_array().cloned().unwrap_or_default();
+            pods.len() == 5 && pods.iter().all(|p| p["status"]["phase"] == "Running")
+        })
+    });
+    println!(
+        "{}",
+        c.kubectl(&["-n", "liqonet", "get", "pods", "-o", "wide"])
+            .unwrap()
+    );
+    assert!(running);
+    // The leader's replica is Ready (the kubelet probes /readyz).
+    let ready = wait_for(Duration::from_secs(90), || {
+        c.get_json(&[
+            "-n",
+            "liqonet",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=gateway",
+        ])
+        .is_ok_and(|p| {
+            p["items"].as_array().into_iter().flatten().any(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+    });
+    println!(
+        "{}",
+        c.kubectl(&["-n", "liqonet", "get", "pods", "-o", "wide"])
+            .unwrap()
+    );
+    for ds in ["liqonet-gateway", "liqonet-route-agent"] {
+        let logs = c
+            .kubectl(&["-n", "liqonet", "logs", &format!("ds/{ds}"), "--tail=20"])
+            .unwrap_or_else(|e| e.to_string());
+        println!("kubectl logs ds/{ds}:\n{logs}");
+    }
+    assert!(ready, "no gateway replica became Ready");
+    // `wg show` on the leader's node reaches the gateway through the hostPath socket directory.
+    let leader = c
+        .get_json(&["-n", "liqonet", "lease", "liqonet-gateway"])
+        .unwrap();
+    let holder = leader["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pod = c.get_json(&["-n", "liqonet", "pod", &holder]).unwrap();
+    let node = pod["spec"]["nodeName"].as_str().unwrap().to_string();
+    let wg = lab
+        .cluster("home")
+        .running
+        .iter()
+        .find(|n| n.spec.name == node)
+        .unwrap()
+        .exec(&["wg", "show"])
+        .unwrap();
+    println!("wg show on {node}:\n{wg}");
+    assert!(wg.contains("interface: liqo0"), "{wg}");
+}

@@ -1,0 +1,371 @@
+//! The Kubernetes lab on real nodes: per cluster a control plane with kube-scheduler and
+//! kube-controller-manager, and nodes that each run containerd, a kubelet and kube-proxy
+//! ([`super::node`]). deploy/ is applied with kubectl and the cluster does the rest: the
+//! DaemonSets' pods are scheduled, run by containerd from the project's image (built offline and
+//! imported into every node), probed by the kubelet; test pods get addresses from the bridge CNI.
+//!
+//! The lab does only what a cloud and a routed CNI would do around the cluster: it sets each
+//! Node's addresses (ExternalIP on gateway nodes) and lifts the cloud provider's
+//! `uninitialized` taint, labels the gateway nodes, and routes each node's pod CIDR to it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::controlplane::ControlPlane;
+use super::lab::{deploy_dir, GATEWAY_DS};
+use super::node::{self, NodeSpec, RealNode};
+use crate::lab::{add_ns, join_node_network};
+use crate::netns::{self, sh};
+
+const CONTROL_PLANE_IP: &str = "172.20.0.2";
+const ROUTER_IP: &str = "172.20.0.1";
+/// Nodes of every cluster: two gateway nodes and a worker.
+const NODES: [(&str, &str, bool); 3] = [
+    ("gw1", "172.20.0.11", true),
+    ("gw2", "172.20.0.12", true),
+    ("w1", "172.20.0.21", false),
+];
+/// The label that makes a node a gateway node.
+pub const GATEWAY_LABEL: &str = "liqonet.liqo.io/gateway";
+
+/// A node of a real cluster, as the lab built it around its kubelet.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ns: String,
+    pub ip: String,
+    pub wan_ip: Option<String>,
+}
+
+pub struct RealCluster {
+    pub name: String,
+    pub cp: ControlPlane,
+    pub nodes: Vec<NodeInfo>,
+    pub running: Vec<RealNode>,
+    pub net_ns: String,
+}
+
+impl RealCluster {
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.cp.kubectl(args)
+    }
+
+    pub fn get_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut v: Vec<&str> = vec!["get"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["-o", "json"]);
+        Ok(serde_json::from_str(&self.kubectl(&v)?)?)
+    }
+
+    pub fn node(&self, name: &str) -> &NodeInfo {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name:?} in {}", self.name))
+    }
+
+    /// The node's running components (containerd, kubelet, kube-proxy and what they run).
+    pub fn running(&mut self, name: &str) -> Option<&mut RealNode> {
+        self.running.iter_mut().find(|n| n.spec.name == name)
+    }
+}
+
+pub struct RealLab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub clusters: Vec<RealCluster>,
+    pub wan_ns: String,
+    /// The OCI archives every node imports: the project's image, the test image, pause.
+    pub images: Vec<PathBuf>,
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+impl RealLab {
+    /// Builds clusters `names` on real nodes with liqonet installed from deploy/; on failure
+    /// what was built is torn down.
+    pub fn start(names: &[&str]) -> anyhow::Result<RealLab> {
+        if netns::run(&["id", "-u"])?.trim() != "0" {
+            bail!("the lab needs root (namespaces, cgroups, TUN devices)");
+        }
+        netns::sweep_stale();
+        node::sweep_stale_cgroups();
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("lq{}x{n}r-", std::process::id());
+        let dir =
+            std::env::temp_dir().join(format!("liqonet-nodes-{}", &prefix[..prefix.len() - 1]));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut lab = RealLab {
+            wan_ns: format!("{prefix}wan"),
+            prefix,
+            dir,
+            clusters: Vec::new(),
+            images: Vec::new(),
+        };
+        lab.images = build_images(&lab.dir.join("images"))?;
+        add_ns(&lab.wan_ns)?;
+        sh(&lab.wan_ns, "ip link add br0 type bridge")?;
+        sh(&lab.wan_ns, "ip link set br0 up")?;
+        for name in names {
+            lab.add_cluster(name)?;
+        }
+        Ok(lab)
+    }
+
+    pub fn cluster(&self, name: &str) -> &RealCluster {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name:?} in this lab"))
+    }
+
+    pub fn cluster_mut(&mut self, name: &str) -> &mut RealCluster {
+        self.clusters
+            .iter_mut()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name:?} in this lab"))
+    }
+
+    fn add_cluster(&mut self, name: &str) -> anyhow::Result<()> {
+        let i = self.clusters.len();
+        let short = &name[..name.len().min(8)];
+        let net_ns = format!("{}{name}-net", self.prefix);
+        add_ns(&net_ns)?;
+        sh(&net_ns, "ip link add br0 type bridge")?;
+        sh(&net_ns, "ip link set br0 up")?;
+        // The node network's router (it routes nowhere): nodes have a default route, as real
+        // ones do; without it a node's own connections to a ClusterIP fail before kube-proxy's
+        // DNAT (no route to 10.96.0.1).
+        sh(&net_ns, &format!("ip addr add {ROUTER_IP}/24 dev br0"))?;
+        let cp_ns = format!("{}{name}-cp", self.prefix);
+        add_ns(&cp_ns)?;
+        sh(
+            &net_ns,
+            &format!("ip link add {short}cp type veth peer name eth0 netns {cp_ns}"),
+        )?;
+        sh(&net_ns, &format!("ip link set {short}cp master br0 up"))?;
+        sh(
+            &cp_ns,
+            &format!("ip addr add {CONTROL_PLANE_IP}/24 dev eth0"),
+        )?;
+        sh(&cp_ns, "ip link set eth0 up")?;
+        let mut nodes = Vec::new();
+        for (n, (node, ip, gateway)) in NODES.iter().enumerate() {
+            let ns = format!("{}{name}-{node}", self.prefix);
+            add_ns(&ns)?;
+            sh(&ns, "sysctl -qw net.ipv4.ip_forward=1")?;
+            join_node_network(&net_ns, "br0", &format!("{short}{node}"), &ns, ip)?;
+            sh(&ns, &format!("ip route add default via {ROUTER_IP}"))?;
+            let wan_ip = if *gateway {
+                let wan_ip = format!("192.168.250.{}", 10 * (i + 1) + n + 1);
+                let port = format!("{short}{node}w");
+                sh(
+                    &self.wan_ns,
+                    &format!("ip link add {port} type veth peer name wan0 netns {ns}"),
+                )?;
+                sh(&self.wan_ns, &format!("ip link set {port} master br0 up"))?;
+                sh(&ns, &format!("ip addr add {wan_ip}/24 dev wan0"))?;
+                sh(&ns, "ip link set wan0 up")?;
+                Some(wan_ip)
+            } else {
+                None
+            };
+            nodes.push(NodeInfo {
+                name: node.to_string(),
+                ns,
+                ip: ip.to_string(),
+                wan_ip,
+            });
+        }
+        let mut cp = ControlPlane::start(&cp_ns, CONTROL_PLANE_IP, &self.dir.join(name))?;
+        cp.start_components()?;
+        let mut cluster = RealCluster {
+            name: name.to_string(),
+            cp,
+            nodes,
+            running: Vec::new(),
+            net_ns,
+        };
+        for info in cluster.nodes.clone() {
+            let spec = NodeSpec {
+                name: info.name.clone(),
+                ns: info.ns.clone(),
+                ip: info.ip.clone(),
+                id: format!("{}{name}-{}", self.prefix, info.name),
+                dir: self.dir.join(name).join("nodes").join(&info.name),
+            };
+            cluster
+                .running
+                .push(RealNode::start(spec, &cluster.cp, &self.images)?);
+        }
+        self.clusters.push(cluster);
+        let c = self.clusters.last().context("no cluster")?;
+        initialize_nodes(c)?;
+        install(c, &self.dir.join(name))?;
+        Ok(())
+    }
+
+    /// Kills every node and control plane, removes the namespaces and files.
+    pub fn teardown(&mut self) {
+        for c in &mut self.clusters {
+            for n in &mut c.running {
+                n.stop();
+            }
+            c.running.clear();
+            c.cp.stop();
+        }
+        netns::remove_prefixed(&self.prefix);
+        if std::env::var_os("LIQONET_LAB_KEEP_LOGS").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for RealLab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// The project's image from the binaries the lab runs (debug for tests, release for the bench:
+/// whatever sits beside the running program), the test image and pause, written afresh at every
+/// start so that a stale image is never tested.
+fn build_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let bin = crate::lab::bin_dir()?;
+    let cp = super::controlplane::binaries()?;
+    let mut out = Vec::new();
+    for (file, image) in [
+        ("liqonet.tar", crate::image::project_image(&bin)?),
+        ("liqonet-test.tar", crate::image::test_image()?),
+        ("pause.tar", crate::image::pause_image(&cp)?),
+    ] {
+        let path = dir.join(file);
+        image.write(&path)?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// What a cloud controller manager and a routed CNI would do once the kubelets have registered:
+/// addresses, the `uninitialized` taint, the gateway label, the pod network's config and routes.
+fn initialize_nodes(c: &RealCluster) -> anyhow::Result<()> {
+    let mut cidrs = Vec::new();
+    for info in &c.nodes {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let cidr = loop {
+            if let Ok(n) = c.get_json(&["node", &info.name]) {
+                if let Some(cidr) = n["spec"]["podCIDR"].as_str() {
+                    break cidr.to_string();
+                }
+            }
+            if Instant::now() > deadline {
+                let node = c.running.iter().find(|r| r.spec.name == info.name);
+                bail!(
+                    "node {} of {} did not register with a pod CIDR; kubelet log:\n{}",
+                    info.name,
+                    c.name,
+                    node.map(|n| n.log_tail("kubelet")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        let mut addresses = vec![serde_json::json!({"type": "InternalIP", "address": info.ip})];
+        if let Some(wan) = &info.wan_ip {
+            addresses.push(serde_json::json!({"type": "ExternalIP", "address": wan}));
+        }
+        addresses.push(serde_json::json!({"type": "Hostname", "address": info.name}));
+        c.kubectl(&[
+            "patch",
+            "node",
+            &info.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &serde_json::json!({"status": {"addresses": addresses}}).to_string(),
+        ])?;
+        let _ = c.kubectl(&[
+            "taint",
+            "node",
+            &info.name,
+            "node.cloudprovider.kubernetes.io/uninitialized-",
+        ]);
+        if info.wan_ip.is_some() {
+            c.kubectl(&[
+                "label",
+                "node",
+                &info.name,
+                &format!("{GATEWAY_LABEL}=true"),
+            ])?;
+        }
+        if let Some(n) = c.running.iter().find(|r| r.spec.name == info.name) {
+            n.set_pod_cidr(&cidr)?;
+        }
+        cidrs.push((info.clone(), cidr));
+    }
+    for (a, _) in &cidrs {
+        for (b, cidr) in cidrs.iter().filter(|(b, _)| b.name != a.name) {
+            sh(&a.ns, &format!("ip route add {cidr} via {}", b.ip))?;
+        }
+    }
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "node",
+        "--all",
+        "--timeout=120s",
+    ])
+    .with_context(|| {
+        let tails: Vec<String> = c
+            .running
+            .iter()
+            .map(|n| format!("{}:\n{}", n.spec.name, n.log_tail("kubelet")))
+            .collect();
+        format!("nodes of {} not Ready:\n{}", c.name, tails.join("\n"))
+    })?;
+    Ok(())
+}
+
+/// deploy/ with this cluster's settings, applied with kubectl as a user installs liqonet: an
+/// overlay of deploy/ that sets the cluster ID in the ConfigMap (the user's edit of
+/// base/config.yaml), so that the pods start with it.
+fn install(c: &RealCluster, dir: &Path) -> anyhow::Result<()> {
+    let overlay = dir.join("install");
+    fs::create_dir_all(&overlay)?;
+    let deploy = fs::canonicalize(deploy_dir())?;
+    fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\npatches:\n  - target: {{kind: ConfigMap, name: {GATEWAY_DS}}}\n    patch: |\n      - op: replace\n        path: /data/LIQONET_CLUSTER_ID\n        value: {}\n",
+            relative(&overlay, &deploy).display(),
+            c.name
+        ),
+    )?;
+    c.kubectl(&["apply", "-k", overlay.to_str().unwrap_or_default()])?;
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/tunnelendpoints.net.liqo.io",
+        "--timeout=60s",
+    ])?;
+    Ok(())
+}
+
+/// `to` as a path relative to `from` (both absolute).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..f.len() {
+        rel.push("..");
+    }
+    for c in &t[common..] {
+        rel.push(c);
+    }
+    rel
+}
