@@ -44,24 +44,7 @@ fn the_daemonsets_run_on_real_nodes() {
     );
     assert!(running);
     // The leader's replica is Ready (the kubelet probes /readyz).
-    let ready = wait_for(Duration::from_secs(90), || {
-        c.get_json(&[
-            "-n",
-            "liqonet",
-            "pods",
-            "-l",
-            "app.kubernetes.io/component=gateway",
-        ])
-        .is_ok_and(|p| {
-            p["items"].as_array().into_iter().flatten().any(|p| {
-                p["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-    });
+    let ready = wait_for(Duration::from_secs(90), || !c.ready_gateways().is_empty());
     println!(
         "{}",
         c.kubectl(&["-n", "liqonet", "get", "pods", "-o", "wide"])
@@ -94,4 +77,45 @@ fn the_daemonsets_run_on_real_nodes() {
         .unwrap();
     println!("wg show on {node}:\n{wg}");
     assert!(wg.contains("interface: liqo0"), "{wg}");
+}
+
+#[test]
+#[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
+fn real_pods_reach_remote_real_pods() {
+    let lab = RealLab::start(&["home", "foreign"]).unwrap();
+    lab.peer("home", "foreign").unwrap();
+    for (a, b) in [("home", "foreign"), ("foreign", "home")] {
+        let (client, _) = lab.test_pod(a, "w1").unwrap();
+        let (_, server_ip) = lab.test_pod(b, "w1").unwrap();
+        let connected = wait_for(Duration::from_secs(60), || {
+            lab.remote_ip(a, b, &server_ip).is_ok_and(|dst| {
+                lab.exec(a, &client, &["ping", "-c", "1", "-W", "1", &dst])
+                    .is_ok()
+            })
+        });
+        let dst = lab.remote_ip(a, b, &server_ip).unwrap();
+        assert!(connected, "{a} w1 pod cannot reach {b} w1 pod at {dst}");
+        let ping = lab
+            .exec(a, &client, &["ping", "-c", "5", "-i", "0.2", &dst])
+            .unwrap();
+        println!("kubectl exec {client} -- ping {dst}:\n{ping}");
+        assert!(ping.contains("5 packets received"), "{ping}");
+        let body = lab
+            .exec(
+                a,
+                &client,
+                &["curl", "-sS", "--max-time", "5", &format!("http://{dst}/")],
+            )
+            .unwrap();
+        assert_eq!(body, format!("hello from {b} w1 pod {server_ip}\n"));
+        let iperf = lab
+            .exec(a, &client, &["iperf3", "-c", &dst, "-t", "2", "-J"])
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&iperf).unwrap();
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        println!("iperf3 {a} w1 pod -> {b} w1 pod: {:.2} Gbit/s", bps / 1e9);
+        assert!(bps > 50e6);
+    }
 }

@@ -290,25 +290,7 @@ impl KubeLab {
         for node in &c.nodes {
             register_node(c, node)?;
         }
-        // Whoever peers clusters gets only the peering role (deploy/rbac.yaml).
-        c.cp.make_client_cert("liqonet-lab-peering", &[])?;
-        c.cp.write_kubeconfig("liqonet-lab-peering", &c.cp.server(), "peering")?;
-        c.kubectl(&[
-            "-n",
-            NAMESPACE,
-            "create",
-            "rolebinding",
-            "lab-peering",
-            "--role=liqonet-peering",
-            "--user=liqonet-lab-peering",
-        ])?;
-        c.kubectl(&[
-            "create",
-            "clusterrolebinding",
-            "lab-peering",
-            "--clusterrole=liqonet-peering",
-            "--user=liqonet-lab-peering",
-        ])?;
+        peering_identity(&c.cp)?;
         for ds in [AGENT_DS, GATEWAY_DS] {
             for node in self.cluster(name).nodes.clone() {
                 if self.schedules(name, ds, &node)? {
@@ -552,23 +534,11 @@ impl KubeLab {
 
     /// `liqonet-gateway ARGS` on cluster `c` as the peering identity.
     pub fn peering_cli(&self, cluster: &str, args: &[&str]) -> anyhow::Result<String> {
-        let c = self.cluster(cluster);
-        let bin = self.bin("liqonet-gateway");
-        let kubeconfig = c.cp.dir.join("peering.kubeconfig");
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &c.cp.ns])
-            .arg(&bin)
-            .args(args)
-            .env("KUBECONFIG", &kubeconfig)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "liqonet-gateway {} on {cluster} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        peering_cli(
+            &self.cluster(cluster).cp,
+            &self.bin("liqonet-gateway"),
+            args,
+        )
     }
 
     /// Each pod's services: an HTTP server on port 80 saying who it is, and an iperf3 server.
@@ -877,6 +847,49 @@ impl Drop for KubeLab {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Whoever peers clusters gets only the peering role (deploy/rbac.yaml): a client certificate
+/// for `liqonet-lab-peering`, its kubeconfig (`peering.kubeconfig`) and the role bindings.
+pub fn peering_identity(cp: &ControlPlane) -> anyhow::Result<()> {
+    cp.make_client_cert("liqonet-lab-peering", &[])?;
+    cp.write_kubeconfig("liqonet-lab-peering", &cp.server(), "peering")?;
+    cp.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "rolebinding",
+        "lab-peering",
+        "--role=liqonet-peering",
+        "--user=liqonet-lab-peering",
+    ])?;
+    cp.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "lab-peering",
+        "--clusterrole=liqonet-peering",
+        "--user=liqonet-lab-peering",
+    ])?;
+    Ok(())
+}
+
+/// `GATEWAY ARGS` (the liqonet-gateway binary) against the control plane `cp` as the peering
+/// identity, as a user runs the peering commands.
+pub fn peering_cli(cp: &ControlPlane, gateway: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &cp.ns])
+        .arg(gateway)
+        .args(args)
+        .env("KUBECONFIG", cp.dir.join("peering.kubeconfig"))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "liqonet-gateway {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Removes what labs whose process is gone (killed without teardown) left outside their

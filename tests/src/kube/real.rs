@@ -69,6 +69,32 @@ impl RealCluster {
             .unwrap_or_else(|| panic!("no node {name:?} in {}", self.name))
     }
 
+    /// The nodes whose gateway replica is Ready (the kubelet's /readyz probe).
+    pub fn ready_gateways(&self) -> Vec<String> {
+        let Ok(pods) = self.get_json(&[
+            "-n",
+            "liqonet",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=gateway",
+        ]) else {
+            return Vec::new();
+        };
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(String::from))
+            .collect()
+    }
+
     /// The node's running components (containerd, kubelet, kube-proxy and what they run).
     pub fn running(&mut self, name: &str) -> Option<&mut RealNode> {
         self.running.iter_mut().find(|n| n.spec.name == name)
@@ -208,7 +234,101 @@ impl RealLab {
         let c = self.clusters.last().context("no cluster")?;
         initialize_nodes(c)?;
         install(c, &self.dir.join(name))?;
+        // Installed: every route agent runs and a gateway replica leads (it has made the
+        // cluster's keys, which peering reads).
+        c.kubectl(&[
+            "-n",
+            "liqonet",
+            "rollout",
+            "status",
+            "ds/liqonet-route-agent",
+            "--timeout=120s",
+        ])?;
+        if !crate::netns::wait_for(Duration::from_secs(120), || !c.ready_gateways().is_empty()) {
+            bail!(
+                "no gateway replica of {name} became Ready:\n{}",
+                c.kubectl(&["-n", "liqonet", "logs", "ds/liqonet-gateway", "--tail=30"])
+                    .unwrap_or_default()
+            );
+        }
         Ok(())
+    }
+
+    /// Peers `a` and `b` with the real CLI, both ways, each as the peering identity.
+    pub fn peer(&self, a: &str, b: &str) -> anyhow::Result<()> {
+        for (x, y) in [(a, b), (b, a)] {
+            let info = self.peering_cli(y, &["peering-info", "--kubernetes"])?;
+            let file = self.dir.join(format!("{y}.peering.yaml"));
+            fs::write(&file, info)?;
+            self.peering_cli(
+                x,
+                &[
+                    "peer",
+                    "add",
+                    "--kubernetes",
+                    file.to_str().unwrap_or_default(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn peering_cli(&self, cluster: &str, args: &[&str]) -> anyhow::Result<String> {
+        let gateway = crate::lab::bin_dir()?.join("liqonet-gateway");
+        super::lab::peering_cli(&self.cluster(cluster).cp, &gateway, args)
+    }
+
+    /// The test pod on `node` of `cluster`: its name and address, once it runs.
+    pub fn test_pod(&self, cluster: &str, node: &str) -> anyhow::Result<(String, String)> {
+        let c = self.cluster(cluster);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let pods = c.get_json(&["-n", TEST_NAMESPACE, "pods"])?;
+            let found = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["spec"]["nodeName"] == node && p["status"]["phase"] == "Running");
+            if let Some(p) = found {
+                if let (Some(name), Some(ip)) = (
+                    p["metadata"]["name"].as_str(),
+                    p["status"]["podIP"].as_str(),
+                ) {
+                    return Ok((name.to_string(), ip.to_string()));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no running test pod on {cluster}/{node}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `kubectl exec` in a test pod of `cluster`.
+    pub fn exec(&self, cluster: &str, pod: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut v = vec!["-n", TEST_NAMESPACE, "exec", pod, "--"];
+        v.extend_from_slice(args);
+        self.cluster(cluster).kubectl(&v)
+    }
+
+    /// How `viewer`'s pods address `target`'s pod with address `ip`: the prefix its gateway
+    /// chose for `target`'s pod CIDR (the TunnelEndpoint's status), the pod's host bits.
+    pub fn remote_ip(&self, viewer: &str, target: &str, ip: &str) -> anyhow::Result<String> {
+        let tep = self
+            .cluster(viewer)
+            .get_json(&["-n", "liqonet", "tep", target])?;
+        let alias = tep["status"]["networks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["cidr"] == "10.244.0.0/16")
+            .and_then(|n| n["remapped"].as_str())
+            .with_context(|| {
+                format!("TunnelEndpoint {target} in {viewer} has no remapped pod CIDR yet")
+            })?;
+        let prefix: Vec<&str> = alias.split(['.', '/']).take(2).collect();
+        let host: Vec<&str> = ip.split('.').skip(2).collect();
+        Ok(format!("{}.{}", prefix.join("."), host.join(".")))
     }
 
     /// Kills every node and control plane, removes the namespaces and files.
@@ -353,7 +473,55 @@ fn install(c: &RealCluster, dir: &Path) -> anyhow::Result<()> {
         "crd/tunnelendpoints.net.liqo.io",
         "--timeout=60s",
     ])?;
+    super::lab::peering_identity(&c.cp)?;
+    let pods = dir.join("test-pods.yaml");
+    fs::write(&pods, test_pods(&c.name))?;
+    c.kubectl(&["apply", "-f", pods.to_str().unwrap_or_default()])?;
     Ok(())
+}
+
+/// The namespace of the test pods.
+pub const TEST_NAMESPACE: &str = "liqonet-test";
+
+/// A test pod on every node (a DaemonSet in `liqonet-test`, from the test image), serving
+/// `hello from CLUSTER NODE pod IP` over HTTP on port 80 and iperf3.
+fn test_pods(cluster: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {TEST_NAMESPACE}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: test
+  namespace: {TEST_NAMESPACE}
+spec:
+  selector:
+    matchLabels: {{app: test}}
+  template:
+    metadata:
+      labels: {{app: test}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: test
+          image: {image}:{version}
+          imagePullPolicy: IfNotPresent
+          command:
+            - sh
+            - -c
+            - mkdir -p /tmp/www && echo "hello from {cluster} $NODE pod $POD_IP" > /tmp/www/index.html && httpd -p 80 -h /tmp/www && exec iperf3 -s
+          env:
+            - name: NODE
+              valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}
+            - name: POD_IP
+              valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+"#,
+        image = crate::image::TEST_REPOSITORY,
+        version = env!("CARGO_PKG_VERSION"),
+    )
 }
 
 /// `to` as a path relative to `from` (both absolute).
