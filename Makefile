@@ -69,6 +69,8 @@ test: deps
 	$(CARGO) $(call alone,first_contact)
 	@echo "== the Kubernetes lab tests (real kube-apiserver and etcd), one at a time"
 	$(CARGO) $(call alone,kube)
+	@echo "== the Kubernetes lab on real nodes (kubelet, containerd, kube-proxy), one at a time"
+	$(CARGO) $(call alone,kube_nodes)
 
 lint:
 	rustup component add rustfmt clippy >/dev/null 2>&1 || true
