@@ -27,6 +27,32 @@ pub struct Published {
     /// the replica carries the tunnel, so a follower checking an expired Lease's holder knows it
     /// reached that holder (not a newer pod on the same node) and that it still leads.
     pub identity: Option<String>,
+    /// Kubernetes mode: whether this replica could lead or leads, for `/readyz`.
+    pub election: Election,
+}
+
+/// A replica's part in the election, as `/readyz` judges it: every healthy replica is ready (a
+/// DaemonSet rollout waits for that), the leader once its data plane is up, none from SIGTERM.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Election {
+    /// The election loop runs and has read the Lease at least once (the key is loaded before
+    /// it starts). An API outage later does not undo it.
+    pub campaigning: bool,
+    /// The Lease elected this replica.
+    pub leading: bool,
+    /// SIGTERM arrived.
+    pub stopping: bool,
+}
+
+impl Published {
+    /// `/readyz`: standalone, the tunnel is up; in Kubernetes mode, see [`Election`].
+    pub fn ready_to_serve(&self) -> bool {
+        if self.identity.is_none() {
+            return self.ready;
+        }
+        let e = self.election;
+        e.campaigning && !e.stopping && (!e.leading || self.ready)
+    }
 }
 
 pub type Snapshot = Arc<Mutex<Published>>;

@@ -448,6 +448,7 @@ fn start_campaign(
         Elector::new(identity.into(), test_timings()),
         Some("192.0.2.1:9640".into()),
         leader_tx,
+        tokio::sync::watch::channel(false).0,
         async move {
             let _ = quit.wait_for(|q| *q).await;
         },

@@ -26,9 +26,10 @@ const fn call(group: &'static str, resource: &'static str, verb: &'static str) -
 
 const NET: &str = "net.liqo.io";
 const COORDINATION: &str = "coordination.k8s.io";
+const DISCOVERY: &str = "discovery.k8s.io";
 
-/// The gateway pod: TunnelEndpoint controller (finalizer and status), key Secret, leader Lease.
-/// All in its own namespace.
+/// The gateway pod: TunnelEndpoint controller (finalizer and status), key Secret, leader Lease,
+/// the gateway Service's EndpointSlice (written by the leader). All in its own namespace.
 pub const GATEWAY: &[ApiCall] = &[
     call(NET, "tunnelendpoints", "list"),
     call(NET, "tunnelendpoints", "watch"),
@@ -39,6 +40,10 @@ pub const GATEWAY: &[ApiCall] = &[
     call(COORDINATION, "leases", "get"),
     call(COORDINATION, "leases", "create"),
     call(COORDINATION, "leases", "update"),
+    call(DISCOVERY, "endpointslices", "get"),
+    call(DISCOVERY, "endpointslices", "create"),
+    call(DISCOVERY, "endpointslices", "update"),
+    call(DISCOVERY, "endpointslices", "delete"),
 ];
 
 /// The route agent pod: TunnelEndpoints in the gateway's namespace, Nodes cluster-wide.

@@ -43,8 +43,14 @@ fn the_daemonsets_run_on_real_nodes() {
             .unwrap()
     );
     assert!(running);
-    // The leader's replica is Ready (the kubelet probes /readyz).
-    let ready = wait_for(Duration::from_secs(90), || !c.ready_gateways().is_empty());
+    // Every healthy replica is Ready (the kubelet probes /readyz), and the Service has one
+    // endpoint: the leader's node.
+    let ready = wait_for(Duration::from_secs(90), || c.ready_gateways().len() == 2);
+    let leader = c.leader();
+    let endpoints = c.service_endpoints();
+    println!("leader {leader:?}, gateway Service endpoints {endpoints:?}");
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert_eq!(Some(&endpoints[0]), leader.as_ref());
     println!(
         "{}",
         c.kubectl(&["-n", "liqonet", "get", "pods", "-o", "wide"])
@@ -56,7 +62,7 @@ fn the_daemonsets_run_on_real_nodes() {
             .unwrap_or_else(|e| e.to_string());
         println!("kubectl logs ds/{ds}:\n{logs}");
     }
-    assert!(ready, "no gateway replica became Ready");
+    assert!(ready, "not every gateway replica became Ready");
     // `wg show` on the leader's node reaches the gateway through the hostPath socket directory.
     let leader = c
         .get_json(&["-n", "liqonet", "lease", "liqonet-gateway"])
@@ -118,4 +124,72 @@ fn real_pods_reach_remote_real_pods() {
         println!("iperf3 {a} w1 pod -> {b} w1 pod: {:.2} Gbit/s", bps / 1e9);
         assert!(bps > 50e6);
     }
+}
+
+#[test]
+#[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
+fn a_rollout_of_the_gateways_completes_with_one_endpoint_throughout() {
+    let lab = RealLab::start(&["home"]).unwrap();
+    let c = lab.cluster("home");
+    assert!(wait_for(Duration::from_secs(60), || c
+        .ready_gateways()
+        .len()
+        == 2));
+    let before = c.service_endpoints();
+    c.kubectl(&["-n", "liqonet", "rollout", "restart", "ds/liqonet-gateway"])
+        .unwrap();
+    // Sample the Service's endpoints while the DaemonSet rolls: never two.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let samples = {
+        let stop = stop.clone();
+        let cp_ns = c.cp.ns.clone();
+        let kubectl = c.cp.kubectl_bin();
+        let kubeconfig = c.cp.kubeconfig();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = liqonet_lab::netns::ns_run(
+                    &cp_ns,
+                    &[
+                        kubectl.to_str().unwrap(),
+                        &format!("--kubeconfig={}", kubeconfig.display()),
+                        "-n",
+                        "liqonet",
+                        "get",
+                        "endpointslices",
+                        "-l",
+                        "kubernetes.io/service-name=liqonet-gateway",
+                        "-o",
+                        "jsonpath={.items[*].endpoints[*].addresses[0]}",
+                    ],
+                )
+                .unwrap_or_default();
+                most = most.max(out.split_whitespace().count());
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (most, n)
+        })
+    };
+    let status = c.kubectl(&[
+        "-n",
+        "liqonet",
+        "rollout",
+        "status",
+        "ds/liqonet-gateway",
+        "--timeout=180s",
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (most, n) = samples.join().unwrap();
+    println!("rollout status: {status:?}");
+    println!(
+        "endpoints before {before:?}; at most {most} endpoint(s) in {n} samples during the rollout"
+    );
+    status.unwrap();
+    assert!(most <= 1, "{most} endpoints at once");
+    assert!(wait_for(Duration::from_secs(30), || {
+        let e = c.service_endpoints();
+        e.len() == 1 && Some(&e[0]) == c.leader().as_ref()
+    }));
 }

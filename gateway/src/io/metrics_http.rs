@@ -1,8 +1,9 @@
 //! The HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz` (the process answers, and its
 //! data-path loop, if it runs one, has turned within [`LOOP_STALL`]; in Kubernetes mode with its
 //! Lease identity and readiness, which a follower checks before taking over an expired Lease, so
-//! it must answer whatever else is going on) and `/readyz` (this replica carries the tunnel: only
-//! the leader is ready, so the gateway Service sends the foreign clusters' datagrams to it alone).
+//! it must answer whatever else is going on) and `/readyz` (standalone: the tunnel is up; in
+//! Kubernetes mode: the replica could lead, or leads with its data plane up; see
+//! [`crate::snapshot::Election`]).
 //!
 //! Served by [`liqonet_telemetry::http`] on a thread of its own, from the [`crate::snapshot`]
 //! the event loop publishes every second: requests never touch the data path.
@@ -93,8 +94,12 @@ fn respond(path: &str, snapshot: &Snapshot, registry: &Registry) -> Reply {
             }
             Err(_) => Reply::text(200, "ok\n"),
         },
-        "/readyz" => match snapshot.lock().map(|s| s.ready) {
-            Ok(true) => Reply::text(200, "ready\n"),
+        "/readyz" => match snapshot
+            .lock()
+            .map(|s| (s.ready_to_serve(), s.identity.is_some()))
+        {
+            Ok((true, _)) => Reply::text(200, "ready\n"),
+            Ok((false, true)) => Reply::text(503, "not ready to lead\n"),
             _ => Reply::text(503, "not carrying the tunnel\n"),
         },
         _ => Reply::not_found(),
@@ -123,5 +128,32 @@ mod tests {
         // A follower runs no loop: nothing to be stuck.
         p.loop_turned = None;
         assert_eq!(health(&p, t0 + Duration::from_secs(60)).0, 200);
+    }
+
+    #[test]
+    fn every_healthy_replica_is_ready_the_leader_once_its_tunnel_is_up_none_when_stopping() {
+        use crate::snapshot::Election;
+        let mut p = Published {
+            identity: Some("gw1_abc".into()),
+            ..Published::default()
+        };
+        assert!(!p.ready_to_serve(), "before the Lease was read");
+        p.election = Election {
+            campaigning: true,
+            ..Election::default()
+        };
+        assert!(p.ready_to_serve(), "a follower that could lead");
+        p.election.leading = true;
+        assert!(!p.ready_to_serve(), "elected, tunnel not up yet");
+        p.ready = true;
+        assert!(p.ready_to_serve(), "the leader, tunnel up");
+        p.election.stopping = true;
+        assert!(!p.ready_to_serve(), "SIGTERM");
+        // Standalone: the tunnel alone.
+        let standalone = Published {
+            ready: true,
+            ..Published::default()
+        };
+        assert!(standalone.ready_to_serve());
     }
 }

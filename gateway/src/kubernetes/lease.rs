@@ -272,6 +272,7 @@ pub async fn campaign(
     mut elector: Elector,
     health: Option<String>,
     leader: watch::Sender<bool>,
+    seen: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -359,6 +360,10 @@ pub async fn campaign(
                 }
             }
         };
+        if written.is_ok() {
+            // The Lease was read or written: this replica takes part in the election.
+            seen.send_if_modified(|s| !std::mem::replace(s, true));
+        }
         match written {
             Ok(Some(l)) => {
                 elector.wrote(true);

@@ -7,11 +7,13 @@
 //! - [`plan`], [`status`]: pure: endpoints → peers, and what each status says and when.
 //! - [`controller`]: the kube-runtime controller that applies them, run by the leader.
 //! - [`dataplane`]: the leader's tunnel thread.
+//! - [`endpoint_slice`]: the gateway Service's one endpoint, the leader's, written by the leader.
 //! - [`peering`]: `peering-info` and `peer add/remove` against the cluster.
 //! - [`list`]: `status --kubernetes`, every TunnelEndpoint and what its gateway reported.
 
 pub mod controller;
 pub mod dataplane;
+pub mod endpoint_slice;
 pub mod key_secret;
 pub mod lease;
 pub mod list;
@@ -26,17 +28,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use liqonet_proto::crd::{GatewayStatus, TunnelEndpoint};
 use tokio::sync::watch;
 
 use crate::io::metrics_http;
+use crate::snapshot::Snapshot;
 use dataplane::Dataplane;
 use lease::Elector;
 pub use settings::KubeSettings;
 
 /// How long a stopping controller may take to finish its current reconcile.
 const CONTROLLER_GRACE: Duration = Duration::from_secs(2);
+/// How long a withdrawal of our endpoint may take (best effort: the API may be away).
+const WITHDRAW_LIMIT: Duration = Duration::from_secs(1);
+/// How often the leader checks that the Service's slice still names it (it may have been
+/// edited or deleted by hand).
+const SLICE_RECHECK: Duration = Duration::from_secs(10);
 /// Connecting to the API server gives up after this long (kube's default is 30 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -63,6 +72,63 @@ fn health_endpoint(listen: std::net::SocketAddr, node_ip: &str) -> String {
         format!("[{host}]:{}", listen.port())
     } else {
         format!("{host}:{}", listen.port())
+    }
+}
+
+/// Updates this replica's part in the election, as `/readyz` reads it.
+fn set_election(snapshot: &Snapshot, f: impl FnOnce(&mut crate::snapshot::Election)) {
+    if let Ok(mut s) = snapshot.lock() {
+        f(&mut s.election);
+    }
+}
+
+/// Removes the Service's slice if it names this replica's node: best effort, bounded.
+async fn withdraw(api: &Api<EndpointSlice>, service: &str, me: &endpoint_slice::Leader) {
+    match tokio::time::timeout(
+        WITHDRAW_LIMIT,
+        endpoint_slice::withdraw(api, service, &me.node_ip),
+    )
+    .await
+    {
+        Ok(Ok(true)) => tracing::info!(service, "withdrew this node from the gateway Service"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(
+            service,
+            "cannot withdraw this node from the gateway Service: {e}"
+        ),
+        Err(_) => tracing::warn!(
+            service,
+            "cannot withdraw this node from the gateway Service: timed out"
+        ),
+    }
+}
+
+/// While leading, with the data plane up: makes the Service's slice name this replica, retrying
+/// until it does, then checks it now and then.
+async fn publish_while_leading(
+    api: Api<EndpointSlice>,
+    service: String,
+    me: endpoint_slice::Leader,
+) {
+    let mut failing: Option<String> = None;
+    let mut published = false;
+    loop {
+        match endpoint_slice::publish(&api, &service, &me).await {
+            Ok(()) => {
+                if !std::mem::replace(&mut published, true) || failing.take().is_some() {
+                    tracing::info!(%service, node = %me.node_name, "the gateway Service leads to this node");
+                }
+                tokio::time::sleep(SLICE_RECHECK).await;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if failing.as_deref() != Some(&msg) {
+                    tracing::warn!(%service, "cannot point the gateway Service at this node: {msg}");
+                }
+                failing = Some(msg);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
     }
 }
 
@@ -108,20 +174,40 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
     let key =
         key_secret::load_or_create(&Api::namespaced(client.clone(), &ns), &settings.keys_secret)
             .await?;
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), &ns);
+    let me = endpoint_slice::Leader {
+        node_name: node_name.clone(),
+        node_ip: node_ip.clone(),
+        pod_name: pod.clone(),
+        namespace: ns.clone(),
+        port: local.listen_port,
+    };
+    // An earlier run on this node (a restarted container, a node back from a crash) may have
+    // left the Service pointing here; until this replica leads, it must not.
+    withdraw(&slices, &settings.service, &me).await;
 
     let (stop_tx, stop) = watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let stopping = snapshot.clone();
     let signals = tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
         tracing::info!("signal received, shutting down");
+        set_election(&stopping, |e| e.stopping = true);
         let _ = stop_tx.send(true);
     });
 
     let (leader_tx, mut leader) = watch::channel(false);
+    let (seen_tx, mut seen) = watch::channel(false);
+    let campaigning = snapshot.clone();
+    let seen_task = tokio::spawn(async move {
+        if seen.wait_for(|s| *s).await.is_ok() {
+            set_election(&campaigning, |e| e.campaigning = true);
+        }
+    });
     let (quit_tx, quit) = watch::channel(false);
     tracing::info!(cluster = %local.cluster_id, namespace = %ns, identity = %pod, lease = %settings.lease, "campaigning for the lease");
     let health = health_endpoint(settings.health_address, &node_ip);
@@ -131,6 +217,7 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
         Elector::new(pod, timings),
         Some(health),
         leader_tx,
+        seen_tx,
         raised(quit),
     ));
     let gateway = GatewayStatus { node_name, node_ip };
@@ -141,11 +228,18 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
             () = raised(stop.clone()) => break Ok(()),
         }
         tracing::info!("leading: bringing the tunnel up");
+        set_election(&snapshot, |e| e.leading = true);
         let (dp, ended) = match Dataplane::start(local.clone(), &key, snapshot.clone()) {
             Ok(d) => d,
             Err(e) => break Err(e),
         };
         let dp = Arc::new(dp);
+        // The data plane is up: the Service may lead here.
+        let publisher = tokio::spawn(publish_while_leading(
+            slices.clone(),
+            settings.service.clone(),
+            me.clone(),
+        ));
         let (halt_tx, halt) = watch::channel(false);
         let controller = tokio::spawn(controller::run(
             endpoints.clone(),
@@ -161,6 +255,14 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
             () = raised(stop.clone()) => Why::Stop,
             _ = ended => Why::Ended,
         };
+        publisher.abort();
+        set_election(&snapshot, |e| e.leading = false);
+        // Leaving on our own (SIGTERM, a failed data plane): the Service stops leading here
+        // first. A lost Lease is another leader's: forwarding stops at once, the withdrawal
+        // follows (below).
+        if !matches!(why, Why::Lost) {
+            withdraw(&slices, &settings.service, &me).await;
+        }
         // Forwarding stops first: nothing the API does (a hung status patch) may keep a replica
         // that no longer leads carrying the tunnel. Then the controller gets a moment to finish.
         let stopping = dp.clone();
@@ -181,6 +283,7 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
                 if let Err(e) = stopped {
                     tracing::warn!("{e:#}");
                 }
+                withdraw(&slices, &settings.service, &me).await;
             }
             Why::Stop => break stopped,
             Why::Ended => {
@@ -191,6 +294,7 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
         }
     };
     signals.abort();
+    seen_task.abort();
     // The campaign releases the lease (if held) so that a follower takes over at once.
     let _ = quit_tx.send(true);
     let _ = campaign.await;

@@ -69,6 +69,9 @@ pub struct KubeSettings {
     pub keys_secret: String,
     #[arg(long, env = "LIQONET_LEASE", default_value = "liqonet-gateway")]
     pub lease: String,
+    /// The gateway Service (no selector): the leader writes its EndpointSlice, of the same name.
+    #[arg(long, env = "LIQONET_SERVICE", default_value = "liqonet-gateway")]
+    pub service: String,
     /// How long a leader's Lease stays valid without renewal (whole seconds in the Lease).
     #[arg(long, env = "LIQONET_LEASE_DURATION", default_value = "1s", value_parser = parse_duration)]
     pub lease_duration: Duration,

@@ -90,7 +90,7 @@ impl KubeCluster {
             .map(String::from)
     }
 
-    /// The node whose replica the node port leads to now (it answers `/readyz`).
+    /// The node whose replica the node port leads to now (it carries the tunnel).
     pub fn ready_gateway(&self) -> Option<String> {
         let np = self.nodeport.as_ref()?;
         let ip = np.active.lock().ok()?.clone()?;

@@ -1,9 +1,9 @@
 //! What kube-proxy does for the gateway Service in the lab: its node port on every gateway node
-//! leads to the ready replica (the leader: only it answers `/readyz`), wherever it runs, as a
-//! readiness-gated NodePort Service with the default external traffic policy does: DNAT to the
-//! ready replica, masquerade when it is on another node. Readiness is probed every 250 ms (a
-//! kubelet with `periodSeconds: 1` is slower); on every change the node port's conntrack
-//! entries are flushed, as kube-proxy does for UDP.
+//! leads to the replica that carries the tunnel (the leader, whose `/healthz` says
+//! `ready: true`), wherever it runs, as the leader's EndpointSlice makes kube-proxy do with the
+//! default external traffic policy: DNAT to the leader, masquerade when it is on another node.
+//! It is probed every 250 ms; on every change the node port's conntrack entries are flushed, as
+//! kube-proxy does for UDP.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,23 +28,24 @@ pub struct NodePort {
     pub active: Arc<Mutex<Option<String>>>,
 }
 
-/// Whether `GET /readyz` on `addr` answers 200.
-pub fn ready(addr: SocketAddr) -> bool {
-    probe(addr, "/readyz")
-}
-
-/// Whether `GET path` on `addr` answers 200 within 300 ms.
-pub fn probe(addr: SocketAddr, path: &str) -> bool {
+/// Whether the replica at `addr` carries the tunnel: its `/healthz` answers 200 within 300 ms
+/// and says `ready: true` (every healthy replica answers `/readyz`; the leader writes the
+/// Service's EndpointSlice, which this stand-in does not read).
+pub fn carries_tunnel(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
     let _ = s.set_write_timeout(Some(Duration::from_millis(300)));
-    if write!(s, "GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n").is_err() {
+    if write!(s, "GET /healthz HTTP/1.0\r\nHost: lab\r\n\r\n").is_err() {
         return false;
     }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+    let mut reply = Vec::new();
+    let _ = s.take(4096).read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    text.starts_with("HTTP/1.")
+        && text.get(9..12) == Some("200")
+        && text.contains("\nready: true\n")
 }
 
 fn rules(node: &GatewayNode, active: Option<&str>, node_port: u16, target: u16) -> String {
@@ -143,7 +144,7 @@ impl NodePort {
                         .iter()
                         .find(|n| {
                             n.ip.parse()
-                                .is_ok_and(|ip| ready(SocketAddr::new(ip, health_port)))
+                                .is_ok_and(|ip| carries_tunnel(SocketAddr::new(ip, health_port)))
                         })
                         .map(|n| n.ip.clone());
                     if now != current {

@@ -95,6 +95,38 @@ impl RealCluster {
             .collect()
     }
 
+    /// The nodes the gateway Service's ready endpoints name (its EndpointSlices, as kube-proxy
+    /// reads them).
+    pub fn service_endpoints(&self) -> Vec<String> {
+        let Ok(slices) = self.get_json(&[
+            "-n",
+            "liqonet",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=liqonet-gateway",
+        ]) else {
+            return Vec::new();
+        };
+        slices["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] != false)
+            .filter_map(|e| e["nodeName"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// The node of the replica the Lease names as its holder.
+    pub fn leader(&self) -> Option<String> {
+        let lease = self
+            .get_json(&["-n", "liqonet", "lease", GATEWAY_DS])
+            .ok()?;
+        let pod = lease["spec"]["holderIdentity"].as_str()?;
+        let pod = self.get_json(&["-n", "liqonet", "pod", pod]).ok()?;
+        pod["spec"]["nodeName"].as_str().map(String::from)
+    }
+
     /// The node's running components (containerd, kubelet, kube-proxy and what they run).
     pub fn running(&mut self, name: &str) -> Option<&mut RealNode> {
         self.running.iter_mut().find(|n| n.spec.name == name)
@@ -244,9 +276,11 @@ impl RealLab {
             "ds/liqonet-route-agent",
             "--timeout=120s",
         ])?;
-        if !crate::netns::wait_for(Duration::from_secs(120), || !c.ready_gateways().is_empty()) {
+        if !crate::netns::wait_for(Duration::from_secs(120), || {
+            !c.service_endpoints().is_empty()
+        }) {
             bail!(
-                "no gateway replica of {name} became Ready:\n{}",
+                "no gateway replica of {name} leads the gateway Service:\n{}",
                 c.kubectl(&["-n", "liqonet", "logs", "ds/liqonet-gateway", "--tail=30"])
                     .unwrap_or_default()
             );
