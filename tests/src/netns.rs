@@ -100,7 +100,13 @@ pub fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let netns = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    // A lab namespace by name, or any namespace by path (a real pod's: /proc/PID/ns/net).
+    let path = if ns.starts_with('/') {
+        ns.to_string()
+    } else {
+        format!("/run/netns/{ns}")
+    };
+    let netns = std::fs::File::open(path)?;
     std::thread::spawn(move || {
         nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
         f()

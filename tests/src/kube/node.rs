@@ -397,14 +397,11 @@ fn cgroup_enter(id: &str, pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every process in the node's cgroup and below it (the pods' cgroups), from the freezer's view.
-fn cgroup_pids(id: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut stack = vec![cgroup_dir("freezer", id)];
+/// A cgroup directory and every one below it, parents first.
+fn walk(root: PathBuf) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
-        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
         if let Ok(entries) = fs::read_dir(&dir) {
             stack.extend(
                 entries
@@ -413,8 +410,32 @@ fn cgroup_pids(id: &str) -> Vec<u32> {
                     .map(|e| e.path()),
             );
         }
+        dirs.push(dir);
     }
-    pids
+    dirs
+}
+
+fn procs(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Every process in the node's cgroup and below it (the pods' cgroups), from the freezer's view.
+pub fn cgroup_pids(id: &str) -> Vec<u32> {
+    walk(cgroup_dir("freezer", id))
+        .iter()
+        .flat_map(|d| procs(d))
+        .collect()
+}
+
+/// The processes of the node's cgroups whose path contains `marker` (`pod<uid>`: a pod's).
+pub fn cgroup_pids_under(id: &str, marker: &str) -> Vec<u32> {
+    walk(cgroup_dir("freezer", id))
+        .iter()
+        .filter(|d| d.to_string_lossy().contains(marker))
+        .flat_map(|d| procs(d))
+        .collect()
 }
 
 /// Freezes the node's cgroup (nothing forks away), kills every process in it, thaws it.
@@ -440,20 +461,7 @@ fn kill_cgroup(id: &str) {
 /// Removes the node's cgroups, deepest first, in every hierarchy.
 fn remove_cgroup(id: &str) {
     for h in HIERARCHIES {
-        let mut dirs = Vec::new();
-        let mut stack = vec![cgroup_dir(h, id)];
-        while let Some(dir) = stack.pop() {
-            if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-            dirs.push(dir);
-        }
-        for dir in dirs.iter().rev() {
+        for dir in walk(cgroup_dir(h, id)).iter().rev() {
             let _ = fs::remove_dir(dir);
         }
     }

@@ -365,6 +365,75 @@ impl RealLab {
         Ok(format!("{}.{}", prefix.join("."), host.join(".")))
     }
 
+    /// The network namespace of a test pod, as a path (`/proc/PID/ns/net` of a process of the
+    /// pod, found in its node's cgroup): for probes that need a socket in the pod.
+    pub fn pod_netns(&self, cluster: &str, pod: &str) -> anyhow::Result<String> {
+        let c = self.cluster(cluster);
+        let p = c.get_json(&["-n", TEST_NAMESPACE, "pod", pod])?;
+        let uid = p["metadata"]["uid"].as_str().context("pod without a uid")?;
+        let node = p["spec"]["nodeName"]
+            .as_str()
+            .context("pod not scheduled")?;
+        let id = &c
+            .running
+            .iter()
+            .find(|n| n.spec.name == node)
+            .with_context(|| format!("no running node {node}"))?
+            .spec
+            .id;
+        let marker = format!("pod{uid}");
+        let pid = node::cgroup_pids_under(id, &marker)
+            .into_iter()
+            .next()
+            .with_context(|| format!("no process of pod {pod} in {node}'s cgroup"))?;
+        Ok(format!("/proc/{pid}/ns/net"))
+    }
+
+    /// The gateway process on `node` of `cluster` (in its node's cgroup), if it runs.
+    pub fn gateway_pid(&self, cluster: &str, node: &str) -> Option<u32> {
+        let c = self.cluster(cluster);
+        let id = &c.running.iter().find(|n| n.spec.name == node)?.spec.id;
+        node::cgroup_pids(id).into_iter().find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "liqonet-gateway")
+        })
+    }
+
+    /// Kills everything `node` runs at once, as a crash would.
+    pub fn crash_node(&mut self, cluster: &str, node: &str) -> anyhow::Result<()> {
+        let c = self.cluster_mut(cluster);
+        let n = c
+            .running(node)
+            .with_context(|| format!("no running node {node}"))?;
+        n.crash();
+        Ok(())
+    }
+
+    /// Starts a crashed (or stopped) node again: containerd, the kubelet and kube-proxy come
+    /// back with the node's state, as after a reboot.
+    pub fn restart_node(&mut self, cluster: &str, node: &str) -> anyhow::Result<()> {
+        let images = self.images.clone();
+        let c = self.cluster_mut(cluster);
+        let i = c
+            .running
+            .iter()
+            .position(|n| n.spec.name == node)
+            .with_context(|| format!("no node {node}"))?;
+        let mut old = c.running.remove(i);
+        old.stop();
+        let spec = old.spec.clone();
+        drop(old);
+        let fresh = RealNode::start(spec, &c.cp, &images)?;
+        let cidr = c.get_json(&["node", node])?["spec"]["podCIDR"]
+            .as_str()
+            .map(String::from);
+        if let Some(cidr) = cidr {
+            fresh.set_pod_cidr(&cidr)?;
+        }
+        c.running.insert(i, fresh);
+        Ok(())
+    }
+
     /// Kills every node and control plane, removes the namespaces and files.
     pub fn teardown(&mut self) {
         for c in &mut self.clusters {
