@@ -83,6 +83,31 @@ fn the_daemonsets_run_on_real_nodes() {
         .unwrap();
     println!("wg show on {node}:\n{wg}");
     assert!(wg.contains("interface: liqo0"), "{wg}");
+
+    // Torn down, nothing is left: no namespace, cgroup, process or mount of the lab's.
+    let (prefix, dir) = (lab.prefix.clone(), lab.dir.clone());
+    drop(lab);
+    let namespaces = liqonet_lab::netns::list();
+    assert!(
+        !namespaces.iter().any(|n| n.starts_with(&prefix)),
+        "{namespaces:?}"
+    );
+    let cgroups: Vec<String> = std::fs::read_dir("/sys/fs/cgroup/freezer/liqonet-lab")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(cgroups.is_empty(), "{cgroups:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(dir.to_str().unwrap()), "{mounts}");
+    let ps = liqonet_lab::netns::run(&["ps", "-eo", "args"]).unwrap();
+    assert!(
+        !ps.lines().any(|l| l.contains(dir.to_str().unwrap())),
+        "processes of the lab left:\n{ps}"
+    );
 }
 
 #[test]
