@@ -84,6 +84,44 @@ fn the_daemonsets_run_on_real_nodes() {
     println!("wg show on {node}:\n{wg}");
     assert!(wg.contains("interface: liqo0"), "{wg}");
 
+    // Pod Security enforces "baseline" by default: without the namespace's label, the pods
+    // deploy/ declares are refused (a server-side dry run of each DaemonSet's pod).
+    for ds in ["liqonet-gateway", "liqonet-route-agent"] {
+        let d = c.get_json(&["-n", "liqonet", "ds", ds]).unwrap();
+        let mut pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{ds}-dry-run"), "namespace": "liqonet"},
+            "spec": d["spec"]["template"]["spec"],
+        });
+        pod["spec"]["nodeName"] = "w1".into();
+        let file = lab.dir.join(format!("{ds}-pod.json"));
+        std::fs::write(&file, pod.to_string()).unwrap();
+        let create = |c: &liqonet_lab::kube::real::RealCluster| {
+            c.kubectl(&["create", "--dry-run=server", "-f", file.to_str().unwrap()])
+        };
+        create(c).unwrap();
+        c.kubectl(&[
+            "label",
+            "ns",
+            "liqonet",
+            "pod-security.kubernetes.io/enforce-",
+        ])
+        .unwrap();
+        let refused = create(c).unwrap_err().to_string();
+        c.kubectl(&[
+            "label",
+            "ns",
+            "liqonet",
+            "pod-security.kubernetes.io/enforce=privileged",
+        ])
+        .unwrap();
+        println!("{ds}'s pod without the namespace's label: {refused}");
+        assert!(
+            refused.contains("violates PodSecurity \"baseline"),
+            "{refused}"
+        );
+    }
+
     // Torn down, nothing is left: no namespace, cgroup, process or mount of the lab's.
     let (prefix, dir) = (lab.prefix.clone(), lab.dir.clone());
     drop(lab);
@@ -149,6 +187,16 @@ fn real_pods_reach_remote_real_pods() {
         println!("iperf3 {a} w1 pod -> {b} w1 pod: {:.2} Gbit/s", bps / 1e9);
         assert!(bps > 50e6);
     }
+    // The two-cluster lab at rest: every node's cgroup and the control planes.
+    std::thread::sleep(Duration::from_secs(5));
+    let (cpu, rss) = lab.usage(Duration::from_secs(10));
+    println!(
+        "the two-cluster lab at rest: {:.0} % of one CPU, {:.2} GiB resident",
+        cpu * 100.0,
+        rss as f64 / (1u64 << 30) as f64
+    );
+    assert!(cpu <= 0.5, "{cpu}");
+    assert!(rss <= 6 << 30, "{rss}");
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! `make kube-demo`: two clusters on the real Kubernetes control plane, installed from deploy/
-//! and peered with the peering CLI; ping and curl from a home pod to a remote pod, both sides'
-//! `kubectl get tep -o wide`; then the lab stays up in the background for kubectl, with one
-//! `export KUBECONFIG=…` line per cluster. `make kube-demo-down` removes everything.
+//! `make kube-demo`: two clusters on the real Kubernetes control plane and real nodes (kubelet,
+//! containerd, kube-proxy), installed from deploy/ with kubectl and peered with the peering CLI;
+//! the liqonet pods and which one leads, ping and curl with `kubectl exec` from a home test pod
+//! to a remote one, both sides' `kubectl get tep -o wide`; then the lab stays up in the
+//! background for kubectl, with one `export KUBECONFIG=…` line per cluster, the test pods still
+//! running in `liqonet-test`. `make kube-demo-down` removes everything.
 //!
 //! `liqonet-kube-demo up` starts `liqonet-kube-demo serve` detached (its own session) and
 //! prints its report as it comes; `serve` holds the lab (and the loopback forwarders into it)
@@ -13,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use liqonet_lab::kube::{forward, KubeLab};
-use liqonet_lab::probe::{curl, ping, wait_reachable};
+use liqonet_lab::kube::forward;
+use liqonet_lab::kube::real::RealLab;
 
 /// Where the running demo keeps its pid, report and kubeconfigs.
 fn state_dir() -> PathBuf {
@@ -104,15 +106,25 @@ fn serve() -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::low_level::pipe::register(sig, stop_tx.try_clone()?)?;
     }
-    say("Building the control plane (kube-apiserver, kubectl, etcd from Go modules; cached after the first time)...");
+    say("Building the clusters' parts from Go modules (control plane, kubelet, kube-proxy, containerd,");
+    say("runc, CNI plugins; cached after the first time)...");
     let versions = liqonet_lab::kube::controlplane::versions()?;
+    let nodes = liqonet_lab::kube::node::versions()?;
     say(&format!(
         "Bringing up two clusters, home and foreign, each with its own {versions},"
     ));
-    say("two gateway nodes and two workers, all numbering their pods from 10.244.0.0/16; installing");
-    say("deploy/ with kubectl, starting the gateway replicas and route agents as their DaemonSets would,");
-    say("and peering the clusters with `liqonet-gateway peering-info/peer add --kubernetes`...");
-    let lab = match KubeLab::start(&["home", "foreign"]) {
+    say("kube-scheduler and kube-controller-manager, and three real nodes (gw1, gw2: gateway nodes;");
+    say("w1) each running containerd, a kubelet and kube-proxy:");
+    for line in nodes.lines() {
+        say(&format!("  {line}"));
+    }
+    say("The project's image and the test pods' image are built offline and imported into every node;");
+    say("deploy/ is applied with kubectl, the clusters are peered with");
+    say("`liqonet-gateway peering-info/peer add --kubernetes`...");
+    let lab = match RealLab::start(&["home", "foreign"]).and_then(|lab| {
+        lab.peer("home", "foreign")?;
+        Ok(lab)
+    }) {
         Ok(l) => l,
         Err(e) => {
             say(&format!("the lab did not come up: {e:#}\nFAILED"));
@@ -123,26 +135,44 @@ fn serve() -> anyhow::Result<()> {
         for (a, b) in [("home", "foreign"), ("foreign", "home")] {
             lab.wait_phase(a, b, "Connected", Duration::from_secs(60))?;
         }
-        let dst = lab.remote_pod_ip("home", "foreign", "w1")?;
-        let src = &lab.cluster("home").node("w2").pod;
+        let home = lab.cluster("home");
+        say("\nhome$ kubectl -n liqonet get pods -o wide");
+        say(home
+            .kubectl(&["-n", "liqonet", "get", "pods", "-o", "wide"])?
+            .trim_end());
         say(&format!(
-            "\nFrom the home pod on w2 ({}) to the foreign pod on w1 ({}), reached as {dst}:",
-            src.ip,
-            lab.cluster("foreign").node("w1").pod.ip
+            "The leader (the Lease's holder) runs on {}; the gateway Service leads to {:?}.",
+            home.leader().unwrap_or_else(|| "?".into()),
+            home.service_endpoints()
         ));
-        if !wait_reachable(&src.ns, &dst, Duration::from_secs(20)) {
+        let (client, client_ip) = lab.test_pod("home", "w1")?;
+        let (_, server_ip) = lab.test_pod("foreign", "w1")?;
+        let dst = lab.remote_ip("home", "foreign", &server_ip)?;
+        say(&format!(
+            "\nFrom the home test pod on w1 ({client_ip}) to the foreign test pod on w1 ({server_ip}), reached as {dst}:"
+        ));
+        if !liqonet_lab::netns::wait_for(Duration::from_secs(30), || {
+            lab.exec("home", &client, &["ping", "-c", "1", "-W", "1", &dst])
+                .is_ok()
+        }) {
             anyhow::bail!("{dst} is not reachable");
         }
-        let p = ping(&src.ns, &dst, 5)?;
         say(&format!(
-            "  ping: {}/5 replies, average {:.2} ms",
-            p.received,
-            p.rtt_avg_ms.unwrap_or(f64::NAN)
+            "home$ kubectl -n liqonet-test exec {client} -- ping -c 5 {dst}"
         ));
+        say(lab
+            .exec("home", &client, &["ping", "-c", "5", "-i", "0.2", &dst])?
+            .trim_end());
         say(&format!(
-            "  curl: {}",
-            curl(&src.ns, &format!("http://{dst}/"))?.trim()
+            "home$ kubectl -n liqonet-test exec {client} -- curl http://{dst}/"
         ));
+        say(lab
+            .exec(
+                "home",
+                &client,
+                &["curl", "-sS", "--max-time", "5", &format!("http://{dst}/")],
+            )?
+            .trim_end());
         for c in ["home", "foreign"] {
             say(&format!("\n{c}$ kubectl -n liqonet get tep -o wide"));
             say(lab
@@ -188,7 +218,9 @@ fn down() -> anyhow::Result<()> {
     let Some(pid) = pid_of_running() else {
         println!("no demo is running");
         let _ = fs::remove_dir_all(state_dir());
+        liqonet_lab::kube::node::sweep_stale_cgroups();
         liqonet_lab::netns::sweep_stale();
+        liqonet_lab::kube::lab::sweep_stale_files();
         return Ok(());
     };
     Command::new("kill")

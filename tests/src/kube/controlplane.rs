@@ -321,6 +321,21 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// The processes it runs (etcd, kube-apiserver, and the scheduler and controller manager
+    /// once started).
+    pub fn pids(&self) -> Vec<u32> {
+        [
+            &self.etcd,
+            &self.apiserver,
+            &self.scheduler,
+            &self.controller_manager,
+        ]
+        .into_iter()
+        .flatten()
+        .map(Child::id)
+        .collect()
+    }
+
     /// A kubeconfig for `user` (whose certificate `make_client_cert` made) against `server`.
     pub fn write_kubeconfig(
         &self,

@@ -893,14 +893,17 @@ pub fn peering_cli(cp: &ControlPlane, gateway: &Path, args: &[&str]) -> anyhow::
 }
 
 /// Removes what labs whose process is gone (killed without teardown) left outside their
-/// namespaces: etcd data on tmpfs and the lab directory (`liqonet-kube-lq<pid>x…`).
-fn sweep_stale_files() {
+/// namespaces: etcd data on tmpfs and the lab directory (`liqonet-kube-lq<pid>x…`, and
+/// `liqonet-nodes-lq<pid>x…` for labs on real nodes).
+pub fn sweep_stale_files() {
     let dead = |rest: &str| {
         let pid = rest.split('x').next().unwrap_or_default();
         pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists()
     };
     for (dir, prefix) in [
         (PathBuf::from("/dev/shm"), "liqonet-etcd-liqonet-kube-lq"),
+        (PathBuf::from("/dev/shm"), "liqonet-etcd-liqonet-nodes-lq"),
+        (std::env::temp_dir(), "liqonet-nodes-lq"),
         (std::env::temp_dir(), "liqonet-kube-lq"),
     ] {
         let Ok(entries) = fs::read_dir(&dir) else {

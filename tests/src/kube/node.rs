@@ -438,6 +438,23 @@ pub fn cgroup_pids_under(id: &str, marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// CPU time used so far by everything the node runs (cpuacct), and its resident memory
+/// (memory.stat's total_rss: anonymous memory, without the page cache).
+pub fn cgroup_usage(id: &str) -> (Duration, u64) {
+    let cpu = fs::read_to_string(cgroup_dir("cpuacct", id).join("cpuacct.usage"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos);
+    let rss = fs::read_to_string(cgroup_dir("memory", id).join("memory.stat"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("total_rss ")?.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
 /// Freezes the node's cgroup (nothing forks away), kills every process in it, thaws it.
 fn kill_cgroup(id: &str) {
     let freezer = cgroup_dir("freezer", id).join("freezer.state");

@@ -151,8 +151,10 @@ impl RealLab {
         if netns::run(&["id", "-u"])?.trim() != "0" {
             bail!("the lab needs root (namespaces, cgroups, TUN devices)");
         }
-        netns::sweep_stale();
+        // What labs of killed processes left: their nodes first (they hold the mounts).
         node::sweep_stale_cgroups();
+        netns::sweep_stale();
+        super::lab::sweep_stale_files();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("lq{}x{n}r-", std::process::id());
         let dir =
@@ -434,6 +436,61 @@ impl RealLab {
         Ok(())
     }
 
+    /// Waits until `c`'s TunnelEndpoint `name` has `phase`.
+    pub fn wait_phase(
+        &self,
+        c: &str,
+        name: &str,
+        phase: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tep = self.cluster(c).get_json(&["-n", "liqonet", "tep", name]);
+            if let Ok(t) = &tep {
+                if t["status"]["phase"] == phase {
+                    return Ok(t.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "TunnelEndpoint {name} in {c} not {phase} after {timeout:?}: {}",
+                    tep.map(|t| t["status"].to_string())
+                        .unwrap_or_else(|e| e.to_string())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// What the whole lab uses at rest over `window`: the share of one CPU, and resident memory
+    /// at the end (every node's cgroup, and the control planes' processes).
+    pub fn usage(&self, window: Duration) -> (f64, u64) {
+        let sample = || {
+            let mut cpu = Duration::ZERO;
+            let mut rss = 0;
+            for c in &self.clusters {
+                for n in &c.running {
+                    let (t, m) = node::cgroup_usage(&n.spec.id);
+                    cpu += t;
+                    rss += m;
+                }
+                for pid in c.cp.pids() {
+                    let (t, m) = process_usage(pid);
+                    cpu += t;
+                    rss += m;
+                }
+            }
+            (cpu, rss)
+        };
+        let (before, _) = sample();
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let (after, rss) = sample();
+        let share = after.saturating_sub(before).as_secs_f64() / t0.elapsed().as_secs_f64();
+        (share, rss)
+    }
+
     /// Kills every node and control plane, removes the namespaces and files.
     pub fn teardown(&mut self) {
         for c in &mut self.clusters {
@@ -639,4 +696,37 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
         rel.push(c);
     }
     rel
+}
+
+/// A process's CPU time so far (user + system) and resident memory, from /proc.
+fn process_usage(pid: u32) -> (Duration, u64) {
+    let ticks = netns::run(&["getconf", "CLK_TCK"])
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command (which may hold spaces), from field 3 on.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some(Duration::from_millis((utime + stime) * 1000 / ticks))
+        })
+        .unwrap_or(Duration::ZERO);
+    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let kb = l
+                    .strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim();
+                kb.parse::<u64>().ok()
+            })
+        })
+        .map_or(0, |kb| kb * 1024);
+    (cpu, rss)
 }
