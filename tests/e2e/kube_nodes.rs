@@ -403,5 +403,60 @@ fn the_leader_fails_over_every_way_a_cluster_can_take_it() {
             wait_for(Duration::from_secs(20), || reachable(&lab)),
             "{case:?}: traffic did not come back both ways"
         );
+        let took = lab.wait_routes("home", Duration::from_secs(30)).unwrap();
+        println!("{case:?}: routes exact on every node of home after {took:.2?}");
+    }
+
+    // The route agent on w1: its pod deleted, then its process killed (the kubelet restarts
+    // it). Its routes are exact again, and never duplicated meanwhile.
+    let w1 = lab.cluster("home").node("w1").ns.clone();
+    for how in ["delete pod", "kill -9"] {
+        let c = lab.cluster("home");
+        match how {
+            "delete pod" => {
+                let pods = c
+                    .get_json(&[
+                        "-n",
+                        "liqonet",
+                        "pods",
+                        "-l",
+                        "app.kubernetes.io/component=route-agent",
+                    ])
+                    .unwrap();
+                let pod = pods["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["spec"]["nodeName"] == "w1")
+                    .and_then(|p| p["metadata"]["name"].as_str())
+                    .unwrap()
+                    .to_string();
+                c.kubectl(&["-n", "liqonet", "delete", "pod", &pod, "--wait=false"])
+                    .unwrap();
+            }
+            _ => {
+                let pid = lab.process_on("home", "w1", "liqonet-route-a").unwrap();
+                liqonet_lab::netns::run(&["kill", "-KILL", &pid.to_string()]).unwrap();
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let mut duplicated = Vec::new();
+        while t0.elapsed() < Duration::from_secs(8) {
+            if let Ok((routes, rules)) = liqonet_lab::kube::routes::agent_state(&w1) {
+                for list in [routes, rules] {
+                    let mut sorted = list.clone();
+                    sorted.sort();
+                    sorted.dedup();
+                    if sorted.len() != list.len() {
+                        duplicated.push(list);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = lab.wait_routes("home", Duration::from_secs(30)).unwrap();
+        println!("route agent on w1, {how}: routes exact again ({took:.2?} after 8 s of watching), never duplicated");
+        assert!(duplicated.is_empty(), "{how}: {duplicated:?}");
+        assert!(wait_for(Duration::from_secs(20), || reachable(&lab)));
     }
 }

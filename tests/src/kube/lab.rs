@@ -13,8 +13,9 @@ use serde_json::Value;
 use super::controlplane::{ControlPlane, API_PORT};
 use super::nodeport::{GatewayNode, NodePort};
 use super::pods::{self, PodFacts};
+use super::routes;
 use crate::lab::{add_ns, build_pod, join_node_network, Pod};
-use crate::netns::{self, ns_output, run, sh, wait_for};
+use crate::netns::{self, run, sh, wait_for};
 
 /// The namespace deploy/ installs into.
 pub const NAMESPACE: &str = "liqonet";
@@ -660,141 +661,33 @@ impl KubeLab {
         }
     }
 
-    /// The routes in the agent's table and the agent's rules on a node, as `ip` prints them.
-    pub fn agent_state(
-        &self,
-        cluster: &str,
-        node: &str,
-    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-        let ns = &self.cluster(cluster).node(node).ns;
-        let routes = ns_output(ns, &["ip", "route", "show", "table", "2741"])?;
-        let rules = ns_output(ns, &["ip", "rule", "show", "priority", "2741"])?;
-        let lines = |o: std::process::Output| -> Vec<String> {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect()
-        };
-        Ok((lines(routes), lines(rules)))
+    fn route_nodes(&self, cluster: &str) -> Vec<routes::NodeView> {
+        self.cluster(cluster)
+            .nodes
+            .iter()
+            .map(|n| routes::NodeView {
+                name: n.name.clone(),
+                ns: n.ns.clone(),
+                ip: n.ip.clone(),
+                pod_cidr: n.pod_cidr.clone(),
+            })
+            .collect()
     }
 
-    /// What each node of `cluster` must hold when `gateway` carries `networks` (the remapped
-    /// prefixes): exactly these routes in the agent's table and these rules, as `ip` prints them.
-    /// Workers (and the idle gateway node) route the networks to the gateway's overlay address;
-    /// the gateway node sends return traffic to every other node's pods through the overlay.
-    pub fn expected_agent_state(
-        &self,
-        cluster: &str,
-        node: &str,
-        gateway: Option<&str>,
-        networks: &[String],
-    ) -> (Vec<String>, Vec<String>) {
-        let c = self.cluster(cluster);
-        let Some(gw) = gateway else {
-            return (Vec::new(), Vec::new());
-        };
-        let (mut routes, mut rules): (Vec<String>, Vec<String>) = if node == gw {
-            (
-                c.nodes
-                    .iter()
-                    .filter(|n| n.name != gw)
-                    .map(|n| format!("{} via {} dev liqo.vxlan", n.pod_cidr, overlay_ip(&n.ip)))
-                    .collect(),
-                networks
-                    .iter()
-                    .map(|r| format!("from {r} lookup 2741"))
-                    .collect(),
-            )
-        } else {
-            let via = overlay_ip(&c.node(gw).ip);
-            (
-                networks
-                    .iter()
-                    .map(|r| format!("{r} via {via} dev liqo.vxlan"))
-                    .collect(),
-                networks
-                    .iter()
-                    .map(|r| format!("from all to {r} lookup 2741"))
-                    .collect(),
-            )
-        };
-        routes.sort();
-        rules.sort();
-        (routes, rules)
-    }
-
-    /// Every node's table and rules as they are, normalised like [`Self::expected_agent_state`].
-    fn actual_agent_state(
-        &self,
-        cluster: &str,
-        node: &str,
-    ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-        let (routes, rules) = self.agent_state(cluster, node)?;
-        let clean = |l: &String| {
-            l.trim_start_matches("2741:")
-                .trim()
-                .trim_end_matches("proto 202")
-                .trim()
-                .to_string()
-        };
-        let mut routes: Vec<String> = routes.iter().map(clean).collect();
-        let mut rules: Vec<String> = rules.iter().map(clean).collect();
-        routes.sort();
-        rules.sort();
-        Ok((routes, rules))
-    }
-
-    /// The gateway node and remapped networks `cluster` carries, from its TunnelEndpoints'
-    /// status (the Connected and Connecting ones).
+    /// The gateway node and remapped networks `cluster` carries (see [`routes::carried`]).
     pub fn carried(&self, cluster: &str) -> anyhow::Result<(Option<String>, Vec<String>)> {
-        let list = self.cluster(cluster).get_json(&["tep"])?;
-        let mut gateway = None;
-        let mut networks = Vec::new();
-        for t in list["items"].as_array().into_iter().flatten() {
-            let phase = t["status"]["phase"].as_str().unwrap_or_default();
-            if !(phase == "Connected" || phase == "Connecting")
-                || !t["metadata"]["deletionTimestamp"].is_null()
-            {
-                continue;
-            }
-            gateway = t["status"]["gateway"]["nodeName"]
-                .as_str()
-                .map(String::from);
-            for n in t["status"]["networks"].as_array().into_iter().flatten() {
-                if let Some(r) = n["remapped"].as_str() {
-                    networks.push(r.to_string());
-                }
-            }
-        }
-        Ok((gateway, networks))
+        Ok(routes::carried(&self.cluster(cluster).get_json(&["tep"])?))
     }
 
-    /// Every node of `cluster` holds exactly what `gateway` carrying `networks` needs: nothing
-    /// stale, nothing duplicated. The error lists each node that differs.
+    /// Every node of `cluster` holds exactly what `gateway` carrying `networks` needs (see
+    /// [`routes::check`]).
     pub fn check_routes(
         &self,
         cluster: &str,
         gateway: Option<&str>,
         networks: &[String],
     ) -> Result<(), String> {
-        let mut bad = Vec::new();
-        for n in &self.cluster(cluster).nodes {
-            let want = self.expected_agent_state(cluster, &n.name, gateway, networks);
-            match self.actual_agent_state(cluster, &n.name) {
-                Ok(have) if have == want => {}
-                Ok(have) => bad.push(format!(
-                    "{cluster}/{}: have {have:?}, want {want:?}",
-                    n.name
-                )),
-                Err(e) => bad.push(format!("{cluster}/{}: {e}", n.name)),
-            }
-        }
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(bad.join("\n"))
-        }
+        routes::check(cluster, &self.route_nodes(cluster), gateway, networks)
     }
 
     /// Waits until [`Self::check_routes`] holds; returns how long that took.
@@ -805,16 +698,13 @@ impl KubeLab {
         networks: &[String],
         timeout: Duration,
     ) -> anyhow::Result<Duration> {
-        let t0 = Instant::now();
-        loop {
-            match self.check_routes(cluster, gateway, networks) {
-                Ok(()) => return Ok(t0.elapsed()),
-                Err(e) if t0.elapsed() > timeout => {
-                    bail!("routes not as desired after {timeout:?}:\n{e}")
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        routes::wait(
+            cluster,
+            &self.route_nodes(cluster),
+            gateway,
+            networks,
+            timeout,
+        )
     }
 
     /// Kills every pod process, the control planes, and removes the namespaces and files.
@@ -915,16 +805,6 @@ pub fn sweep_stale_files() {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
-    }
-}
-
-/// A node's overlay address: the agent's default overlay CIDR 10.80.0.0/12 plus the host bits
-/// of its node IP (172.20.0.11 → 10.84.0.11).
-fn overlay_ip(node_ip: &str) -> String {
-    let o: Vec<u8> = node_ip.split('.').filter_map(|x| x.parse().ok()).collect();
-    match o.as_slice() {
-        [_, b, c, d] => format!("10.{}.{c}.{d}", 80 + (b & 15)),
-        _ => String::new(),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod node;
 pub mod nodeport;
 pub mod pods;
 pub mod real;
+pub mod routes;
 
 pub use controlplane::ControlPlane;
 pub use lab::{KubeCluster, KubeLab, KubeNode};

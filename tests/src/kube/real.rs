@@ -391,14 +391,19 @@ impl RealLab {
         Ok(format!("/proc/{pid}/ns/net"))
     }
 
-    /// The gateway process on `node` of `cluster` (in its node's cgroup), if it runs.
-    pub fn gateway_pid(&self, cluster: &str, node: &str) -> Option<u32> {
+    /// The process named `comm` (`liqonet-gateway`, `liqonet-route-a`: the kernel keeps 15
+    /// bytes) on `node` of `cluster`, in its node's cgroup, if it runs.
+    pub fn process_on(&self, cluster: &str, node: &str, comm: &str) -> Option<u32> {
         let c = self.cluster(cluster);
         let id = &c.running.iter().find(|n| n.spec.name == node)?.spec.id;
         node::cgroup_pids(id).into_iter().find(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "liqonet-gateway")
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
         })
+    }
+
+    /// The gateway process on `node` of `cluster`, if it runs.
+    pub fn gateway_pid(&self, cluster: &str, node: &str) -> Option<u32> {
+        self.process_on(cluster, node, "liqonet-gateway")
     }
 
     /// Kills everything `node` runs at once, as a crash would.
@@ -461,6 +466,27 @@ impl RealLab {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Every node of `cluster` holds exactly the routes and rules its TunnelEndpoints call for
+    /// (see [`super::routes::check`]); waits up to `timeout`, returns how long it took.
+    pub fn wait_routes(&self, cluster: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let c = self.cluster(cluster);
+        let (gateway, networks) = super::routes::carried(&c.get_json(&["-n", "liqonet", "tep"])?);
+        let mut nodes = Vec::new();
+        for n in &c.nodes {
+            let node = c.get_json(&["node", &n.name])?;
+            nodes.push(super::routes::NodeView {
+                name: n.name.clone(),
+                ns: n.ns.clone(),
+                ip: n.ip.clone(),
+                pod_cidr: node["spec"]["podCIDR"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+        super::routes::wait(cluster, &nodes, gateway.as_deref(), &networks, timeout)
     }
 
     /// What the whole lab uses at rest over `window`: the share of one CPU, and resident memory
