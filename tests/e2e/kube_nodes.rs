@@ -267,138 +267,38 @@ fn a_rollout_of_the_gateways_completes_with_one_endpoint_throughout() {
     }));
 }
 
-/// What is done to home's leading gateway.
-#[derive(Debug, Clone, Copy)]
-enum Failover {
-    /// kill -9 of the gateway's process (the kubelet restarts the container).
-    Kill,
-    /// `kubectl delete pod` of the leader's pod.
-    Delete,
-    /// `kubectl rollout restart ds/liqonet-gateway`, until `rollout status` succeeds.
-    Rollout,
-    /// The leader's node crashes (kubelet, containerd, every container) and comes back.
-    NodeCrash,
-}
-
 #[test]
 #[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
 fn the_leader_fails_over_every_way_a_cluster_can_take_it() {
-    use liqonet_lab::outage::{Pinger, TunWatch};
+    use liqonet_lab::kube::real_failover::{fail_over, Failover, Probed};
     let mut lab = RealLab::start(&["home", "foreign"]).unwrap();
     lab.peer("home", "foreign").unwrap();
-    let (hp, hip) = lab.test_pod("home", "w1").unwrap();
-    let (fp, fip) = lab.test_pod("foreign", "w1").unwrap();
-    assert!(wait_for(Duration::from_secs(60), || {
-        lab.remote_ip("home", "foreign", &fip).is_ok()
-            && lab.remote_ip("foreign", "home", &hip).is_ok()
-    }));
-    let to_foreign = lab.remote_ip("home", "foreign", &fip).unwrap();
-    let to_home = lab.remote_ip("foreign", "home", &hip).unwrap();
-    let reachable = |lab: &RealLab| {
-        lab.exec("home", &hp, &["ping", "-c", "1", "-W", "1", &to_foreign])
-            .is_ok()
-            && lab
-                .exec("foreign", &fp, &["ping", "-c", "1", "-W", "1", &to_home])
-                .is_ok()
-    };
+    let probed = Probed::find(&lab, "home", "foreign").unwrap();
+    let reachable = |lab: &RealLab| probed.reachable(lab, "home", "foreign");
     assert!(wait_for(Duration::from_secs(60), || reachable(&lab)));
-    let gateway_namespaces: Vec<String> = lab
-        .cluster("home")
-        .nodes
-        .iter()
-        .filter(|n| n.wan_ip.is_some())
-        .map(|n| n.ns.clone())
-        .collect();
     for case in [
         Failover::Kill,
         Failover::Delete,
         Failover::Rollout,
         Failover::NodeCrash,
     ] {
-        let leader = lab.cluster("home").leader().unwrap();
-        let probes = [
-            Pinger::start(
-                &lab.pod_netns("home", &hp).unwrap(),
-                &to_foreign,
-                "home → foreign",
-            )
-            .unwrap(),
-            Pinger::start(
-                &lab.pod_netns("foreign", &fp).unwrap(),
-                &to_home,
-                "foreign → home",
-            )
-            .unwrap(),
-        ];
-        let forwarding = TunWatch::start(gateway_namespaces.clone(), "liqo0");
-        std::thread::sleep(Duration::from_millis(500));
-        let c = lab.cluster("home");
-        match case {
-            Failover::Kill => {
-                let pid = lab.gateway_pid("home", &leader).unwrap();
-                liqonet_lab::netns::run(&["kill", "-KILL", &pid.to_string()]).unwrap();
-            }
-            Failover::Delete => {
-                let lease = c
-                    .get_json(&["-n", "liqonet", "lease", "liqonet-gateway"])
-                    .unwrap();
-                let pod = lease["spec"]["holderIdentity"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
-                c.kubectl(&["-n", "liqonet", "delete", "pod", &pod, "--wait=false"])
-                    .unwrap();
-            }
-            Failover::Rollout => {
-                c.kubectl(&["-n", "liqonet", "rollout", "restart", "ds/liqonet-gateway"])
-                    .unwrap();
-                c.kubectl(&[
-                    "-n",
-                    "liqonet",
-                    "rollout",
-                    "status",
-                    "ds/liqonet-gateway",
-                    "--timeout=180s",
-                ])
-                .unwrap();
-            }
-            Failover::NodeCrash => {
-                lab.crash_node("home", &leader).unwrap();
-                // Until the other replica leads.
-                assert!(wait_for(Duration::from_secs(30), || {
-                    lab.cluster("home").leader().is_some_and(|l| l != leader)
-                }));
-                std::thread::sleep(Duration::from_secs(3));
-                lab.restart_node("home", &leader).unwrap();
-            }
-        }
-        // Settled: both replicas Ready, one endpoint, the leader's.
-        let settled = wait_for(Duration::from_secs(120), || {
-            let c = lab.cluster("home");
-            let e = c.service_endpoints();
-            c.ready_gateways().len() == 2 && e.len() == 1 && Some(&e[0]) == c.leader().as_ref()
-        });
-        std::thread::sleep(Duration::from_secs(2));
-        let samples = forwarding.stop();
-        for p in probes {
-            let label = p.label.clone();
-            let g = p.stop().unwrap();
+        let o = fail_over(&mut lab, "home", "foreign", &probed, case).unwrap();
+        for (label, g) in [("home → foreign", &o.there), ("foreign → home", &o.back)] {
             println!(
-                "{case:?} of home's leader ({leader}): {label} outage {:.2?} ({} of {} lost)",
+                "{case:?} of home's leader ({}): {label} outage {:.2?}, {:.2?} silent in all ({} of {} lost)",
+                o.old,
                 g.longest,
+                g.silent,
                 g.lost(),
                 g.sent
             );
         }
-        let c = lab.cluster("home");
         println!(
             "{case:?}: leader now {:?}, Service endpoints {:?}, replicas forwarding at most {}",
-            c.leader(),
-            c.service_endpoints(),
-            samples.iter().max().unwrap_or(&0)
+            o.new, o.endpoints, o.most_forwarding
         );
-        assert!(settled, "{case:?}: did not settle");
-        assert!(samples.iter().all(|n| *n <= 1), "{case:?}: {samples:?}");
+        assert!(o.settled, "{case:?}: did not settle");
+        assert!(o.most_forwarding <= 1, "{case:?}: {o:?}");
         assert!(
             wait_for(Duration::from_secs(20), || reachable(&lab)),
             "{case:?}: traffic did not come back both ways"

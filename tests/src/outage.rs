@@ -20,6 +20,7 @@ pub struct Pinger {
     receiver: Option<JoinHandle<()>>,
     replies: Arc<Mutex<Vec<(u64, Instant)>>>,
     started: Instant,
+    interval: Duration,
     pub label: String,
 }
 
@@ -31,6 +32,9 @@ pub struct Gaps {
     pub received: u64,
     /// The highest sequence number answered.
     pub last_answered: u64,
+    /// Every silence added up: the gaps between replies longer than three intervals (an outage
+    /// made of several gaps, as a rollout's, counts them all).
+    pub silent: Duration,
 }
 
 impl Gaps {
@@ -140,6 +144,7 @@ impl Pinger {
             receiver: Some(receiver),
             replies,
             started: Instant::now(),
+            interval,
             label: label.to_string(),
         })
     }
@@ -163,24 +168,38 @@ impl Pinger {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Ok(gaps(&replies, self.started, ended, sent))
+        Ok(gaps(&replies, self.started, ended, sent, self.interval))
     }
 }
 
 /// The longest gap between `replies` (sequence, time), from `start` to `end`.
-pub fn gaps(replies: &[(u64, Instant)], start: Instant, end: Instant, sent: u64) -> Gaps {
+pub fn gaps(
+    replies: &[(u64, Instant)],
+    start: Instant,
+    end: Instant,
+    sent: u64,
+    interval: Duration,
+) -> Gaps {
     let mut last = start;
     let mut longest = Duration::ZERO;
+    let mut silent = Duration::ZERO;
+    let mut gap = |d: Duration| {
+        longest = longest.max(d);
+        if d > interval * 3 {
+            silent += d;
+        }
+    };
     for (_, at) in replies {
-        longest = longest.max(at.saturating_duration_since(last));
+        gap(at.saturating_duration_since(last));
         last = last.max(*at);
     }
-    longest = longest.max(end.saturating_duration_since(last));
+    gap(end.saturating_duration_since(last));
     Gaps {
         longest,
         sent,
         received: replies.len() as u64,
         last_answered: replies.iter().map(|(s, _)| *s).max().unwrap_or(0),
+        silent,
     }
 }
 
@@ -230,12 +249,18 @@ mod tests {
     fn the_longest_gap_counts_the_edges_too() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let replies = [(1, at(10)), (2, at(20)), (152, at(1520))];
-        let g = gaps(&replies, t0, at(1600), 160);
+        let ten = Duration::from_millis(10);
+        let replies = [(1, at(10)), (2, at(20)), (152, at(1520)), (160, at(1600))];
+        let g = gaps(&replies, t0, at(1700), 170, ten);
         assert_eq!(g.longest, Duration::from_millis(1500));
-        assert_eq!((g.sent, g.received, g.lost()), (160, 3, 149));
+        assert_eq!((g.sent, g.received, g.lost()), (170, 4, 156));
+        // Every silence over three intervals adds up: 1500 + 80 + the 100 at the end.
+        assert_eq!(g.silent, Duration::from_millis(1680));
         // Nothing answered at all: the whole run is the gap.
-        assert_eq!(gaps(&[], t0, at(2000), 200).longest, Duration::from_secs(2));
+        assert_eq!(
+            gaps(&[], t0, at(2000), 200, ten).longest,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod node;
 pub mod nodeport;
 pub mod pods;
 pub mod real;
+pub mod real_failover;
 pub mod routes;
 
 pub use controlplane::ControlPlane;
