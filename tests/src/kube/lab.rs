@@ -13,8 +13,9 @@ use serde_json::Value;
 use super::controlplane::{ControlPlane, API_PORT};
 use super::nodeport::{GatewayNode, NodePort};
 use super::pods::{self, PodFacts};
+use super::real::CONTROL_PLANE_IP;
 use super::routes;
-use crate::lab::{add_ns, build_pod, join_node_network, Pod};
+use crate::lab::{add_ns, build_pod, Pod};
 use crate::netns::{self, run, sh, wait_for};
 
 /// The namespace deploy/ installs into.
@@ -23,7 +24,6 @@ pub const GATEWAY_DS: &str = "liqonet-gateway";
 pub const AGENT_DS: &str = "liqonet-route-agent";
 /// Every cluster numbers its pods from this CIDR.
 pub const POD_CIDR: &str = "10.244.0.0/16";
-const CONTROL_PLANE_IP: &str = "172.20.0.2";
 /// Nodes of every lab cluster: two gateway nodes, two workers.
 const NODES: [(&str, &str, bool); 4] = [
     ("gw1", "172.20.0.11", true),
@@ -192,53 +192,23 @@ impl KubeLab {
     /// Builds cluster `name`'s namespaces and control plane, installs deploy/, registers its
     /// nodes and starts its pods.
     pub fn add_cluster(&mut self, name: &str) -> anyhow::Result<()> {
-        let i = self.clusters.len();
-        let net_ns = format!("{}{name}-net", self.prefix);
-        add_ns(&net_ns)?;
-        sh(&net_ns, "ip link add br0 type bridge")?;
-        sh(&net_ns, "ip link set br0 up")?;
-        let short = &name[..name.len().min(8)];
-        // The control plane's namespace on the node network.
-        let cp_ns = format!("{}{name}-cp", self.prefix);
-        add_ns(&cp_ns)?;
-        sh(
-            &net_ns,
-            &format!("ip link add {short}cp type veth peer name eth0 netns {cp_ns}"),
+        let (net_ns, cp_ns, infos) = super::real::cluster_network(
+            &self.prefix,
+            &self.wan_ns,
+            self.clusters.len(),
+            name,
+            &NODES,
+            false,
         )?;
-        sh(&net_ns, &format!("ip link set {short}cp master br0 up"))?;
-        sh(
-            &cp_ns,
-            &format!("ip addr add {CONTROL_PLANE_IP}/24 dev eth0"),
-        )?;
-        sh(&cp_ns, "ip link set eth0 up")?;
-
         let mut nodes = Vec::new();
-        for (n, (node, ip, gateway)) in NODES.iter().enumerate() {
-            let ns = format!("{}{name}-{node}", self.prefix);
-            add_ns(&ns)?;
-            sh(&ns, "sysctl -qw net.ipv4.ip_forward=1")?;
-            join_node_network(&net_ns, "br0", &format!("{short}{node}"), &ns, ip)?;
-            let wan_ip = if *gateway {
-                let wan_ip = format!("192.168.250.{}", 10 * (i + 1) + n + 1);
-                let wport = format!("{short}{node}w");
-                sh(
-                    &self.wan_ns,
-                    &format!("ip link add {wport} type veth peer name wan0 netns {ns}"),
-                )?;
-                sh(&self.wan_ns, &format!("ip link set {wport} master br0 up"))?;
-                sh(&ns, &format!("ip addr add {wan_ip}/24 dev wan0"))?;
-                sh(&ns, "ip link set wan0 up")?;
-                Some(wan_ip)
-            } else {
-                None
-            };
+        for (n, info) in infos.into_iter().enumerate() {
             let base = format!("10.244.{}", n + 1);
-            let pod = build_pod(&ns, &format!("{ns}-pod"), &base, None)?;
+            let pod = build_pod(&info.ns, &format!("{}-pod", info.ns), &base, None)?;
             nodes.push(KubeNode {
-                name: node.to_string(),
-                ns,
-                ip: ip.to_string(),
-                wan_ip,
+                name: info.name,
+                ns: info.ns,
+                ip: info.ip,
+                wan_ip: info.wan_ip,
                 pod_cidr: format!("{base}.0/24"),
                 pod,
             });

@@ -22,7 +22,7 @@ use super::node::{self, NodeSpec, RealNode};
 use crate::lab::{add_ns, join_node_network};
 use crate::netns::{self, sh};
 
-const CONTROL_PLANE_IP: &str = "172.20.0.2";
+pub const CONTROL_PLANE_IP: &str = "172.20.0.2";
 const ROUTER_IP: &str = "172.20.0.1";
 /// Nodes of every cluster: two gateway nodes and a worker.
 const NODES: [(&str, &str, bool); 3] = [
@@ -193,56 +193,14 @@ impl RealLab {
     }
 
     fn add_cluster(&mut self, name: &str) -> anyhow::Result<()> {
-        let i = self.clusters.len();
-        let short = &name[..name.len().min(8)];
-        let net_ns = format!("{}{name}-net", self.prefix);
-        add_ns(&net_ns)?;
-        sh(&net_ns, "ip link add br0 type bridge")?;
-        sh(&net_ns, "ip link set br0 up")?;
-        // The node network's router (it routes nowhere): nodes have a default route, as real
-        // ones do; without it a node's own connections to a ClusterIP fail before kube-proxy's
-        // DNAT (no route to 10.96.0.1).
-        sh(&net_ns, &format!("ip addr add {ROUTER_IP}/24 dev br0"))?;
-        let cp_ns = format!("{}{name}-cp", self.prefix);
-        add_ns(&cp_ns)?;
-        sh(
-            &net_ns,
-            &format!("ip link add {short}cp type veth peer name eth0 netns {cp_ns}"),
+        let (net_ns, cp_ns, nodes) = cluster_network(
+            &self.prefix,
+            &self.wan_ns,
+            self.clusters.len(),
+            name,
+            &NODES,
+            true,
         )?;
-        sh(&net_ns, &format!("ip link set {short}cp master br0 up"))?;
-        sh(
-            &cp_ns,
-            &format!("ip addr add {CONTROL_PLANE_IP}/24 dev eth0"),
-        )?;
-        sh(&cp_ns, "ip link set eth0 up")?;
-        let mut nodes = Vec::new();
-        for (n, (node, ip, gateway)) in NODES.iter().enumerate() {
-            let ns = format!("{}{name}-{node}", self.prefix);
-            add_ns(&ns)?;
-            sh(&ns, "sysctl -qw net.ipv4.ip_forward=1")?;
-            join_node_network(&net_ns, "br0", &format!("{short}{node}"), &ns, ip)?;
-            sh(&ns, &format!("ip route add default via {ROUTER_IP}"))?;
-            let wan_ip = if *gateway {
-                let wan_ip = format!("192.168.250.{}", 10 * (i + 1) + n + 1);
-                let port = format!("{short}{node}w");
-                sh(
-                    &self.wan_ns,
-                    &format!("ip link add {port} type veth peer name wan0 netns {ns}"),
-                )?;
-                sh(&self.wan_ns, &format!("ip link set {port} master br0 up"))?;
-                sh(&ns, &format!("ip addr add {wan_ip}/24 dev wan0"))?;
-                sh(&ns, "ip link set wan0 up")?;
-                Some(wan_ip)
-            } else {
-                None
-            };
-            nodes.push(NodeInfo {
-                name: node.to_string(),
-                ns,
-                ip: ip.to_string(),
-                wan_ip,
-            });
-        }
         let mut cp = ControlPlane::start(&cp_ns, CONTROL_PLANE_IP, &self.dir.join(name))?;
         cp.start_components()?;
         let mut cluster = RealCluster {
@@ -537,6 +495,75 @@ impl Drop for RealLab {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// A lab cluster's network: its node network (a bridge in `<prefix><name>-net`, with the
+/// network's router at .1 when `router`, and a default route to it on every node), the control
+/// plane's namespace at 172.20.0.2, and a namespace per node in `nodes` (name, IP, whether a
+/// gateway node: those also get a WAN address, 192.168.250.<10(i+1)+n+1>). Returns the node
+/// network's and the control plane's namespaces, and the nodes.
+pub fn cluster_network(
+    prefix: &str,
+    wan_ns: &str,
+    i: usize,
+    name: &str,
+    nodes: &[(&str, &str, bool)],
+    router: bool,
+) -> anyhow::Result<(String, String, Vec<NodeInfo>)> {
+    let short = &name[..name.len().min(8)];
+    let net_ns = format!("{prefix}{name}-net");
+    add_ns(&net_ns)?;
+    sh(&net_ns, "ip link add br0 type bridge")?;
+    sh(&net_ns, "ip link set br0 up")?;
+    if router {
+        // The node network's router (it routes nowhere): nodes have a default route, as real
+        // ones do; without it a node's own connections to a ClusterIP fail before kube-proxy's
+        // DNAT (no route to 10.96.0.1).
+        sh(&net_ns, &format!("ip addr add {ROUTER_IP}/24 dev br0"))?;
+    }
+    let cp_ns = format!("{prefix}{name}-cp");
+    add_ns(&cp_ns)?;
+    sh(
+        &net_ns,
+        &format!("ip link add {short}cp type veth peer name eth0 netns {cp_ns}"),
+    )?;
+    sh(&net_ns, &format!("ip link set {short}cp master br0 up"))?;
+    sh(
+        &cp_ns,
+        &format!("ip addr add {CONTROL_PLANE_IP}/24 dev eth0"),
+    )?;
+    sh(&cp_ns, "ip link set eth0 up")?;
+    let mut infos = Vec::new();
+    for (n, (node, ip, gateway)) in nodes.iter().enumerate() {
+        let ns = format!("{prefix}{name}-{node}");
+        add_ns(&ns)?;
+        sh(&ns, "sysctl -qw net.ipv4.ip_forward=1")?;
+        join_node_network(&net_ns, "br0", &format!("{short}{node}"), &ns, ip)?;
+        if router {
+            sh(&ns, &format!("ip route add default via {ROUTER_IP}"))?;
+        }
+        let wan_ip = if *gateway {
+            let wan_ip = format!("192.168.250.{}", 10 * (i + 1) + n + 1);
+            let port = format!("{short}{node}w");
+            sh(
+                wan_ns,
+                &format!("ip link add {port} type veth peer name wan0 netns {ns}"),
+            )?;
+            sh(wan_ns, &format!("ip link set {port} master br0 up"))?;
+            sh(&ns, &format!("ip addr add {wan_ip}/24 dev wan0"))?;
+            sh(&ns, "ip link set wan0 up")?;
+            Some(wan_ip)
+        } else {
+            None
+        };
+        infos.push(NodeInfo {
+            name: node.to_string(),
+            ns,
+            ip: ip.to_string(),
+            wan_ip,
+        });
+    }
+    Ok((net_ns, cp_ns, infos))
 }
 
 /// The project's image from the binaries the lab runs (debug for tests, release for the bench:
