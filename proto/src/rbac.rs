@@ -41,6 +41,7 @@ pub const GATEWAY: &[ApiCall] = &[
     call(COORDINATION, "leases", "create"),
     call(COORDINATION, "leases", "update"),
     call(DISCOVERY, "endpointslices", "get"),
+    call(DISCOVERY, "endpointslices", "list"),
     call(DISCOVERY, "endpointslices", "create"),
     call(DISCOVERY, "endpointslices", "update"),
     call(DISCOVERY, "endpointslices", "delete"),

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use kube::api::{DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
 use kube::Api;
 
 /// The label that ties a slice to its Service.
@@ -84,23 +84,46 @@ pub fn names(slice: &EndpointSlice, ip: &str) -> bool {
         .any(|e| e.addresses.iter().any(|a| a == ip))
 }
 
-/// Makes the slice name `leader` alone: created, or replaced over whatever it said.
+/// The label value of the slices Kubernetes' own EndpointSlice controller made.
+const CONTROLLER_MANAGED: &str = "endpointslice-controller.k8s.io";
+
+/// Makes the slice name `leader` alone: created, or replaced over whatever it said (deleted and
+/// made anew if its address type differs, which cannot change). Also removes the slices
+/// Kubernetes' EndpointSlice controller made while the Service still had a selector (an
+/// upgrade): that controller leaves them behind once the selector is gone, and kube-proxy would
+/// go on sending part of the flows to whatever they named.
 pub async fn publish(api: &Api<EndpointSlice>, service: &str, leader: &Leader) -> kube::Result<()> {
     let mut want = slice(service, leader);
     match api.get_opt(service).await? {
-        Some(current) if current.endpoints == want.endpoints && current.ports == want.ports => {
-            Ok(())
+        Some(current)
+            if current.endpoints == want.endpoints
+                && current.ports == want.ports
+                && current.metadata.labels == want.metadata.labels => {}
+        Some(current) if current.address_type != want.address_type => {
+            api.delete(service, &DeleteParams::default()).await?;
+            api.create(&PostParams::default(), &want).await?;
         }
         Some(current) => {
             want.metadata.resource_version = current.metadata.resource_version;
             api.replace(service, &PostParams::default(), &want).await?;
-            Ok(())
         }
         None => {
             api.create(&PostParams::default(), &want).await?;
-            Ok(())
         }
     }
+    let leftovers = ListParams::default().labels(&format!(
+        "{SERVICE_NAME_LABEL}={service},{MANAGED_BY_LABEL}={CONTROLLER_MANAGED}"
+    ));
+    for old in api.list(&leftovers).await? {
+        if let Some(name) = old.metadata.name.as_deref().filter(|n| *n != service) {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(slice = name, "removed an EndpointSlice the Service's old selector left"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the slice if it names `ip` (ours), unless it changed since it was read. Returns

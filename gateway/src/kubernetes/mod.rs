@@ -44,8 +44,10 @@ const CONTROLLER_GRACE: Duration = Duration::from_secs(2);
 /// How long a withdrawal of our endpoint may take (best effort: the API may be away).
 const WITHDRAW_LIMIT: Duration = Duration::from_secs(1);
 /// How often the leader checks that the Service's slice still names it (it may have been
-/// edited or deleted by hand).
-const SLICE_RECHECK: Duration = Duration::from_secs(10);
+/// edited or deleted by hand, or overwritten by a replica that led for a moment too).
+const SLICE_RECHECK: Duration = Duration::from_secs(2);
+/// Every call about the slice is abandoned after this long: the client has no read timeout.
+const SLICE_CALL_LIMIT: Duration = Duration::from_secs(2);
 /// Connecting to the API server gives up after this long (kube's default is 30 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -103,31 +105,56 @@ async fn withdraw(api: &Api<EndpointSlice>, service: &str, me: &endpoint_slice::
     }
 }
 
-/// While leading, with the data plane up: makes the Service's slice name this replica, retrying
-/// until it does, then checks it now and then.
+/// While leading: once the data plane is up (the TUN device, routes and UDP port: `ready`),
+/// makes the Service's slice name this replica, retrying until it does, then checks it every
+/// [`SLICE_RECHECK`]. Ends when `halt` is raised, between calls, so that no call it made lands
+/// after the withdrawal that follows.
 async fn publish_while_leading(
     api: Api<EndpointSlice>,
     service: String,
     me: endpoint_slice::Leader,
+    snapshot: Snapshot,
+    mut halt: watch::Receiver<bool>,
 ) {
+    let up = || snapshot.lock().map(|s| s.ready).unwrap_or(false);
+    while !up() {
+        tokio::select! {
+            _ = halt.wait_for(|h| *h) => return,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
     let mut failing: Option<String> = None;
     let mut published = false;
     loop {
-        match endpoint_slice::publish(&api, &service, &me).await {
+        if *halt.borrow() {
+            return;
+        }
+        let call = tokio::time::timeout(
+            SLICE_CALL_LIMIT,
+            endpoint_slice::publish(&api, &service, &me),
+        );
+        let result = match call.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        };
+        let pause = match result {
             Ok(()) => {
                 if !std::mem::replace(&mut published, true) || failing.take().is_some() {
                     tracing::info!(%service, node = %me.node_name, "the gateway Service leads to this node");
                 }
-                tokio::time::sleep(SLICE_RECHECK).await;
+                SLICE_RECHECK
             }
-            Err(e) => {
-                let msg = e.to_string();
+            Err(msg) => {
                 if failing.as_deref() != Some(&msg) {
                     tracing::warn!(%service, "cannot point the gateway Service at this node: {msg}");
                 }
                 failing = Some(msg);
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                Duration::from_millis(250)
             }
+        };
+        tokio::select! {
+            _ = halt.wait_for(|h| *h) => return,
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }
@@ -234,11 +261,14 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
             Err(e) => break Err(e),
         };
         let dp = Arc::new(dp);
-        // The data plane is up: the Service may lead here.
+        // Once the data plane is up, the Service leads here.
+        let (unpublish_tx, unpublish) = watch::channel(false);
         let publisher = tokio::spawn(publish_while_leading(
             slices.clone(),
             settings.service.clone(),
             me.clone(),
+            snapshot.clone(),
+            unpublish,
         ));
         let (halt_tx, halt) = watch::channel(false);
         let controller = tokio::spawn(controller::run(
@@ -255,7 +285,16 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
             () = raised(stop.clone()) => Why::Stop,
             _ = ended => Why::Ended,
         };
-        publisher.abort();
+        // The publisher ends between calls (none of its writes may land after a withdrawal);
+        // one stuck on the API is cut off.
+        let _ = unpublish_tx.send(true);
+        let mut publisher = publisher;
+        if tokio::time::timeout(SLICE_CALL_LIMIT, &mut publisher)
+            .await
+            .is_err()
+        {
+            publisher.abort();
+        }
         set_election(&snapshot, |e| e.leading = false);
         // Leaving on our own (SIGTERM, a failed data plane): the Service stops leading here
         // first. A lost Lease is another leader's: forwarding stops at once, the withdrawal
