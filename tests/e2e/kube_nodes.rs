@@ -51,6 +51,29 @@ fn the_daemonsets_run_on_real_nodes() {
     println!("leader {leader:?}, gateway Service endpoints {endpoints:?}");
     assert_eq!(endpoints.len(), 1, "{endpoints:?}");
     assert_eq!(Some(&endpoints[0]), leader.as_ref());
+    // An upgrade from a release whose Service had a selector leaves the slice Kubernetes'
+    // controller made, naming the old leader: the leader removes it.
+    let leftover = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "liqonet-gateway-old12", "namespace": "liqonet", "labels": {
+            "kubernetes.io/service-name": "liqonet-gateway",
+            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["172.20.0.12"], "conditions": {"ready": true}, "nodeName": "gw2"}],
+        "ports": [{"name": "wireguard", "port": 51840, "protocol": "UDP"}],
+    });
+    c.cp.kubectl_input(
+        &c.cp.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&leftover.to_string()),
+    )
+    .unwrap();
+    assert_eq!(c.service_endpoints().len(), 2);
+    let cleaned = wait_for(Duration::from_secs(10), || {
+        c.service_endpoints() == endpoints
+    });
+    println!("a slice left by an old selector: removed by the leader: {cleaned}");
+    assert!(cleaned, "{:?}", c.service_endpoints());
     println!(
         "{}",
         c.kubectl(&["-n", "liqonet", "get", "pods", "-o", "wide"])

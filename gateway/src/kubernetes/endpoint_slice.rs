@@ -117,7 +117,10 @@ pub async fn publish(api: &Api<EndpointSlice>, service: &str, leader: &Leader) -
     for old in api.list(&leftovers).await? {
         if let Some(name) = old.metadata.name.as_deref().filter(|n| *n != service) {
             match api.delete(name, &DeleteParams::default()).await {
-                Ok(_) => tracing::info!(slice = name, "removed an EndpointSlice the Service's old selector left"),
+                Ok(_) => tracing::info!(
+                    slice = name,
+                    "removed an EndpointSlice the Service's old selector left"
+                ),
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
