@@ -282,7 +282,6 @@ evictionHard:
   nodefs.available: 1%
   nodefs.inodesFree: 1%
   imagefs.available: 1%
-nodeStatusUpdateFrequency: 4s
 serializeImagePulls: false
 "#,
         id = spec.id,
@@ -319,7 +318,9 @@ conntrack:
 }
 
 /// The script the node runs in its own namespaces: private directories, then containerd, the
-/// images, the kubelet and kube-proxy; it ends when any of them does.
+/// images, the kubelet and kube-proxy; it ends when any of them does. The kubelet's container
+/// statistics are gathered every 30 s instead of 10 s: six idle kubelets on two cores otherwise
+/// take a tenth of a CPU between them, and nothing in the lab reads those statistics.
 fn node_script(bin: &Path, spec: &NodeSpec, images: &[PathBuf]) -> String {
     let dir = spec.dir.display();
     let b = bin.display();
@@ -352,6 +353,7 @@ for _ in $(seq 300); do [[ -S /run/containerd/containerd.sock ]] && break; sleep
 {imports}
 kubelet --config {dir}/kubelet.yaml --kubeconfig {dir}/kubelet.kubeconfig \
   --hostname-override {name} --node-ip {ip} --cloud-provider external --v 1 \
+  --housekeeping-interval 30s \
   > {dir}/kubelet.log 2>&1 &
 kube-proxy --config {dir}/kube-proxy.yaml --v 1 > {dir}/kube-proxy.log 2>&1 &
 touch {dir}/started
