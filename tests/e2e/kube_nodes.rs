@@ -270,14 +270,7 @@ fn a_rollout_of_the_gateways_completes_with_one_endpoint_throughout() {
             (most, n)
         })
     };
-    let status = c.kubectl(&[
-        "-n",
-        "liqonet",
-        "rollout",
-        "status",
-        "ds/liqonet-gateway",
-        "--timeout=180s",
-    ]);
+    let status = c.rollout_status("liqonet-gateway");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (most, n) = samples.join().unwrap();
     println!("rollout status: {status:?}");

@@ -69,6 +69,18 @@ impl RealCluster {
             .unwrap_or_else(|| panic!("no node {name:?} in {}", self.name))
     }
 
+    /// `kubectl rollout status` of DaemonSet `ds` in `liqonet`: until its rollout completes.
+    pub fn rollout_status(&self, ds: &str) -> anyhow::Result<String> {
+        self.kubectl(&[
+            "-n",
+            "liqonet",
+            "rollout",
+            "status",
+            &format!("ds/{ds}"),
+            "--timeout=180s",
+        ])
+    }
+
     /// The nodes whose gateway replica is Ready (the kubelet's /readyz probe).
     pub fn ready_gateways(&self) -> Vec<String> {
         let Ok(pods) = self.get_json(&[
@@ -228,14 +240,7 @@ impl RealLab {
         install(c, &self.dir.join(name))?;
         // Installed: every route agent runs and a gateway replica leads (it has made the
         // cluster's keys, which peering reads).
-        c.kubectl(&[
-            "-n",
-            "liqonet",
-            "rollout",
-            "status",
-            "ds/liqonet-route-agent",
-            "--timeout=120s",
-        ])?;
+        c.rollout_status("liqonet-route-agent")?;
         if !crate::netns::wait_for(Duration::from_secs(120), || {
             !c.service_endpoints().is_empty()
         }) {

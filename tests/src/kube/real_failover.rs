@@ -145,14 +145,7 @@ pub fn fail_over(
         }
         Failover::Rollout => {
             c.kubectl(&["-n", "liqonet", "rollout", "restart", "ds/liqonet-gateway"])?;
-            c.kubectl(&[
-                "-n",
-                "liqonet",
-                "rollout",
-                "status",
-                "ds/liqonet-gateway",
-                "--timeout=180s",
-            ])?;
+            c.rollout_status("liqonet-gateway")?;
         }
         Failover::NodeCrash => {
             lab.crash_node(cluster, &old)?;
