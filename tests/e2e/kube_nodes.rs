@@ -62,13 +62,15 @@ fn the_daemonsets_run_on_real_nodes() {
         "endpoints": [{"addresses": ["172.20.0.12"], "conditions": {"ready": true}, "nodeName": "gw2"}],
         "ports": [{"name": "wireguard", "port": 51840, "protocol": "UDP"}],
     });
-    c.cp.kubectl_input(
-        &c.cp.kubeconfig(),
-        &["apply", "-f", "-"],
-        Some(&leftover.to_string()),
-    )
-    .unwrap();
-    assert_eq!(c.service_endpoints().len(), 2);
+    // (The leader may remove it at once: it rechecks every 2 s.)
+    let created =
+        c.cp.kubectl_input(
+            &c.cp.kubeconfig(),
+            &["create", "-f", "-"],
+            Some(&leftover.to_string()),
+        )
+        .unwrap();
+    assert!(created.contains("created"), "{created}");
     let cleaned = wait_for(Duration::from_secs(10), || {
         c.service_endpoints() == endpoints
     });
