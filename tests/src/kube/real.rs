@@ -758,10 +758,14 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 
 /// A process's CPU time so far (user + system) and resident memory, from /proc.
 fn process_usage(pid: u32) -> (Duration, u64) {
-    let ticks = netns::run(&["getconf", "CLK_TCK"])
-        .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
-        .unwrap_or(100);
+    // Clock ticks a second: asked once, not per process and sample.
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        netns::run(&["getconf", "CLK_TCK"])
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(100)
+    });
     let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
