@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use liqonet_lab::kube::real::RealLab;
+use liqonet_lab::kube::lab::KubeLab;
 use liqonet_lab::netns::wait_for;
 
 #[test]
 #[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
 fn the_daemonsets_run_on_real_nodes() {
     println!("{}", liqonet_lab::kube::node::versions().unwrap());
-    let lab = RealLab::start(&["home"]).unwrap();
+    let lab = KubeLab::start(&["home"]).unwrap();
     let c = lab.cluster("home");
     let nodes = c.get_json(&["nodes"]).unwrap();
     for n in nodes["items"].as_array().unwrap() {
@@ -121,7 +121,7 @@ fn the_daemonsets_run_on_real_nodes() {
         pod["spec"]["nodeName"] = "w1".into();
         let file = lab.dir.join(format!("{ds}-pod.json"));
         std::fs::write(&file, pod.to_string()).unwrap();
-        let create = |c: &liqonet_lab::kube::real::RealCluster| {
+        let create = |c: &liqonet_lab::kube::lab::KubeCluster| {
             c.kubectl(&["create", "--dry-run=server", "-f", file.to_str().unwrap()])
         };
         create(c).unwrap();
@@ -175,61 +175,8 @@ fn the_daemonsets_run_on_real_nodes() {
 
 #[test]
 #[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
-fn real_pods_reach_remote_real_pods() {
-    let lab = RealLab::start(&["home", "foreign"]).unwrap();
-    lab.peer("home", "foreign").unwrap();
-    for (a, b) in [("home", "foreign"), ("foreign", "home")] {
-        let (client, _) = lab.test_pod(a, "w1").unwrap();
-        let (_, server_ip) = lab.test_pod(b, "w1").unwrap();
-        let connected = wait_for(Duration::from_secs(60), || {
-            lab.remote_ip(a, b, &server_ip).is_ok_and(|dst| {
-                lab.exec(a, &client, &["ping", "-c", "1", "-W", "1", &dst])
-                    .is_ok()
-            })
-        });
-        let dst = lab.remote_ip(a, b, &server_ip).unwrap();
-        assert!(connected, "{a} w1 pod cannot reach {b} w1 pod at {dst}");
-        let ping = lab
-            .exec(a, &client, &["ping", "-c", "5", "-i", "0.2", &dst])
-            .unwrap();
-        println!("kubectl exec {client} -- ping {dst}:\n{ping}");
-        assert!(ping.contains("5 packets received"), "{ping}");
-        let body = lab
-            .exec(
-                a,
-                &client,
-                &["curl", "-sS", "--max-time", "5", &format!("http://{dst}/")],
-            )
-            .unwrap();
-        assert_eq!(body, format!("hello from {b} w1 pod {server_ip}\n"));
-        let iperf = lab
-            .exec(a, &client, &["iperf3", "-c", &dst, "-t", "2", "-J"])
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&iperf).unwrap();
-        let bps = v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
-        println!("iperf3 {a} w1 pod -> {b} w1 pod: {:.2} Gbit/s", bps / 1e9);
-        assert!(bps > 50e6);
-    }
-    // The two-cluster lab at rest (once the traffic's after-effects, such as the status writes
-    // of its counters, are over): every node's cgroup and the control planes. The CPU share is
-    // printed against its budget (50 % of one CPU), not asserted: on two shared cores it moves
-    // by ±7 points between runs and sits near the budget (README, "Real nodes"); memory is.
-    std::thread::sleep(Duration::from_secs(20));
-    let (cpu, rss) = lab.usage(Duration::from_secs(20));
-    println!(
-        "the two-cluster lab at rest: {:.0} % of one CPU (budget 50 %), {:.2} GiB resident (budget 6 GiB)",
-        cpu * 100.0,
-        rss as f64 / (1u64 << 30) as f64
-    );
-    assert!(rss <= 6 << 30, "{rss}");
-}
-
-#[test]
-#[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
 fn a_rollout_of_the_gateways_completes_with_one_endpoint_throughout() {
-    let lab = RealLab::start(&["home"]).unwrap();
+    let lab = KubeLab::start(&["home"]).unwrap();
     let c = lab.cluster("home");
     assert!(wait_for(Duration::from_secs(60), || c
         .ready_gateways()
@@ -290,11 +237,11 @@ fn a_rollout_of_the_gateways_completes_with_one_endpoint_throughout() {
 #[test]
 #[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
 fn the_leader_fails_over_every_way_a_cluster_can_take_it() {
-    use liqonet_lab::kube::real_failover::{fail_over, Failover, Probed};
-    let mut lab = RealLab::start(&["home", "foreign"]).unwrap();
+    use liqonet_lab::kube::failover::{fail_over, Failover, Probed};
+    let mut lab = KubeLab::start(&["home", "foreign"]).unwrap();
     lab.peer("home", "foreign").unwrap();
     let probed = Probed::find(&lab, "home", "foreign").unwrap();
-    let reachable = |lab: &RealLab| probed.reachable(lab, "home", "foreign");
+    let reachable = |lab: &KubeLab| probed.reachable(lab, "home", "foreign");
     assert!(wait_for(Duration::from_secs(60), || reachable(&lab)));
     for case in [
         Failover::Kill,
@@ -326,6 +273,23 @@ fn the_leader_fails_over_every_way_a_cluster_can_take_it() {
         let took = lab.wait_routes("home", Duration::from_secs(30)).unwrap();
         println!("{case:?}: routes exact on every node of home after {took:.2?}");
     }
+
+    // The far side's leader killed: its new leader finds home's leader through home's node
+    // port on its own.
+    let far = Probed::find(&lab, "foreign", "home").unwrap();
+    let o = fail_over(&mut lab, "foreign", "home", &far, Failover::Kill).unwrap();
+    println!(
+        "Kill of foreign's leader ({}): outage {:.2?} (foreign → home {:.2?}, home → foreign {:.2?}); leader now {:?}, endpoints {:?}",
+        o.old,
+        o.outage(),
+        o.there.longest,
+        o.back.longest,
+        o.new,
+        o.endpoints
+    );
+    assert!(o.settled && o.most_forwarding <= 1, "{o:?}");
+    assert!(wait_for(Duration::from_secs(20), || reachable(&lab)));
+    lab.wait_routes("foreign", Duration::from_secs(30)).unwrap();
 
     // The route agent on w1: its pod deleted, then its process killed (the kubelet restarts
     // it). Its routes are exact again, and never duplicated meanwhile.

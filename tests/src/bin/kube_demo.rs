@@ -16,7 +16,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use liqonet_lab::kube::forward;
-use liqonet_lab::kube::real::RealLab;
+use liqonet_lab::kube::lab::KubeLab;
 
 /// Where the running demo keeps its pid, report and kubeconfigs.
 fn state_dir() -> PathBuf {
@@ -121,7 +121,7 @@ fn serve() -> anyhow::Result<()> {
     say("The project's image and the test pods' image are built offline and imported into every node;");
     say("deploy/ is applied with kubectl, the clusters are peered with");
     say("`liqonet-gateway peering-info/peer add --kubernetes`...");
-    let lab = match RealLab::start(&["home", "foreign"]).and_then(|lab| {
+    let lab = match KubeLab::start(&["home", "foreign"]).and_then(|lab| {
         lab.peer("home", "foreign")?;
         Ok(lab)
     }) {
@@ -220,7 +220,7 @@ fn down() -> anyhow::Result<()> {
         let _ = fs::remove_dir_all(state_dir());
         liqonet_lab::kube::node::sweep_stale_cgroups();
         liqonet_lab::netns::sweep_stale();
-        liqonet_lab::kube::lab::sweep_stale_files();
+        liqonet_lab::kube::install::sweep_stale_files();
         return Ok(());
     };
     Command::new("kill")

@@ -1,112 +1,218 @@
-//! Building, driving and tearing down the Kubernetes lab.
+//! The Kubernetes lab on real nodes: per cluster a control plane with kube-scheduler and
+//! kube-controller-manager, and nodes that each run containerd, a kubelet and kube-proxy
+//! ([`super::node`]). deploy/ is applied with kubectl and the cluster does the rest: the
+//! DaemonSets' pods are scheduled, run by containerd from the project's image (built offline and
+//! imported into every node), probed by the kubelet; test pods get addresses from the bridge CNI.
+//!
+//! The lab does only what a cloud and a routed CNI would do around the cluster: it sets each
+//! Node's addresses (ExternalIP on gateway nodes) and lifts the cloud provider's
+//! `uninitialized` taint, labels the gateway nodes, and routes each node's pod CIDR to it.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use super::controlplane::{ControlPlane, API_PORT};
-use super::nodeport::{GatewayNode, NodePort};
-use super::pods::{self, PodFacts};
-use super::real::CONTROL_PLANE_IP;
-use super::routes;
-use crate::lab::{add_ns, build_pod, Pod};
-use crate::netns::{self, run, sh, wait_for};
+use super::controlplane::ControlPlane;
+use super::install::{install, GATEWAY_DS, TEST_NAMESPACE};
+use super::node::{self, NodeSpec, RealNode};
+use crate::lab::{add_ns, join_node_network};
+use crate::netns::{self, sh};
 
-/// The namespace deploy/ installs into.
-pub const NAMESPACE: &str = "liqonet";
-pub const GATEWAY_DS: &str = "liqonet-gateway";
-pub const AGENT_DS: &str = "liqonet-route-agent";
-/// Every cluster numbers its pods from this CIDR.
-pub const POD_CIDR: &str = "10.244.0.0/16";
-/// Nodes of every lab cluster: two gateway nodes, two workers.
-const NODES: [(&str, &str, bool); 4] = [
+pub const CONTROL_PLANE_IP: &str = "172.20.0.2";
+const ROUTER_IP: &str = "172.20.0.1";
+/// Nodes of every cluster: two gateway nodes and a worker.
+const NODES: [(&str, &str, bool); 3] = [
     ("gw1", "172.20.0.11", true),
     ("gw2", "172.20.0.12", true),
     ("w1", "172.20.0.21", false),
-    ("w2", "172.20.0.22", false),
 ];
+/// The label that makes a node a gateway node.
+pub const GATEWAY_LABEL: &str = "liqonet.liqo.io/gateway";
 
+/// A node of a real cluster, as the lab built it around its kubelet.
 #[derive(Debug, Clone)]
-pub struct KubeNode {
+pub struct NodeInfo {
     pub name: String,
     pub ns: String,
     pub ip: String,
-    /// Gateway nodes: the WAN address (the Node's ExternalIP).
     pub wan_ip: Option<String>,
-    pub pod_cidr: String,
-    pub pod: Pod,
-}
-
-impl KubeNode {
-    pub fn is_gateway(&self) -> bool {
-        self.wan_ip.is_some()
-    }
 }
 
 pub struct KubeCluster {
     pub name: String,
     pub cp: ControlPlane,
-    pub nodes: Vec<KubeNode>,
+    pub nodes: Vec<NodeInfo>,
+    pub running: Vec<RealNode>,
     pub net_ns: String,
-    nodeport: Option<NodePort>,
 }
 
 impl KubeCluster {
-    pub fn node(&self, name: &str) -> &KubeNode {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no node {name:?} in cluster {}", self.name))
-    }
-
-    pub fn gateway_nodes(&self) -> impl Iterator<Item = &KubeNode> {
-        self.nodes.iter().filter(|n| n.is_gateway())
-    }
-
-    /// kubectl as the lab admin.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         self.cp.kubectl(args)
     }
 
-    /// `kubectl -n liqonet get KIND NAME -o json`, parsed.
     pub fn get_json(&self, args: &[&str]) -> anyhow::Result<Value> {
-        let mut v = vec!["-n", NAMESPACE, "get"];
+        let mut v: Vec<&str> = vec!["get"];
         v.extend_from_slice(args);
         v.extend_from_slice(&["-o", "json"]);
         Ok(serde_json::from_str(&self.kubectl(&v)?)?)
     }
 
-    /// The node the Lease names as holder (`liqonet-gateway-<node>`), if any.
-    pub fn lease_holder(&self) -> Option<String> {
-        let lease = self.get_json(&["lease", GATEWAY_DS]).ok()?;
-        let holder = lease["spec"]["holderIdentity"].as_str()?;
-        holder
-            .strip_prefix(&format!("{GATEWAY_DS}-"))
-            .map(String::from)
-    }
-
-    /// The node whose replica the node port leads to now (it carries the tunnel).
-    pub fn ready_gateway(&self) -> Option<String> {
-        let np = self.nodeport.as_ref()?;
-        let ip = np.active.lock().ok()?.clone()?;
+    pub fn node(&self, name: &str) -> &NodeInfo {
         self.nodes
             .iter()
-            .find(|n| n.ip == ip)
-            .map(|n| n.name.clone())
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name:?} in {}", self.name))
     }
-}
 
-struct PodProc {
-    cluster: String,
-    node: String,
-    ds: String,
-    child: Child,
+    /// `kubectl rollout status` of DaemonSet `ds` in `liqonet`: until its rollout completes.
+    pub fn rollout_status(&self, ds: &str) -> anyhow::Result<String> {
+        self.kubectl(&[
+            "-n",
+            "liqonet",
+            "rollout",
+            "status",
+            &format!("ds/{ds}"),
+            "--timeout=180s",
+        ])
+    }
+
+    /// The nodes whose gateway replica is Ready (the kubelet's /readyz probe).
+    pub fn ready_gateways(&self) -> Vec<String> {
+        let Ok(pods) = self.get_json(&[
+            "-n",
+            "liqonet",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=gateway",
+        ]) else {
+            return Vec::new();
+        };
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// The nodes the gateway Service's ready endpoints name (its EndpointSlices, as kube-proxy
+    /// reads them).
+    pub fn service_endpoints(&self) -> Vec<String> {
+        let Ok(slices) = self.get_json(&[
+            "-n",
+            "liqonet",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=liqonet-gateway",
+        ]) else {
+            return Vec::new();
+        };
+        slices["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] != false)
+            .filter_map(|e| e["nodeName"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// The node of the replica the Lease names as its holder.
+    pub fn leader(&self) -> Option<String> {
+        let lease = self
+            .get_json(&["-n", "liqonet", "lease", GATEWAY_DS])
+            .ok()?;
+        let pod = lease["spec"]["holderIdentity"].as_str()?;
+        let pod = self.get_json(&["-n", "liqonet", "pod", pod]).ok()?;
+        pod["spec"]["nodeName"].as_str().map(String::from)
+    }
+
+    /// The network namespaces of the gateway nodes.
+    pub fn gateway_namespaces(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.wan_ip.is_some())
+            .map(|n| n.ns.clone())
+            .collect()
+    }
+
+    /// The liqonet pod of `component` (`gateway`, `route-agent`) on `node`.
+    pub fn pod_of(&self, component: &str, node: &str) -> anyhow::Result<String> {
+        let pods = self.get_json(&[
+            "-n",
+            "liqonet",
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/component={component}"),
+        ])?;
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null())
+            .and_then(|p| p["metadata"]["name"].as_str())
+            .map(String::from)
+            .with_context(|| format!("no {component} pod on {}/{node}", self.name))
+    }
+
+    /// kubectl with the ServiceAccount token the kubelet projected into liqonet pod `pod` (what
+    /// that component may do); the output whether it succeeded or not.
+    pub fn kubectl_with_token_of(
+        &self,
+        pod: &str,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        let p = self.get_json(&["-n", "liqonet", "pod", pod])?;
+        let uid = p["metadata"]["uid"].as_str().context("pod without a uid")?;
+        let node = p["spec"]["nodeName"]
+            .as_str()
+            .context("pod not scheduled")?;
+        let n = self
+            .running
+            .iter()
+            .find(|n| n.spec.name == node)
+            .with_context(|| format!("no running node {node}"))?;
+        // The node's /var/lib/kubelet, as the lab binds it.
+        let volumes = n
+            .spec
+            .dir
+            .join("kubelet/pods")
+            .join(uid)
+            .join("volumes/kubernetes.io~projected");
+        let token = fs::read_dir(&volumes)?
+            .flatten()
+            .find_map(|e| fs::read_to_string(e.path().join("token")).ok())
+            .with_context(|| format!("no projected token under {}", volumes.display()))?;
+        Ok(std::process::Command::new("ip")
+            .args(["netns", "exec", &self.cp.ns])
+            .arg(self.cp.kubectl_bin())
+            .arg("--kubeconfig=/dev/null")
+            .arg(format!("--server={}", self.cp.server()))
+            .arg(format!(
+                "--certificate-authority={}",
+                self.cp.dir.join("ca.crt").display()
+            ))
+            .arg(format!("--token={}", token.trim()))
+            .args(args)
+            .output()?)
+    }
+
+    /// The node's running components (containerd, kubelet, kube-proxy and what they run).
+    pub fn running(&mut self, name: &str) -> Option<&mut RealNode> {
+        self.running.iter_mut().find(|n| n.spec.name == name)
+    }
 }
 
 pub struct KubeLab {
@@ -114,54 +220,37 @@ pub struct KubeLab {
     pub dir: PathBuf,
     pub clusters: Vec<KubeCluster>,
     pub wan_ns: String,
-    bin_dir: PathBuf,
-    procs: Vec<PodProc>,
-    /// The rendered DaemonSets' pods, by cluster and DaemonSet (the spec, the health port).
-    pod_specs: BTreeMap<(String, String), pods::PodSpec>,
+    /// The OCI archives every node imports: the project's image, the test image, pause.
+    pub images: Vec<PathBuf>,
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
-/// The repository's deploy/ directory.
-pub fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
 impl KubeLab {
-    /// Builds clusters `names` (each with its control plane, installed from deploy/, its
-    /// gateway replicas and route agents running) and peers the first with every other one
-    /// through the peering CLI. On failure what was built is torn down.
+    /// Builds clusters `names` on real nodes with liqonet installed from deploy/; on failure
+    /// what was built is torn down.
     pub fn start(names: &[&str]) -> anyhow::Result<KubeLab> {
-        let lab = Self::start_unpeered(names)?;
-        for other in names.iter().skip(1) {
-            lab.peer(names[0], other)?;
+        if netns::run(&["id", "-u"])?.trim() != "0" {
+            bail!("the lab needs root (namespaces, cgroups, TUN devices)");
         }
-        Ok(lab)
-    }
-
-    /// Builds clusters `names` as [`KubeLab::start`] does, without peering them.
-    pub fn start_unpeered(names: &[&str]) -> anyhow::Result<KubeLab> {
-        if run(&["id", "-u"])?.trim() != "0" {
-            bail!("the lab needs root (network namespaces, TUN devices)");
-        }
+        // What labs of killed processes left: their nodes first (they hold the mounts).
+        node::sweep_stale_cgroups();
         netns::sweep_stale();
-        sweep_stale_files();
+        super::install::sweep_stale_files();
         let n = LABS.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("lq{}x{n}k-", std::process::id());
+        let prefix = format!("lq{}x{n}r-", std::process::id());
         let dir =
-            std::env::temp_dir().join(format!("liqonet-kube-{}", &prefix[..prefix.len() - 1]));
+            std::env::temp_dir().join(format!("liqonet-nodes-{}", &prefix[..prefix.len() - 1]));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
-        let wan_ns = format!("{prefix}wan");
         let mut lab = KubeLab {
+            wan_ns: format!("{prefix}wan"),
             prefix,
             dir,
             clusters: Vec::new(),
-            wan_ns,
-            bin_dir: crate::lab::bin_dir()?,
-            procs: Vec::new(),
-            pod_specs: BTreeMap::new(),
+            images: Vec::new(),
         };
+        lab.images = build_images(&lab.dir.join("images"))?;
         add_ns(&lab.wan_ns)?;
         sh(&lab.wan_ns, "ip link add br0 type bridge")?;
         sh(&lab.wan_ns, "ip link set br0 up")?;
@@ -178,306 +267,71 @@ impl KubeLab {
             .unwrap_or_else(|| panic!("no cluster {name:?} in this lab"))
     }
 
-    fn cluster_mut(&mut self, name: &str) -> &mut KubeCluster {
+    pub fn cluster_mut(&mut self, name: &str) -> &mut KubeCluster {
         self.clusters
             .iter_mut()
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("no cluster {name:?} in this lab"))
     }
 
-    pub fn bin(&self, name: &str) -> PathBuf {
-        self.bin_dir.join(name)
-    }
-
-    /// Builds cluster `name`'s namespaces and control plane, installs deploy/, registers its
-    /// nodes and starts its pods.
+    /// Adds cluster `name` to a running lab (its own control plane and nodes, liqonet
+    /// installed), unpeered.
     pub fn add_cluster(&mut self, name: &str) -> anyhow::Result<()> {
-        let (net_ns, cp_ns, infos) = super::real::cluster_network(
+        let (net_ns, cp_ns, nodes) = cluster_network(
             &self.prefix,
             &self.wan_ns,
             self.clusters.len(),
             name,
             &NODES,
-            false,
+            true,
         )?;
-        let mut nodes = Vec::new();
-        for (n, info) in infos.into_iter().enumerate() {
-            let base = format!("10.244.{}", n + 1);
-            let pod = build_pod(&info.ns, &format!("{}-pod", info.ns), &base, None)?;
-            nodes.push(KubeNode {
-                name: info.name,
-                ns: info.ns,
-                ip: info.ip,
-                wan_ip: info.wan_ip,
-                pod_cidr: format!("{base}.0/24"),
-                pod,
-            });
-        }
-        // Static "CNI" routes between the nodes' pod subnets.
-        for a in &nodes {
-            for b in nodes.iter().filter(|b| b.name != a.name) {
-                sh(&a.ns, &format!("ip route add {} via {}", b.pod_cidr, b.ip))?;
-            }
-        }
-        let cp = ControlPlane::start(&cp_ns, CONTROL_PLANE_IP, &self.dir.join(name))?;
-        self.clusters.push(KubeCluster {
+        let mut cp = ControlPlane::start(&cp_ns, CONTROL_PLANE_IP, &self.dir.join(name))?;
+        cp.start_components()?;
+        let mut cluster = KubeCluster {
             name: name.to_string(),
             cp,
             nodes,
+            running: Vec::new(),
             net_ns,
-            nodeport: None,
-        });
-        self.install(name)?;
-        self.start_pod_services(name)?;
-        Ok(())
-    }
-
-    /// `kubectl apply -k deploy/`, this cluster's settings in the ConfigMap, the Node objects,
-    /// the peering identity; then the DaemonSets' pods and the node port.
-    fn install(&mut self, name: &str) -> anyhow::Result<()> {
-        let deploy = deploy_dir();
-        let c = self.cluster(name);
-        c.kubectl(&["apply", "-k", deploy.to_str().unwrap_or_default()])?;
-        c.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/tunnelendpoints.net.liqo.io",
-            "--timeout=60s",
-        ])?;
-        let settings = serde_json::json!({"data": {
-            "LIQONET_CLUSTER_ID": name,
-            "LIQONET_LOCAL_NETWORKS": format!("{POD_CIDR},10.96.0.0/12"),
-        }});
-        c.kubectl(&[
-            "-n",
-            NAMESPACE,
-            "patch",
-            "configmap",
-            GATEWAY_DS,
-            "--type=merge",
-            "-p",
-            &settings.to_string(),
-        ])?;
-        for node in &c.nodes {
-            register_node(c, node)?;
-        }
-        peering_identity(&c.cp)?;
-        for ds in [AGENT_DS, GATEWAY_DS] {
-            for node in self.cluster(name).nodes.clone() {
-                if self.schedules(name, ds, &node)? {
-                    self.start_pod(name, &node.name, ds)?;
-                }
-            }
-        }
-        self.wire_nodeport(name)?;
-        Ok(())
-    }
-
-    /// Whether DaemonSet `ds` has a pod on `node` (its nodeSelector against the node's labels).
-    fn schedules(&self, cluster: &str, ds: &str, node: &KubeNode) -> anyhow::Result<bool> {
-        let c = self.cluster(cluster);
-        let ds = c.get_json(&["daemonset", ds])?;
-        let n: Value =
-            serde_json::from_str(&c.kubectl(&["get", "node", &node.name, "-o", "json"])?)?;
-        let selector = ds["spec"]["template"]["spec"]["nodeSelector"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        Ok(selector
-            .iter()
-            .all(|(k, v)| n["metadata"]["labels"][k] == *v))
-    }
-
-    /// The pod name of DaemonSet `ds` on `node` (stable across restarts, as a container
-    /// restart keeps its pod).
-    pub fn pod_name(ds: &str, node: &str) -> String {
-        format!("{ds}-{node}")
-    }
-
-    /// Starts DaemonSet `ds`'s pod on `node` as the kubelet would.
-    pub fn start_pod(&mut self, cluster: &str, node: &str, ds: &str) -> anyhow::Result<()> {
-        let c = self.cluster(cluster);
-        let n = c.node(node).clone();
-        let key = (cluster.to_string(), ds.to_string());
-        let pod_name = Self::pod_name(ds, node);
-        let facts = PodFacts {
-            namespace: NAMESPACE,
-            pod_name: &pod_name,
-            node_name: node,
-            node_ip: &n.ip,
         };
-        let daemonset = c.get_json(&["daemonset", ds])?;
-        let spec = pods::render(&daemonset, &facts, |cm| {
-            let v = c.get_json(&["configmap", cm])?;
-            Ok(v["data"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default())
-        })?;
-        let token = c.kubectl(&[
-            "-n",
-            NAMESPACE,
-            "create",
-            "token",
-            &spec.service_account,
-            "--duration=48h",
-        ])?;
-        let pod_dir = self.dir.join(cluster).join("pods").join(&pod_name);
-        pods::write_service_account(
-            &pod_dir.join("serviceaccount"),
-            &token,
-            &c.cp.dir.join("ca.crt"),
-            NAMESPACE,
-        )?;
-        let mut cmd = pods::command(
-            &n.ns,
-            &spec,
-            &pod_dir.join("serviceaccount"),
-            &self.bin_dir,
-            (&c.cp.ip, API_PORT),
-        )?;
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(cluster, node, ds))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {pod_name} in {cluster}"))?;
-        self.pod_specs.insert(key, spec);
-        self.procs.push(PodProc {
-            cluster: cluster.to_string(),
-            node: node.to_string(),
-            ds: ds.to_string(),
-            child,
-        });
-        Ok(())
-    }
-
-    fn log_path(&self, cluster: &str, node: &str, ds: &str) -> PathBuf {
-        self.dir
-            .join(cluster)
-            .join(format!("{}.log", Self::pod_name(ds, node)))
-    }
-
-    /// What DaemonSet `ds`'s pod on `node` logged (all its runs).
-    pub fn log(&self, cluster: &str, node: &str, ds: &str) -> String {
-        fs::read_to_string(self.log_path(cluster, node, ds)).unwrap_or_default()
-    }
-
-    /// Sends `sig` to the pod's process; for KILL and TERM waits until it has exited.
-    pub fn signal_pod(
-        &mut self,
-        cluster: &str,
-        node: &str,
-        ds: &str,
-        sig: &str,
-    ) -> anyhow::Result<()> {
-        let pos = self
-            .procs
-            .iter()
-            .position(|p| p.cluster == cluster && p.node == node && p.ds == ds)
-            .with_context(|| format!("no pod {ds} on {cluster}/{node}"))?;
-        run(&[
-            "kill",
-            &format!("-{sig}"),
-            &self.procs[pos].child.id().to_string(),
-        ])?;
-        if sig == "KILL" || sig == "TERM" {
-            let mut p = self.procs.remove(pos);
-            if !wait_for(Duration::from_secs(15), || {
-                matches!(p.child.try_wait(), Ok(Some(_)))
-            }) {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-                bail!("{ds} on {cluster}/{node} did not exit within 15 s of SIG{sig}");
-            }
+        for info in cluster.nodes.clone() {
+            let spec = NodeSpec {
+                name: info.name.clone(),
+                ns: info.ns.clone(),
+                ip: info.ip.clone(),
+                id: format!("{}{name}-{}", self.prefix, info.name),
+                dir: self.dir.join(name).join("nodes").join(&info.name),
+            };
+            cluster
+                .running
+                .push(RealNode::start(spec, &cluster.cp, &self.images)?);
+        }
+        self.clusters.push(cluster);
+        let c = self.clusters.last().context("no cluster")?;
+        initialize_nodes(c)?;
+        install(c, &self.dir.join(name))?;
+        // Installed: every route agent runs and a gateway replica leads (it has made the
+        // cluster's keys, which peering reads).
+        c.rollout_status("liqonet-route-agent")?;
+        if !crate::netns::wait_for(Duration::from_secs(120), || {
+            !c.service_endpoints().is_empty()
+        }) {
+            bail!(
+                "no gateway replica of {name} leads the gateway Service:\n{}",
+                c.kubectl(&["-n", "liqonet", "logs", "ds/liqonet-gateway", "--tail=30"])
+                    .unwrap_or_default()
+            );
         }
         Ok(())
     }
 
-    /// kubectl with DaemonSet `ds`'s ServiceAccount token from its pod on `node` (what that
-    /// component may do); the output whether it succeeded or not.
-    pub fn kubectl_as_pod(
-        &self,
-        cluster: &str,
-        node: &str,
-        ds: &str,
-        args: &[&str],
-    ) -> anyhow::Result<std::process::Output> {
-        let c = self.cluster(cluster);
-        let sa = self
-            .dir
-            .join(cluster)
-            .join("pods")
-            .join(Self::pod_name(ds, node))
-            .join("serviceaccount");
-        let token = fs::read_to_string(sa.join("token"))?;
-        Ok(std::process::Command::new("ip")
-            .args(["netns", "exec", &c.cp.ns])
-            .arg(c.cp.kubectl_bin())
-            .arg("--kubeconfig=/dev/null")
-            .arg(format!("--server={}", c.cp.server()))
-            .arg(format!(
-                "--certificate-authority={}",
-                sa.join("ca.crt").display()
-            ))
-            .arg(format!("--token={}", token.trim()))
-            .args(args)
-            .output()?)
-    }
-
-    /// Wires the gateway Service's node port (read from the Service) on the gateway nodes.
-    fn wire_nodeport(&mut self, cluster: &str) -> anyhow::Result<()> {
-        let c = self.cluster(cluster);
-        let svc = c.get_json(&["service", GATEWAY_DS])?;
-        let port = &svc["spec"]["ports"][0];
-        let node_port = port["nodePort"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .context("the gateway Service has no node port")?;
-        let target = port["targetPort"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .context("the gateway Service's targetPort is not a number")?;
-        let ds = c.get_json(&["daemonset", GATEWAY_DS])?;
-        let health = ds["spec"]["template"]["spec"]["containers"][0]["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["name"] == "health")
-            .and_then(|p| p["containerPort"].as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-            .context("the gateway DaemonSet has no health port")?;
-        let nodes = c
-            .gateway_nodes()
-            .map(|n| GatewayNode {
-                ns: n.ns.clone(),
-                ip: n.ip.clone(),
-            })
-            .collect();
-        let np = NodePort::start(&c.cp.ns, nodes, node_port, target, health)?;
-        self.cluster_mut(cluster).nodeport = Some(np);
-        Ok(())
-    }
-
-    /// Peers `a` and `b` with the real CLI, both ways, each run as the peering identity:
-    /// `peering-info --kubernetes` on one, `peer add --kubernetes` on the other.
+    /// Peers `a` and `b` with the real CLI, both ways, each as the peering identity.
     pub fn peer(&self, a: &str, b: &str) -> anyhow::Result<()> {
-        self.peer_one_way(b, a)?;
-        self.peer_one_way(a, b)
-    }
-
-    /// `a` adds `b` as a peer (`b`'s peering-info, `peer add` on `a`).
-    pub fn peer_one_way(&self, a: &str, b: &str) -> anyhow::Result<()> {
-        let info = self.peering_info(b)?;
-        self.peer_add(a, &info)
+        for (x, y) in [(a, b), (b, a)] {
+            let info = self.peering_info(y)?;
+            self.peer_add(x, &info)?;
+        }
+        Ok(())
     }
 
     /// `peering-info --kubernetes` on `cluster`, into a file.
@@ -491,117 +345,138 @@ impl KubeLab {
     /// `peer add --kubernetes INFO` on `cluster`: its TunnelEndpoint for the cluster `info`
     /// describes.
     pub fn peer_add(&self, cluster: &str, info: &Path) -> anyhow::Result<()> {
-        self.peering_cli(
-            cluster,
-            &[
-                "peer",
-                "add",
-                "--kubernetes",
-                info.to_str().unwrap_or_default(),
-            ],
-        )?;
+        let info = info.to_str().unwrap_or_default();
+        self.peering_cli(cluster, &["peer", "add", "--kubernetes", info])?;
         Ok(())
     }
 
-    /// `liqonet-gateway ARGS` on cluster `c` as the peering identity.
     pub fn peering_cli(&self, cluster: &str, args: &[&str]) -> anyhow::Result<String> {
-        peering_cli(
-            &self.cluster(cluster).cp,
-            &self.bin("liqonet-gateway"),
-            args,
-        )
+        let gateway = crate::lab::bin_dir()?.join("liqonet-gateway");
+        super::install::peering_cli(&self.cluster(cluster).cp, &gateway, args)
     }
 
-    /// Each pod's services: an HTTP server on port 80 saying who it is, and an iperf3 server.
-    fn start_pod_services(&mut self, cluster: &str) -> anyhow::Result<()> {
-        for node in self.cluster(cluster).nodes.clone() {
-            let www = self.dir.join(cluster).join(format!("{}-www", node.name));
-            fs::create_dir_all(&www)?;
-            fs::write(
-                www.join("index.html"),
-                format!("hello from {cluster} {} pod {}\n", node.name, node.pod.ip),
-            )?;
-            let www = www.to_string_lossy().into_owned();
-            let http = [
-                "python3",
-                "-m",
-                "http.server",
-                "80",
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-                &www,
-            ];
-            self.spawn_service(cluster, &node.name, "http", &node.pod.ns, &http)?;
-            self.spawn_service(
-                cluster,
-                &node.name,
-                "iperf3",
-                &node.pod.ns,
-                &["iperf3", "-s"],
-            )?;
-        }
-        for node in &self.cluster(cluster).nodes {
-            let url = format!("http://{}/", node.pod.ip);
-            if !wait_for(Duration::from_secs(10), || {
-                netns::ns_run(&node.pod.ns, &["curl", "-sf", &url]).is_ok()
-            }) {
-                bail!("the HTTP server of {cluster} {} did not start", node.name);
+    /// The test pod on `node` of `cluster`: its name and address, once it runs.
+    pub fn test_pod(&self, cluster: &str, node: &str) -> anyhow::Result<(String, String)> {
+        let c = self.cluster(cluster);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let pods = c.get_json(&["-n", TEST_NAMESPACE, "pods"])?;
+            let found = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["spec"]["nodeName"] == node && p["status"]["phase"] == "Running");
+            if let Some(p) = found {
+                if let (Some(name), Some(ip)) = (
+                    p["metadata"]["name"].as_str(),
+                    p["status"]["podIP"].as_str(),
+                ) {
+                    return Ok((name.to_string(), ip.to_string()));
+                }
             }
+            if Instant::now() > deadline {
+                bail!("no running test pod on {cluster}/{node}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        Ok(())
     }
 
-    fn spawn_service(
-        &mut self,
-        cluster: &str,
-        node: &str,
-        what: &str,
-        ns: &str,
-        args: &[&str],
-    ) -> anyhow::Result<()> {
-        let log = fs::File::create(self.dir.join(cluster).join(format!("{node}-{what}.log")))?;
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {what} in {cluster}/{node}"))?;
-        self.procs.push(PodProc {
-            cluster: cluster.to_string(),
-            node: node.to_string(),
-            ds: what.to_string(),
-            child,
-        });
-        Ok(())
+    /// `kubectl exec` in a test pod of `cluster`.
+    pub fn exec(&self, cluster: &str, pod: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut v = vec!["-n", TEST_NAMESPACE, "exec", pod, "--"];
+        v.extend_from_slice(args);
+        self.cluster(cluster).kubectl(&v)
     }
 
-    /// How `viewer`'s pods address `target`'s pod CIDR: the `remapped` the viewer's gateway
-    /// chose (from the TunnelEndpoint's status).
-    pub fn alias(&self, viewer: &str, target: &str) -> anyhow::Result<String> {
-        let tep = self.cluster(viewer).get_json(&["tep", target])?;
+    /// How `viewer`'s pods address `target`'s pod or Service with address `ip`: the prefix
+    /// `viewer`'s gateway chose for the exported network holding `ip` (the TunnelEndpoint's
+    /// status), with `ip`'s host bits.
+    pub fn remote_ip(&self, viewer: &str, target: &str, ip: &str) -> anyhow::Result<String> {
+        let tep = self
+            .cluster(viewer)
+            .get_json(&["-n", "liqonet", "tep", target])?;
         tep["status"]["networks"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|n| n["cidr"] == POD_CIDR)
-            .and_then(|n| n["remapped"].as_str())
-            .map(String::from)
+            .find_map(|n| remap(ip, n["cidr"].as_str()?, n["remapped"].as_str()?))
             .with_context(|| {
-                format!("TunnelEndpoint {target} in {viewer} has no remapped pod CIDR yet")
+                format!("TunnelEndpoint {target} in {viewer} has no remapped network for {ip} yet")
             })
     }
 
-    /// The address by which `viewer`'s pods reach the pod on `target`'s node `node`.
-    pub fn remote_pod_ip(&self, viewer: &str, target: &str, node: &str) -> anyhow::Result<String> {
-        let alias = self.alias(viewer, target)?;
-        let pod_ip = &self.cluster(target).node(node).pod.ip;
-        // Both /16s: keep the pod's host bits.
-        let prefix: Vec<&str> = alias.split(['.', '/']).take(2).collect();
-        let host: Vec<&str> = pod_ip.split('.').skip(2).collect();
-        Ok(format!("{}.{}", prefix.join("."), host.join(".")))
+    /// The network namespace of a test pod, as a path (`/proc/PID/ns/net` of a process of the
+    /// pod, found in its node's cgroup): for probes that need a socket in the pod.
+    pub fn pod_netns(&self, cluster: &str, pod: &str) -> anyhow::Result<String> {
+        let c = self.cluster(cluster);
+        let p = c.get_json(&["-n", TEST_NAMESPACE, "pod", pod])?;
+        let uid = p["metadata"]["uid"].as_str().context("pod without a uid")?;
+        let node = p["spec"]["nodeName"]
+            .as_str()
+            .context("pod not scheduled")?;
+        let id = &c
+            .running
+            .iter()
+            .find(|n| n.spec.name == node)
+            .with_context(|| format!("no running node {node}"))?
+            .spec
+            .id;
+        let marker = format!("pod{uid}");
+        let pid = node::cgroup_pids_under(id, &marker)
+            .into_iter()
+            .next()
+            .with_context(|| format!("no process of pod {pod} in {node}'s cgroup"))?;
+        Ok(format!("/proc/{pid}/ns/net"))
+    }
+
+    /// The process named `comm` (`liqonet-gateway`, `liqonet-route-a`: the kernel keeps 15
+    /// bytes) on `node` of `cluster`, in its node's cgroup, if it runs.
+    pub fn process_on(&self, cluster: &str, node: &str, comm: &str) -> Option<u32> {
+        let c = self.cluster(cluster);
+        let id = &c.running.iter().find(|n| n.spec.name == node)?.spec.id;
+        node::cgroup_pids(id).into_iter().find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+    }
+
+    /// The gateway process on `node` of `cluster`, if it runs.
+    pub fn gateway_pid(&self, cluster: &str, node: &str) -> Option<u32> {
+        self.process_on(cluster, node, "liqonet-gateway")
+    }
+
+    /// Kills everything `node` runs at once, as a crash would.
+    pub fn crash_node(&mut self, cluster: &str, node: &str) -> anyhow::Result<()> {
+        let c = self.cluster_mut(cluster);
+        let n = c
+            .running(node)
+            .with_context(|| format!("no running node {node}"))?;
+        n.crash();
+        Ok(())
+    }
+
+    /// Starts a crashed (or stopped) node again: containerd, the kubelet and kube-proxy come
+    /// back with the node's state, as after a reboot.
+    pub fn restart_node(&mut self, cluster: &str, node: &str) -> anyhow::Result<()> {
+        let images = self.images.clone();
+        let c = self.cluster_mut(cluster);
+        let i = c
+            .running
+            .iter()
+            .position(|n| n.spec.name == node)
+            .with_context(|| format!("no node {node}"))?;
+        let mut old = c.running.remove(i);
+        old.stop();
+        let spec = old.spec.clone();
+        drop(old);
+        let fresh = RealNode::start(spec, &c.cp, &images)?;
+        let cidr = c.get_json(&["node", node])?["spec"]["podCIDR"]
+            .as_str()
+            .map(String::from);
+        if let Some(cidr) = cidr {
+            fresh.set_pod_cidr(&cidr)?;
+        }
+        c.running.insert(i, fresh);
+        Ok(())
     }
 
     /// Waits until `c`'s TunnelEndpoint `name` has `phase`.
@@ -614,7 +489,7 @@ impl KubeLab {
     ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let tep = self.cluster(c).get_json(&["tep", name]);
+            let tep = self.cluster(c).get_json(&["-n", "liqonet", "tep", name]);
             if let Ok(t) = &tep {
                 if t["status"]["phase"] == phase {
                     return Ok(t.clone());
@@ -631,69 +506,62 @@ impl KubeLab {
         }
     }
 
-    fn route_nodes(&self, cluster: &str) -> Vec<routes::NodeView> {
-        self.cluster(cluster)
-            .nodes
-            .iter()
-            .map(|n| routes::NodeView {
+    /// Every node of `cluster` holds exactly the routes and rules its TunnelEndpoints call for
+    /// (see [`super::routes::check`]); waits up to `timeout`, returns how long it took.
+    pub fn wait_routes(&self, cluster: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let c = self.cluster(cluster);
+        let (gateway, networks) = super::routes::carried(&c.get_json(&["-n", "liqonet", "tep"])?);
+        let mut nodes = Vec::new();
+        for n in &c.nodes {
+            let node = c.get_json(&["node", &n.name])?;
+            nodes.push(super::routes::NodeView {
                 name: n.name.clone(),
                 ns: n.ns.clone(),
                 ip: n.ip.clone(),
-                pod_cidr: n.pod_cidr.clone(),
-            })
-            .collect()
-    }
-
-    /// The gateway node and remapped networks `cluster` carries (see [`routes::carried`]).
-    pub fn carried(&self, cluster: &str) -> anyhow::Result<(Option<String>, Vec<String>)> {
-        Ok(routes::carried(&self.cluster(cluster).get_json(&["tep"])?))
-    }
-
-    /// Every node of `cluster` holds exactly what `gateway` carrying `networks` needs (see
-    /// [`routes::check`]).
-    pub fn check_routes(
-        &self,
-        cluster: &str,
-        gateway: Option<&str>,
-        networks: &[String],
-    ) -> Result<(), String> {
-        routes::check(cluster, &self.route_nodes(cluster), gateway, networks)
-    }
-
-    /// Waits until [`Self::check_routes`] holds; returns how long that took.
-    pub fn wait_routes(
-        &self,
-        cluster: &str,
-        gateway: Option<&str>,
-        networks: &[String],
-        timeout: Duration,
-    ) -> anyhow::Result<Duration> {
-        routes::wait(
-            cluster,
-            &self.route_nodes(cluster),
-            gateway,
-            networks,
-            timeout,
-        )
-    }
-
-    /// Kills every pod process, the control planes, and removes the namespaces and files.
-    pub fn teardown(&mut self) {
-        for p in &mut self.procs {
-            let _ = netns::output(&["kill", "-CONT", &p.child.id().to_string()]);
-            let _ = netns::output(&["kill", "-TERM", &p.child.id().to_string()]);
+                pod_cidr: node["spec"]["podCIDR"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            });
         }
-        for p in &mut self.procs {
-            if !wait_for(Duration::from_secs(5), || {
-                matches!(p.child.try_wait(), Ok(Some(_)))
-            }) {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
+        super::routes::wait(cluster, &nodes, gateway.as_deref(), &networks, timeout)
+    }
+
+    /// What the whole lab uses at rest over `window`: the share of one CPU, and resident memory
+    /// at the end (every node's cgroup, and the control planes' processes).
+    pub fn usage(&self, window: Duration) -> (f64, u64) {
+        let sample = || {
+            let mut cpu = Duration::ZERO;
+            let mut rss = 0;
+            for c in &self.clusters {
+                for n in &c.running {
+                    let (t, m) = node::cgroup_usage(&n.spec.id);
+                    cpu += t;
+                    rss += m;
+                }
+                for pid in c.cp.pids() {
+                    let (t, m) = process_usage(pid);
+                    cpu += t;
+                    rss += m;
+                }
             }
-        }
-        self.procs.clear();
+            (cpu, rss)
+        };
+        let (before, _) = sample();
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let (after, rss) = sample();
+        let share = after.saturating_sub(before).as_secs_f64() / t0.elapsed().as_secs_f64();
+        (share, rss)
+    }
+
+    /// Kills every node and control plane, removes the namespaces and files.
+    pub fn teardown(&mut self) {
         for c in &mut self.clusters {
-            c.nodeport = None;
+            for n in &mut c.running {
+                n.stop();
+            }
+            c.running.clear();
             c.cp.stop();
         }
         netns::remove_prefixed(&self.prefix);
@@ -709,112 +577,242 @@ impl Drop for KubeLab {
     }
 }
 
-/// Whoever peers clusters gets only the peering role (deploy/rbac.yaml): a client certificate
-/// for `liqonet-lab-peering`, its kubeconfig (`peering.kubeconfig`) and the role bindings.
-pub fn peering_identity(cp: &ControlPlane) -> anyhow::Result<()> {
-    cp.make_client_cert("liqonet-lab-peering", &[])?;
-    cp.write_kubeconfig("liqonet-lab-peering", &cp.server(), "peering")?;
-    cp.kubectl(&[
-        "-n",
-        NAMESPACE,
-        "create",
-        "rolebinding",
-        "lab-peering",
-        "--role=liqonet-peering",
-        "--user=liqonet-lab-peering",
-    ])?;
-    cp.kubectl(&[
-        "create",
-        "clusterrolebinding",
-        "lab-peering",
-        "--clusterrole=liqonet-peering",
-        "--user=liqonet-lab-peering",
-    ])?;
-    Ok(())
-}
-
-/// `GATEWAY ARGS` (the liqonet-gateway binary) against the control plane `cp` as the peering
-/// identity, as a user runs the peering commands.
-pub fn peering_cli(cp: &ControlPlane, gateway: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &cp.ns])
-        .arg(gateway)
-        .args(args)
-        .env("KUBECONFIG", cp.dir.join("peering.kubeconfig"))
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "liqonet-gateway {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+/// A lab cluster's network: its node network (a bridge in `<prefix><name>-net`, with the
+/// network's router at .1 when `router`, and a default route to it on every node), the control
+/// plane's namespace at 172.20.0.2, and a namespace per node in `nodes` (name, IP, whether a
+/// gateway node: those also get a WAN address, 192.168.250.<10(i+1)+n+1>). Returns the node
+/// network's and the control plane's namespaces, and the nodes.
+pub fn cluster_network(
+    prefix: &str,
+    wan_ns: &str,
+    i: usize,
+    name: &str,
+    nodes: &[(&str, &str, bool)],
+    router: bool,
+) -> anyhow::Result<(String, String, Vec<NodeInfo>)> {
+    let short = &name[..name.len().min(8)];
+    let net_ns = format!("{prefix}{name}-net");
+    add_ns(&net_ns)?;
+    sh(&net_ns, "ip link add br0 type bridge")?;
+    sh(&net_ns, "ip link set br0 up")?;
+    if router {
+        // The node network's router (it routes nowhere): nodes have a default route, as real
+        // ones do; without it a node's own connections to a ClusterIP fail before kube-proxy's
+        // DNAT (no route to 10.96.0.1).
+        sh(&net_ns, &format!("ip addr add {ROUTER_IP}/24 dev br0"))?;
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let cp_ns = format!("{prefix}{name}-cp");
+    add_ns(&cp_ns)?;
+    sh(
+        &net_ns,
+        &format!("ip link add {short}cp type veth peer name eth0 netns {cp_ns}"),
+    )?;
+    sh(&net_ns, &format!("ip link set {short}cp master br0 up"))?;
+    sh(
+        &cp_ns,
+        &format!("ip addr add {CONTROL_PLANE_IP}/24 dev eth0"),
+    )?;
+    sh(&cp_ns, "ip link set eth0 up")?;
+    let mut infos = Vec::new();
+    for (n, (node, ip, gateway)) in nodes.iter().enumerate() {
+        let ns = format!("{prefix}{name}-{node}");
+        add_ns(&ns)?;
+        sh(&ns, "sysctl -qw net.ipv4.ip_forward=1")?;
+        join_node_network(&net_ns, "br0", &format!("{short}{node}"), &ns, ip)?;
+        if router {
+            sh(&ns, &format!("ip route add default via {ROUTER_IP}"))?;
+        }
+        let wan_ip = if *gateway {
+            let wan_ip = format!("192.168.250.{}", 10 * (i + 1) + n + 1);
+            let port = format!("{short}{node}w");
+            sh(
+                wan_ns,
+                &format!("ip link add {port} type veth peer name wan0 netns {ns}"),
+            )?;
+            sh(wan_ns, &format!("ip link set {port} master br0 up"))?;
+            sh(&ns, &format!("ip addr add {wan_ip}/24 dev wan0"))?;
+            sh(&ns, "ip link set wan0 up")?;
+            Some(wan_ip)
+        } else {
+            None
+        };
+        infos.push(NodeInfo {
+            name: node.to_string(),
+            ns,
+            ip: ip.to_string(),
+            wan_ip,
+        });
+    }
+    Ok((net_ns, cp_ns, infos))
 }
 
-/// Removes what labs whose process is gone (killed without teardown) left outside their
-/// namespaces: etcd data on tmpfs and the lab directory (`liqonet-kube-lq<pid>x…`, and
-/// `liqonet-nodes-lq<pid>x…` for labs on real nodes).
-pub fn sweep_stale_files() {
-    let dead = |rest: &str| {
-        let pid = rest.split('x').next().unwrap_or_default();
-        pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists()
-    };
-    for (dir, prefix) in [
-        (PathBuf::from("/dev/shm"), "liqonet-etcd-liqonet-kube-lq"),
-        (PathBuf::from("/dev/shm"), "liqonet-etcd-liqonet-nodes-lq"),
-        (std::env::temp_dir(), "liqonet-nodes-lq"),
-        (std::env::temp_dir(), "liqonet-kube-lq"),
+/// The project's image from the binaries the lab runs (debug for tests, release for the bench:
+/// whatever sits beside the running program), the test image and pause, written afresh at every
+/// start so that a stale image is never tested.
+fn build_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let bin = crate::lab::bin_dir()?;
+    let cp = super::controlplane::binaries()?;
+    let mut out = Vec::new();
+    for (file, image) in [
+        ("liqonet.tar", crate::image::project_image(&bin)?),
+        ("liqonet-test.tar", crate::image::test_image()?),
+        ("pause.tar", crate::image::pause_image(&cp)?),
     ] {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.strip_prefix(prefix).is_some_and(dead) {
-                let _ = fs::remove_dir_all(e.path());
+        let path = dir.join(file);
+        image.write(&path)?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// What a cloud controller manager and a routed CNI would do once the kubelets have registered:
+/// addresses, the `uninitialized` taint, the gateway label, the pod network's config and routes.
+fn initialize_nodes(c: &KubeCluster) -> anyhow::Result<()> {
+    let mut cidrs = Vec::new();
+    for info in &c.nodes {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let cidr = loop {
+            if let Ok(n) = c.get_json(&["node", &info.name]) {
+                if let Some(cidr) = n["spec"]["podCIDR"].as_str() {
+                    break cidr.to_string();
+                }
             }
+            if Instant::now() > deadline {
+                let node = c.running.iter().find(|r| r.spec.name == info.name);
+                bail!(
+                    "node {} of {} did not register with a pod CIDR; kubelet log:\n{}",
+                    info.name,
+                    c.name,
+                    node.map(|n| n.log_tail("kubelet")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        let mut addresses = vec![serde_json::json!({"type": "InternalIP", "address": info.ip})];
+        if let Some(wan) = &info.wan_ip {
+            addresses.push(serde_json::json!({"type": "ExternalIP", "address": wan}));
+        }
+        addresses.push(serde_json::json!({"type": "Hostname", "address": info.name}));
+        c.kubectl(&[
+            "patch",
+            "node",
+            &info.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &serde_json::json!({"status": {"addresses": addresses}}).to_string(),
+        ])?;
+        let _ = c.kubectl(&[
+            "taint",
+            "node",
+            &info.name,
+            "node.cloudprovider.kubernetes.io/uninitialized-",
+        ]);
+        if info.wan_ip.is_some() {
+            c.kubectl(&[
+                "label",
+                "node",
+                &info.name,
+                &format!("{GATEWAY_LABEL}=true"),
+            ])?;
+        }
+        if let Some(n) = c.running.iter().find(|r| r.spec.name == info.name) {
+            n.set_pod_cidr(&cidr)?;
+        }
+        cidrs.push((info.clone(), cidr));
+    }
+    for (a, _) in &cidrs {
+        for (b, cidr) in cidrs.iter().filter(|(b, _)| b.name != a.name) {
+            sh(&a.ns, &format!("ip route add {cidr} via {}", b.ip))?;
         }
     }
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "node",
+        "--all",
+        "--timeout=120s",
+    ])
+    .with_context(|| {
+        let tails: Vec<String> = c
+            .running
+            .iter()
+            .map(|n| format!("{}:\n{}", n.spec.name, n.log_tail("kubelet")))
+            .collect();
+        format!("nodes of {} not Ready:\n{}", c.name, tails.join("\n"))
+    })?;
+    Ok(())
 }
 
-/// The Node object for a lab node: labels, pod CIDR, and (status) its addresses and Ready.
-fn register_node(c: &KubeCluster, node: &KubeNode) -> anyhow::Result<()> {
-    let mut labels =
-        serde_json::json!({"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"});
-    if node.is_gateway() {
-        labels["liqonet.liqo.io/gateway"] = "true".into();
-    }
-    let manifest = serde_json::json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": node.name, "labels": labels},
-        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+/// `ip` (IPv4) moved from network `cidr` to `remapped` (same prefix length), host bits kept;
+/// `None` when `ip` is not in `cidr`.
+fn remap(ip: &str, cidr: &str, remapped: &str) -> Option<String> {
+    let parse = |net: &str| -> Option<(u32, u32)> {
+        let (addr, len) = net.split_once('/')?;
+        let len: u32 = len.parse().ok()?;
+        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        Some((u32::from(addr.parse::<std::net::Ipv4Addr>().ok()?), mask))
+    };
+    let ip = u32::from(ip.parse::<std::net::Ipv4Addr>().ok()?);
+    let (from, mask) = parse(cidr)?;
+    let (to, _) = parse(remapped)?;
+    (ip & mask == from & mask)
+        .then(|| std::net::Ipv4Addr::from((to & mask) | (ip & !mask)).to_string())
+}
+
+/// A process's CPU time so far (user + system) and resident memory, from /proc.
+fn process_usage(pid: u32) -> (Duration, u64) {
+    // Clock ticks a second: asked once, not per process and sample.
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        netns::run(&["getconf", "CLK_TCK"])
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(100)
     });
-    c.cp.kubectl_input(
-        &c.cp.kubeconfig(),
-        &["apply", "-f", "-"],
-        Some(&manifest.to_string()),
-    )?;
-    let mut addresses = vec![serde_json::json!({"type": "InternalIP", "address": node.ip})];
-    if let Some(wan) = &node.wan_ip {
-        addresses.push(serde_json::json!({"type": "ExternalIP", "address": wan}));
+    let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command (which may hold spaces), from field 3 on.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some(Duration::from_millis((utime + stime) * 1000 / ticks))
+        })
+        .unwrap_or(Duration::ZERO);
+    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let kb = l
+                    .strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim();
+                kb.parse::<u64>().ok()
+            })
+        })
+        .map_or(0, |kb| kb * 1024);
+    (cpu, rss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remap;
+
+    #[test]
+    fn an_address_moves_to_the_remapped_network_with_its_host_bits() {
+        let r = |ip, cidr, to| remap(ip, cidr, to);
+        assert_eq!(
+            r("10.244.2.7", "10.244.0.0/16", "10.245.0.0/16").unwrap(),
+            "10.245.2.7"
+        );
+        assert_eq!(
+            r("10.99.1.2", "10.96.0.0/12", "10.112.0.0/12").unwrap(),
+            "10.115.1.2"
+        );
+        assert_eq!(r("10.96.0.10", "10.244.0.0/16", "10.245.0.0/16"), None);
+        assert_eq!(r("10.0.0.1", "0.0.0.0/0", "0.0.0.0/0").unwrap(), "10.0.0.1");
     }
-    let now = run(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"])?
-        .trim()
-        .to_string();
-    let status = serde_json::json!({"status": {
-        "addresses": addresses,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": "lab node", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-    }});
-    c.kubectl(&[
-        "patch",
-        "node",
-        &node.name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status.to_string(),
-    ])?;
-    Ok(())
 }

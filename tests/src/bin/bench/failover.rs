@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use liqonet_lab::kube::controlplane::versions;
-use liqonet_lab::kube::lab::GATEWAY_DS;
-use liqonet_lab::kube::real::RealLab;
-use liqonet_lab::kube::real_failover::{fail_over, Failover, Probed};
+use liqonet_lab::kube::failover::{fail_over, Failover, Probed};
+use liqonet_lab::kube::install::GATEWAY_DS;
+use liqonet_lab::kube::lab::KubeLab;
 use liqonet_lab::outage::{Gaps, Pinger};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -38,7 +38,7 @@ fn summary(name: &str, mut v: Vec<f64>) {
 
 /// The Lease settings the gateways run with: the ConfigMap's, else the gateway's defaults (as its
 /// `--help` states them).
-fn lease_settings(lab: &RealLab) -> anyhow::Result<String> {
+fn lease_settings(lab: &KubeLab) -> anyhow::Result<String> {
     let cm = lab
         .cluster("home")
         .get_json(&["-n", "liqonet", "configmap", GATEWAY_DS])?;
@@ -69,7 +69,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     for line in liqonet_lab::kube::node::versions()?.lines() {
         println!("nodes: {line}");
     }
-    let mut lab = RealLab::start(&["home", "foreign"])?;
+    let mut lab = KubeLab::start(&["home", "foreign"])?;
     lab.peer("home", "foreign")?;
     println!("lease settings: {}", lease_settings(&lab)?);
     for (a, b) in [("home", "foreign"), ("foreign", "home")] {

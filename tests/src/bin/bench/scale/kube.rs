@@ -9,6 +9,7 @@
 
 mod api;
 mod fleet;
+mod hollow;
 mod rtnl;
 mod traffic;
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use liqonet_lab::kube::controlplane::versions;
-use liqonet_lab::kube::lab::{NAMESPACE, POD_CIDR};
+use liqonet_lab::kube::install::{NAMESPACE, POD_CIDR};
 use serde_json::{json, Value};
 
 use self::fleet::{node_status, Fleet, TEP};

@@ -1,8 +1,8 @@
 //! Many lab nodes on one real control plane: a namespace per node, each with a veth to one
 //! bridge (all an agent needs: the API server and its own routing tables), a Node object each,
-//! and the route-agent DaemonSet's pod on every node, started as the Kubernetes lab starts it
-//! (rendered from the DaemonSet the API server holds, in-cluster configuration, the agent's own
-//! ServiceAccount under RBAC). No gateway runs: the bench writes the TunnelEndpoint's status as
+//! and the route-agent DaemonSet's pod on every node, run as a plain process ([`super::hollow`]:
+//! no machine here runs 50 kubelets), rendered from the DaemonSet the API server holds, in-cluster configuration, the agent's own
+//! ServiceAccount under RBAC. No gateway runs: the bench writes the TunnelEndpoint's status as
 //! the gateway leader would. Everything is torn down on drop.
 
 use std::collections::BTreeMap;
@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::hollow::{self as pods, PodFacts};
 use anyhow::{bail, Context};
 use liqonet_lab::kube::controlplane::{ControlPlane, API_PORT};
-use liqonet_lab::kube::lab::{deploy_dir, AGENT_DS, NAMESPACE};
-use liqonet_lab::kube::pods::{self, PodFacts};
+use liqonet_lab::kube::install::{deploy_dir, AGENT_DS, NAMESPACE};
 use liqonet_lab::lab::{add_ns, bin_dir, join_node_network};
 use liqonet_lab::netns::{self, run, sh, wait_for};
 use serde_json::{json, Value};

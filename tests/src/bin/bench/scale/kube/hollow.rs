@@ -1,4 +1,5 @@
-//! What the kubelet would do for one DaemonSet pod on a lab node: the container's command,
+//! A hollow node's pod (as kubemark runs them): what a kubelet would do for one DaemonSet pod,
+//! done by the bench for nodes that have no kubelet: the container's command,
 //! arguments and environment read from the DaemonSet as the API server holds it (ConfigMap
 //! `envFrom`, downward-API `fieldRef`s), the ServiceAccount token and CA at the in-cluster paths,
 //! `hostPath` volumes at their mount paths, `KUBERNETES_SERVICE_HOST`/`PORT`; the process runs
@@ -26,7 +27,6 @@ pub struct PodFacts<'a> {
 /// A container ready to start: everything read from the DaemonSet.
 #[derive(Debug, Clone)]
 pub struct PodSpec {
-    pub service_account: String,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     /// (host path, mount path)
@@ -99,10 +99,6 @@ pub fn render(
         host_paths.push((host.to_string(), mount.to_string()));
     }
     Ok(PodSpec {
-        service_account: spec["serviceAccountName"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string(),
         command,
         env,
         host_paths,
@@ -205,7 +201,6 @@ mod tests {
         })
         .unwrap();
         assert_eq!(pod.command, ["liqonet-gateway", "run", "--kubernetes"]);
-        assert_eq!(pod.service_account, "sa");
         assert_eq!(pod.env["A"], "1");
         assert_eq!(pod.env["B"], "2");
         assert_eq!(pod.env["NODE"], "n1");
