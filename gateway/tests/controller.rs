@@ -439,13 +439,25 @@ fn start_campaign(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_campaign_with(identity, test_timings())
+}
+
+fn start_campaign_with(
+    identity: &str,
+    timings: Timings,
+) -> (
+    ApiServer,
+    tokio::sync::watch::Receiver<bool>,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let (client, server) = pair(rbac::GATEWAY, "liqonet");
     let (leader_tx, leader) = tokio::sync::watch::channel(false);
     let (quit_tx, mut quit) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(campaign(
         Api::<Lease>::namespaced(client, "liqonet"),
         "gw".into(),
-        Elector::new(identity.into(), test_timings()),
+        Elector::new(identity.into(), timings),
         Some("192.0.2.1:9640".into()),
         leader_tx,
         tokio::sync::watch::channel(false).0,
@@ -498,24 +510,125 @@ async fn the_lease_is_created_renewed_and_released() {
     assert!(!*leader.borrow());
 }
 
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/liqonet/leases";
+
+/// Lease `gw` at `rv`, held by `holder` (none: released), renewed at second `renewed`.
+fn lease_gw(rv: u32, holder: Option<&str>, renewed: u32) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "gw", "namespace": "liqonet", "resourceVersion": format!("{rv}")},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 1,
+                 "renewTime": format!("2026-01-01T00:00:{renewed:02}.000000Z")}})
+}
+
+/// A follower's first look reads the Lease; then it watches that one Lease (list, then watch,
+/// both by field selector, which RBAC grants by name). Answers both, the watch with `events`
+/// (a body of newline-separated watch events; the watcher watches again once it ends).
+async fn follow(server: &mut ApiServer, first: Value, events: &[(&str, Value)]) {
+    server
+        .expect("GET", &format!("{LEASES}/gw"))
+        .await
+        .reply(200, first.clone());
+    let list = server.expect("GET", LEASES).await;
+    assert!(
+        list.query.contains("fieldSelector=metadata.name%3Dgw"),
+        "{}",
+        list.query
+    );
+    assert!(!list.query.contains("watch=true"), "{}", list.query);
+    list.reply(
+        200,
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList",
+        "metadata": {"resourceVersion": first["metadata"]["resourceVersion"]}, "items": [first]}),
+    );
+    let watch = server.expect("GET", LEASES).await;
+    assert!(
+        watch.query.contains("watch=true")
+            && watch.query.contains("fieldSelector=metadata.name%3Dgw"),
+        "{}",
+        watch.query
+    );
+    let body: String = events
+        .iter()
+        .map(|(kind, object)| format!("{}\n", json!({"type": kind, "object": object})))
+        .collect();
+    watch.reply_raw(200, body);
+}
+
 #[tokio::test]
-async fn a_follower_does_not_touch_a_lease_held_by_another() {
+async fn a_follower_watches_a_lease_held_by_another_and_never_writes() {
     let (mut server, leader, quit_tx, task) = start_campaign("pod-b");
-    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/liqonet/leases/gw";
-    for n in 0..3 {
-        // The holder keeps renewing: renewTime changes every time.
-        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": "gw", "resourceVersion": format!("{n}")},
-            "spec": {"holderIdentity": "pod-a", "leaseDurationSeconds": test_timings().lease_seconds(),
-                     "renewTime": format!("2026-01-01T00:00:0{n}.000000Z")}});
-        server.expect("GET", PATH).await.reply(200, lease);
-    }
+    // The holder keeps renewing: renewTime changes at every event.
+    let renewals: Vec<(&str, Value)> = (2..5)
+        .map(|n| ("MODIFIED", lease_gw(n, Some("pod-a"), n)))
+        .collect();
+    follow(&mut server, lease_gw(1, Some("pod-a"), 1), &renewals).await;
+    let rewatch = server.expect("GET", LEASES).await;
+    assert!(rewatch.query.contains("watch=true"), "{}", rewatch.query);
+    // In sync, it makes no call at its looks (every 150 ms).
+    server.expect_quiet(Duration::from_millis(400)).await;
     assert!(!*leader.borrow());
     quit_tx.send(true).unwrap();
-    // It may look once more before it sees the quit; it never writes.
-    if let Some(call) = server.try_next(Duration::from_millis(400)).await {
-        assert_eq!(call.method, "GET");
-        call.fail(500, "InternalError");
+    task.await.unwrap();
+    drop(rewatch);
+}
+
+#[tokio::test]
+async fn a_follower_takes_a_released_lease_as_soon_as_its_watch_shows_it() {
+    // Looks every 5 s: a write well before that came from the watch.
+    let timings = Timings::new(
+        Duration::from_secs(10),
+        Duration::from_secs(6),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let (mut server, mut leader, quit_tx, task) = start_campaign_with("pod-b", timings);
+    let t0 = std::time::Instant::now();
+    let released = lease_gw(2, None, 2);
+    follow(
+        &mut server,
+        lease_gw(1, Some("pod-a"), 1),
+        &[("MODIFIED", released)],
+    )
+    .await;
+    // The acquisition replaces the Lease as the watch showed it (the watcher's re-watch may
+    // come first; it stays unanswered).
+    let mut rewatch = None;
+    let call = loop {
+        let call = server.next().await;
+        if call.method == "GET" && call.query.contains("watch=true") {
+            rewatch = Some(call);
+            continue;
+        }
+        assert_eq!(
+            (call.method.as_str(), call.path.as_str()),
+            ("PUT", &*format!("{LEASES}/gw"))
+        );
+        break call;
+    };
+    let took = t0.elapsed();
+    assert_eq!(call.body["metadata"]["resourceVersion"], "2");
+    assert_eq!(call.body["spec"]["holderIdentity"], "pod-b");
+    assert_eq!(call.body["spec"]["leaseTransitions"], 1);
+    let mut lease = call.body.clone();
+    lease["metadata"]["resourceVersion"] = json!("3");
+    call.reply(200, lease.clone());
+    leader.wait_for(|l| *l).await.unwrap();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Leading, it stops watching and renews from what it wrote.
+    drop(rewatch);
+    quit_tx.send(true).unwrap();
+    loop {
+        let call = server.next().await;
+        if call.method == "GET" {
+            // A re-watch the watcher sent before it was dropped.
+            continue;
+        }
+        assert_eq!(call.path, format!("{LEASES}/gw"));
+        let released = call.body["spec"]["holderIdentity"].is_null();
+        call.reply(200, lease.clone());
+        if released {
+            break;
+        }
     }
     task.await.unwrap();
 }

@@ -40,6 +40,8 @@ pub const GATEWAY: &[ApiCall] = &[
     call(COORDINATION, "leases", "get"),
     call(COORDINATION, "leases", "create"),
     call(COORDINATION, "leases", "update"),
+    call(COORDINATION, "leases", "list"),
+    call(COORDINATION, "leases", "watch"),
     call(DISCOVERY, "endpointslices", "get"),
     call(DISCOVERY, "endpointslices", "list"),
     call(DISCOVERY, "endpointslices", "create"),

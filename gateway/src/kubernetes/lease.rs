@@ -16,10 +16,13 @@
 
 use std::time::{Duration, Instant};
 
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use tokio::sync::watch;
 
@@ -30,7 +33,8 @@ pub struct Timings {
     /// Every Lease call is abandoned after this long (so a leader learns within it that another
     /// replica holds the Lease).
     pub renew_deadline: Duration,
-    /// Between two looks at the Lease (renewals, for the leader).
+    /// Between two looks at the Lease (renewals, for the leader; a follower also looks at
+    /// every change its watch shows).
     pub retry: Duration,
 }
 
@@ -259,13 +263,92 @@ pub async fn alive(addr: &str, holder: &str) -> bool {
     )
 }
 
+/// The Lease as a follower's watch of it shows it.
+struct Watch {
+    events: BoxStream<'static, Result<watcher::Event<Lease>, watcher::Error>>,
+    /// The Lease as of the last complete list and the events since (`None`: there is none).
+    lease: Option<Lease>,
+    /// The list is complete and no error came since: `lease` can be trusted without a read.
+    synced: bool,
+    /// A (re)list in progress: the Lease it has shown so far.
+    listing: Option<Option<Lease>>,
+}
+
+impl Watch {
+    /// Watches Lease `name` alone (a field selector: RBAC grants list and watch by name).
+    fn start(api: &Api<Lease>, name: &str) -> Watch {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        Watch {
+            events: watcher(api.clone(), config)
+                .backoff(super::controller::watch_backoff())
+                .boxed(),
+            lease: None,
+            synced: false,
+            listing: None,
+        }
+    }
+
+    /// The Lease as the watch shows it, once in sync.
+    fn current(&self) -> Option<Option<Lease>> {
+        self.synced.then(|| self.lease.clone())
+    }
+
+    /// Takes one event in; whether the Lease as seen changed (worth deciding on at once).
+    fn apply(&mut self, event: Result<watcher::Event<Lease>, watcher::Error>) -> bool {
+        match event {
+            Ok(watcher::Event::Init) => {
+                self.listing = Some(None);
+                false
+            }
+            Ok(watcher::Event::InitApply(l)) => {
+                self.listing = Some(Some(l));
+                false
+            }
+            Ok(watcher::Event::InitDone) => {
+                self.lease = self.listing.take().flatten();
+                self.synced = true;
+                true
+            }
+            Ok(watcher::Event::Apply(l)) => {
+                self.lease = Some(l);
+                true
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                self.lease = None;
+                true
+            }
+            Err(e) => {
+                // Until it lists again, the follower reads the Lease at every look.
+                tracing::debug!("lease watch: {e}");
+                self.synced = false;
+                false
+            }
+        }
+    }
+}
+
+/// The next event of a follower's watch, if there is one; whether the Lease changed.
+async fn next_change(follow: &mut Option<Watch>) -> bool {
+    let Some(w) = follow.as_mut() else {
+        return std::future::pending().await;
+    };
+    match w.events.next().await {
+        Some(event) => w.apply(event),
+        None => {
+            // The watcher's stream does not end; if it did, reading at every look remains.
+            w.synced = false;
+            std::future::pending().await
+        }
+    }
+}
+
 /// Failed probes, in consecutive rounds, before a follower takes an expired Lease: one lost
 /// connection attempt is not a dead leader.
 const PROBES_TO_TAKE_OVER: u32 = 2;
 
 /// Runs the election until `shutdown` completes, publishing leadership on `leader`. `health` is
 /// where this replica's health endpoint answers (published on the Lease while we hold it). On
-/// shutdown a leader releases the Lease, so a follower takes over within one retry period.
+/// shutdown a leader releases the Lease; a follower, which watches it, takes over at once.
 pub async fn campaign(
     api: Api<Lease>,
     name: String,
@@ -287,11 +370,17 @@ pub async fn campaign(
     let mut spared: Option<String> = None;
     // The holder whose health probes failed, and in how many consecutive rounds.
     let mut suspect: Option<(String, u32)> = None;
-    loop {
+    // A follower watches the Lease: it sees a release (or any renewal) the moment it is
+    // written, instead of at its next look, and reads nothing while the watch is in sync.
+    let mut follow: Option<Watch> = None;
+    'campaign: loop {
         let now = Instant::now();
         let read = match ours.take() {
             Some(l) if elector.is_leader() => Ok(Some(l)),
-            _ => timed(tokio::time::timeout(limit, api.get_opt(&name)).await),
+            _ => match follow.as_ref().and_then(Watch::current) {
+                Some(l) => Ok(l),
+                None => timed(tokio::time::timeout(limit, api.get_opt(&name)).await),
+            },
         };
         let written = match read {
             Err(e) => Err(e),
@@ -392,9 +481,20 @@ pub async fn campaign(
                 false
             }
         });
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(elector.timings().retry) => {}
+        if leading {
+            follow = None;
+        } else if follow.is_none() {
+            follow = Some(Watch::start(&api, &name));
+        }
+        let wait = tokio::time::sleep(elector.timings().retry);
+        tokio::pin!(wait);
+        // Until the next look: a change seen on the watch ends the wait at once.
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break 'campaign,
+                () = &mut wait => break,
+                changed = next_change(&mut follow) => if changed { break },
+            }
         }
     }
     if let (true, Some(mut l)) = (elector.is_leader(), ours) {

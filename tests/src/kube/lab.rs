@@ -184,17 +184,12 @@ impl KubeCluster {
             .iter()
             .find(|n| n.spec.name == node)
             .with_context(|| format!("no running node {node}"))?;
-        // The node's /var/lib/kubelet, as the lab binds it.
-        let volumes = n
-            .spec
-            .dir
-            .join("kubelet/pods")
-            .join(uid)
-            .join("volumes/kubernetes.io~projected");
-        let token = fs::read_dir(&volumes)?
-            .flatten()
-            .find_map(|e| fs::read_to_string(e.path().join("token")).ok())
-            .with_context(|| format!("no projected token under {}", volumes.display()))?;
+        // A tmpfs the kubelet mounted in the node's mount namespace: read from there.
+        let token = n.exec(&[
+            "sh",
+            "-c",
+            &format!("cat /var/lib/kubelet/pods/{uid}/volumes/kubernetes.io~projected/*/token"),
+        ])?;
         Ok(std::process::Command::new("ip")
             .args(["netns", "exec", &self.cp.ns])
             .arg(self.cp.kubectl_bin())
