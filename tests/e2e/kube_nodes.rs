@@ -344,3 +344,154 @@ fn the_leader_fails_over_every_way_a_cluster_can_take_it() {
         assert!(wait_for(Duration::from_secs(20), || reachable(&lab)));
     }
 }
+
+/// What the host shows of labs: its own interfaces, network namespaces, the lab cgroups (every
+/// hierarchy), mounts, and every process's command line.
+fn host_view() -> [Vec<String>; 5] {
+    let interfaces = liqonet_lab::netns::run(&["ip", "-o", "link", "show"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+        .collect();
+    let mut cgroups = Vec::new();
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        if let Ok(d) = std::fs::read_dir(h.path().join("liqonet-lab")) {
+            cgroups.extend(d.flatten().map(|e| e.path().display().to_string()));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let ps = liqonet_lab::netns::run(&["ps", "-eo", "args"])
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    [interfaces, liqonet_lab::netns::list(), cgroups, mounts, ps]
+}
+
+#[test]
+#[ignore = "Kubernetes lab on real nodes: make test runs it in its own step"]
+fn make_kube_demo_down_leaves_nothing() {
+    let bin = liqonet_lab::lab::bin_dir()
+        .unwrap()
+        .join("liqonet-kube-demo");
+    let state = std::env::temp_dir().join(format!("liqonet-kube-demo-test-{}", std::process::id()));
+    let demo = |cmd: &str| {
+        let out = std::process::Command::new(&bin)
+            .arg(cmd)
+            .env("LIQONET_KUBE_DEMO_DIR", &state)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kube-demo {cmd}: {text}{err}");
+        text
+    };
+    let before = host_view();
+    let report = demo("up");
+    println!("{report}");
+    let pid = std::fs::read_to_string(state.join("pid")).unwrap();
+    let tag = format!("lq{}x", pid.trim());
+    // The printed exports work from the host's shell: the lab's kubectl through the loopback
+    // forwarders, one kubeconfig per cluster.
+    let path = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export PATH="))
+        .and_then(|p| p.strip_suffix(":$PATH"))
+        .unwrap()
+        .to_string();
+    let kubeconfigs: Vec<(String, String)> = report
+        .lines()
+        .filter_map(|l| {
+            let (file, cluster) = l
+                .trim()
+                .strip_prefix("export KUBECONFIG=")?
+                .split_once("# cluster ")?;
+            Some((file.trim().to_string(), cluster.trim().to_string()))
+        })
+        .collect();
+    assert_eq!(kubeconfigs.len(), 2, "{report}");
+    let mut ports = Vec::new();
+    for (file, cluster) in &kubeconfigs {
+        assert!(file.contains(cluster.as_str()), "{file} for {cluster}");
+        let server = std::fs::read_to_string(file).unwrap();
+        let port = server
+            .split("https://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .unwrap()
+            .to_string();
+        ports.push(port);
+        let pods = liqonet_lab::netns::run(&[
+            &format!("{path}/kubectl"),
+            &format!("--kubeconfig={file}"),
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.namespace} {.status.phase}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+        println!("{cluster}: pods by namespace and phase:\n{pods}");
+        // The test pods keep running, one per node; nothing runs outside liqonet, kube-system
+        // and liqonet-test.
+        let tests = pods
+            .lines()
+            .filter(|l| l.starts_with("liqonet-test "))
+            .count();
+        assert!(tests >= 3, "{pods}");
+        assert!(
+            pods.lines().all(|l| {
+                let (ns, phase) = l.split_once(' ').unwrap_or_default();
+                ["liqonet", "kube-system", "liqonet-test"].contains(&ns) && phase == "Running"
+            }),
+            "{pods}"
+        );
+    }
+
+    let said = demo("down");
+    println!("{said}");
+    let after = host_view();
+    let [interfaces, namespaces, cgroups, mounts, ps] = &after;
+    let new_interfaces: Vec<&String> = interfaces
+        .iter()
+        .filter(|i| !before[0].contains(i))
+        .collect();
+    assert!(
+        new_interfaces.is_empty(),
+        "interfaces left on the host: {new_interfaces:?}"
+    );
+    for (what, left) in [
+        ("network namespaces", namespaces),
+        ("cgroups", cgroups),
+        ("mounts", mounts),
+        ("processes", ps),
+    ] {
+        let left: Vec<&String> = left.iter().filter(|l| l.contains(&tag)).collect();
+        assert!(left.is_empty(), "{what} of the demo left: {left:?}");
+    }
+    assert!(
+        !ps.iter().any(|l| l.contains("liqonet-kube-demo serve")),
+        "{ps:?}"
+    );
+    assert!(!state.exists(), "{} left", state.display());
+    for dir in [std::env::temp_dir(), "/dev/shm".into()] {
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(&tag))
+            .collect();
+        assert!(left.is_empty(), "{} holds {left:?}", dir.display());
+    }
+    for port in ports {
+        assert!(
+            std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(),
+            "the forwarder on port {port} still answers"
+        );
+    }
+    println!("make kube-demo-down: no process, mount, cgroup, namespace, interface or file of the demo left");
+}

@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 use liqonet_lab::kube::forward;
 use liqonet_lab::kube::lab::KubeLab;
 
-/// Where the running demo keeps its pid, report and kubeconfigs.
+/// Where the running demo keeps its pid, report and kubeconfigs (`LIQONET_KUBE_DEMO_DIR`
+/// moves it: the test of `down` runs a demo of its own beside a user's).
 fn state_dir() -> PathBuf {
-    PathBuf::from("/run/liqonet-kube-demo")
+    std::env::var_os("LIQONET_KUBE_DEMO_DIR")
+        .map_or_else(|| PathBuf::from("/run/liqonet-kube-demo"), PathBuf::from)
 }
 
 fn main() -> ExitCode {
