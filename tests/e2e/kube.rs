@@ -386,7 +386,7 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
     };
     let gone: Vec<&String> = pods
         .iter()
-        .zip(seen)
+        .zip(seen.iter().copied())
         .filter(|(p, from)| {
             log(p)
                 .get(*from..)
@@ -396,5 +396,14 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
         .map(|(p, _)| p)
         .collect();
     println!("pods whose watchers logged 410 Gone and relisted: {gone:?}");
+    // What the leader went through until it saw the deletion (its log since the restart).
+    if let Some(leader) = home.leader() {
+        let pod = home.pod_of("gateway", &leader).unwrap_or_default();
+        let from = pods.iter().position(|p| *p == pod).map_or(0, |i| seen[i]);
+        println!(
+            "{pod} since the restart:\n{}",
+            log(&pod).get(from..).unwrap_or_default()
+        );
+    }
     assert!(!gone.is_empty(), "no watcher saw 410 Gone");
 }

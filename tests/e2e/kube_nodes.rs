@@ -155,14 +155,11 @@ fn the_daemonsets_run_on_real_nodes() {
         !namespaces.iter().any(|n| n.starts_with(&prefix)),
         "{namespaces:?}"
     );
-    let cgroups: Vec<String> = std::fs::read_dir("/sys/fs/cgroup/freezer/liqonet-lab")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let cgroups: Vec<String> = host_view()[2]
+        .iter()
+        .filter(|c| c.contains(&prefix))
+        .cloned()
+        .collect();
     assert!(cgroups.is_empty(), "{cgroups:?}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(dir.to_str().unwrap()), "{mounts}");

@@ -477,9 +477,11 @@ fn kill_cgroup(id: &str) {
     }
 }
 
-/// Removes the node's cgroups, deepest first, in every hierarchy.
+/// Removes the node's cgroups, deepest first, in every hierarchy: the v1 ones the node was
+/// put in, and the v2 one (`unified`, on a hybrid host) where the kubelet and runc make the
+/// pods' cgroups as well.
 fn remove_cgroup(id: &str) {
-    for h in HIERARCHIES {
+    for h in HIERARCHIES.iter().chain(&["unified"]) {
         for dir in walk(cgroup_dir(h, id)).iter().rev() {
             let _ = fs::remove_dir(dir);
         }
@@ -489,9 +491,10 @@ fn remove_cgroup(id: &str) {
 /// Removes node cgroups whose lab is gone (a killed test process): `<prefix>…` names carry the
 /// lab's pid as `lq<pid>x`.
 pub fn sweep_stale_cgroups() {
-    let Ok(entries) = fs::read_dir(Path::new("/sys/fs/cgroup/freezer").join(CGROUP_PARENT)) else {
-        return;
-    };
+    let entries = ["freezer", "unified"]
+        .iter()
+        .filter_map(|h| fs::read_dir(Path::new("/sys/fs/cgroup").join(h).join(CGROUP_PARENT)).ok())
+        .flatten();
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
         let pid = id
