@@ -15,8 +15,9 @@ all: build
 deps:
 	@./scripts/deps.sh
 
-# The Kubernetes lab's control plane (kube-apiserver, kubectl, etcd) from pinned Go modules, into
-# a cache outside the work tree; a no-op once built.
+# The Kubernetes lab's clusters (control plane, kubectl, kubelet, kube-proxy, containerd, runc,
+# CNI plugins, pause) from pinned Go modules, into a cache outside the work tree; a no-op once
+# built.
 controlplane:
 	@./scripts/controlplane.sh >/dev/null
 
@@ -38,7 +39,7 @@ peers:
 demo: deps build
 	./target/release/liqonet-demo
 
-# Two clusters on the real control plane, installed from deploy/, left running for kubectl.
+# Two clusters on real nodes, installed from deploy/, left running for kubectl.
 kube-demo: deps controlplane
 	$(CARGO) build --bins
 	./target/debug/liqonet-kube-demo up
@@ -67,9 +68,8 @@ test: deps
 	$(CARGO) $(call alone,hardening)
 	@echo "== first contact: the first packet's wait after a lost initiation, one at a time"
 	$(CARGO) $(call alone,first_contact)
-	@echo "== the Kubernetes lab tests (real kube-apiserver and etcd), one at a time"
+	@echo "== the Kubernetes lab (real control planes; kubelet, containerd, kube-proxy on every node), one at a time"
 	$(CARGO) $(call alone,kube)
-	@echo "== the Kubernetes lab on real nodes (kubelet, containerd, kube-proxy), one at a time"
 	$(CARGO) $(call alone,kube_nodes)
 
 lint:
