@@ -16,6 +16,7 @@ pub mod netns;
 pub mod outage;
 pub mod peers;
 pub mod probe;
+pub mod procfs;
 pub mod rtnl;
 pub mod under_flood;
 

@@ -535,9 +535,8 @@ impl KubeLab {
                     rss += m;
                 }
                 for pid in c.cp.pids() {
-                    let (t, m) = process_usage(pid);
-                    cpu += t;
-                    rss += m;
+                    cpu += crate::procfs::cpu_time(pid).unwrap_or_default();
+                    rss += crate::procfs::rss(pid).unwrap_or(0);
                 }
             }
             (cpu, rss)
@@ -753,43 +752,6 @@ fn remap(ip: &str, cidr: &str, remapped: &str) -> Option<String> {
     let (to, _) = parse(remapped)?;
     (ip & mask == from & mask)
         .then(|| std::net::Ipv4Addr::from((to & mask) | (ip & !mask)).to_string())
-}
-
-/// A process's CPU time so far (user + system) and resident memory, from /proc.
-fn process_usage(pid: u32) -> (Duration, u64) {
-    // Clock ticks a second: asked once, not per process and sample.
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let ticks = *TICKS.get_or_init(|| {
-        netns::run(&["getconf", "CLK_TCK"])
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(100)
-    });
-    let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command (which may hold spaces), from field 3 on.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = f.get(11)?.parse().ok()?;
-            let stime: u64 = f.get(12)?.parse().ok()?;
-            Some(Duration::from_millis((utime + stime) * 1000 / ticks))
-        })
-        .unwrap_or(Duration::ZERO);
-    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                let kb = l
-                    .strip_prefix("VmRSS:")?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim();
-                kb.parse::<u64>().ok()
-            })
-        })
-        .map_or(0, |kb| kb * 1024);
-    (cpu, rss)
 }
 
 #[cfg(test)]

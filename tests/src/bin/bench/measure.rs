@@ -227,17 +227,8 @@ fn gateways_cpu(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|&pid| process_cpu_seconds(pid)).sum()
 }
 
-/// `/proc/<pid>/stat`: utime and stime, in clock ticks (USER_HZ, 100 on Linux, as
-/// `cpu_busy_seconds` assumes for /proc/stat).
 fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: count fields after it. The
-    // state is field 3, utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    liqonet_lab::procfs::cpu_time(pid).map(|t| t.as_secs_f64())
 }
 
 /// The `q` quantile (nearest rank) of `values`; infinite values (lost pings) sort last.

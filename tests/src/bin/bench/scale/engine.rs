@@ -143,26 +143,10 @@ fn with_idle(config: &str, n: usize) -> String {
 
 /// User and system CPU seconds of `pid` so far.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
-    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(f.get(i).context("/proc stat field")?.parse::<f64>()?)
-    };
-    let hz: f64 = liqonet_lab::netns::run(&["getconf", "CLK_TCK"])?
-        .trim()
-        .parse()?;
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    Ok((ticks(11)? + ticks(12)?) / hz)
+    let t = liqonet_lab::procfs::cpu_time(pid).context("no /proc stat")?;
+    Ok(t.as_secs_f64())
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
+    Ok(liqonet_lab::procfs::rss(pid).context("no VmRSS")? / 1024)
 }

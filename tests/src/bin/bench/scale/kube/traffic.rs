@@ -4,7 +4,6 @@
 //! plane.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::time::Instant;
 
 use super::fleet::Fleet;
@@ -117,30 +116,14 @@ fn labels(s: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// CPU time of every thread of `pid` so far, in ns (scheduler statistics: exact, where
-/// utime/stime count 10 ms ticks).
+/// CPU time of every thread of `pid` so far, in ns (exact, where utime/stime count ticks).
 pub fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    u64::try_from(liqonet_lab::procfs::sched_time(pid).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A process's resident memory, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    liqonet_lab::procfs::rss(pid).map(|b| b / 1024)
 }
 
 #[cfg(test)]
