@@ -51,6 +51,31 @@ fn the_daemonsets_run_on_real_nodes() {
     println!("leader {leader:?}, gateway Service endpoints {endpoints:?}");
     assert_eq!(endpoints.len(), 1, "{endpoints:?}");
     assert_eq!(Some(&endpoints[0]), leader.as_ref());
+    // The follower watches the Lease (RBAC grants list and watch by name): the API server
+    // holds a namespaced watch of leases open (the controller manager's watch of node leases
+    // spans every namespace), and refused no lease request.
+    let metrics = c.kubectl(&["get", "--raw", "/metrics"]).unwrap();
+    let lease_watches: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_longrunning_requests{")
+                && l.contains("resource=\"leases\"")
+                && l.contains("scope=\"namespace\"")
+                && l.contains("verb=\"WATCH\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{")
+                && l.contains("resource=\"leases\"")
+                && l.contains("code=\"403\"")
+        })
+        .collect();
+    println!("watches of leases open: {lease_watches}; leases requests refused: {refused:?}");
+    assert!(lease_watches >= 1.0, "no watch of the Lease");
+    assert!(refused.is_empty(), "{refused:?}");
     // An upgrade from a release whose Service had a selector leaves the slice Kubernetes'
     // controller made, naming the old leader: the leader removes it.
     let leftover = serde_json::json!({

@@ -94,14 +94,16 @@ impl Control {
         self.shared.wake_rx.as_fd()
     }
 
-    /// The loop's side, when the pipe is readable: applies the waiting peer set, if any.
-    pub(super) fn take(&self, dataplane: &mut impl Dataplane) {
+    /// The loop's side, when the pipe is readable: applies the waiting peer set, if any;
+    /// whether it did.
+    pub(super) fn take(&self, dataplane: &mut impl Dataplane) -> bool {
         let mut drain = [0u8; 64];
         while matches!((&self.shared.wake_rx).read(&mut drain), Ok(n) if n > 0) {}
         let Some(Request { peers, reply }) = lock(&self.shared.slot).take() else {
-            return;
+            return false;
         };
         let _ = reply.send(dataplane.apply_peers(peers));
+        true
     }
 
     /// The device is up: routes go through `routes` from now on.

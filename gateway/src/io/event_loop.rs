@@ -232,8 +232,10 @@ pub fn run(
             tracing::info!("stopping the tunnel");
             return Ok(());
         }
-        if ready[4] {
-            control.take(dataplane);
+        // New peers' handshakes start at the next tick: make it now, not up to 250 ms later
+        // (a new leader's first initiation waited that long).
+        if ready[4] && control.take(dataplane) {
+            next_tick = Instant::now();
         }
         if ready[1] {
             let mut drained = false;
