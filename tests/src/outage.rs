@@ -203,8 +203,9 @@ pub fn gaps(
     }
 }
 
-/// Counts, every 100 ms, how many of the gateway nodes have the tunnel device: how many
-/// replicas forward.
+/// Counts, every 100 ms, how many of the gateway nodes have the tunnel device up: how many
+/// replicas forward (a replica handing over sets its device down before it lets the Lease go,
+/// and removes it after).
 pub struct TunWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<usize>>,
@@ -223,7 +224,7 @@ impl TunWatch {
                     .iter()
                     .filter(|ns| {
                         crate::netns::ns_output(ns, &["ip", "link", "show", &device])
-                            .is_ok_and(|o| o.status.success())
+                            .is_ok_and(|o| o.status.success() && link_up(&o.stdout))
                     })
                     .count();
                 counts.push(n);
@@ -241,9 +242,30 @@ impl TunWatch {
     }
 }
 
+/// Whether `ip link show` says the device is up (`UP` among its flags, `<…,UP,…>`).
+fn link_up(show: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(show);
+    text.split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_counts_while_its_up_flag_is_set() {
+        assert!(link_up(
+            b"7: liqo0: <POINTOPOINT,MULTICAST,NOARP,UP,LOWER_UP> mtu 1420 qdisc"
+        ));
+        assert!(!link_up(
+            b"7: liqo0: <POINTOPOINT,MULTICAST,NOARP> mtu 1420 qdisc noop"
+        ));
+        assert!(!link_up(
+            b"7: liqo0: <NO-CARRIER,POINTOPOINT,UPPER> mtu 1420"
+        ));
+    }
 
     #[test]
     fn the_longest_gap_counts_the_edges_too() {

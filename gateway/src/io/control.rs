@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use liqonet_proto::Cidr;
@@ -35,6 +35,8 @@ struct Shared {
     routes: Mutex<Option<Routes>>,
     /// One change at a time, start to finish (peers, then their routes).
     one_at_a_time: Mutex<()>,
+    /// The loop has ended and nothing is routed into the device any more (it may still exist).
+    halted: (Mutex<bool>, Condvar),
 }
 
 /// The handle callers use to change the peers of a running (or starting) tunnel. Cheap to clone.
@@ -59,6 +61,7 @@ impl Control {
                 wake_tx,
                 routes: Mutex::new(None),
                 one_at_a_time: Mutex::new(()),
+                halted: (Mutex::new(false), Condvar::new()),
             }),
         })
     }
@@ -116,6 +119,23 @@ impl Control {
         // A request still in the slot gets its answer (a dropped channel) at once.
         lock(&self.shared.slot).take();
         lock(&self.shared.routes).take()
+    }
+
+    /// The loop's side: forwarding has stopped for good (routes gone, device down).
+    pub(super) fn mark_halted(&self) {
+        let (flag, changed) = &self.shared.halted;
+        *lock(flag) = true;
+        changed.notify_all();
+    }
+
+    /// Waits up to `limit` until forwarding has stopped for good; whether it has.
+    pub fn wait_halted(&self, limit: Duration) -> bool {
+        let (flag, changed) = &self.shared.halted;
+        let guard = lock(flag);
+        let (guard, _) = changed
+            .wait_timeout_while(guard, limit, |halted| !*halted)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
     }
 
     /// Runs `f` on the attached routes (at start, before the loop).

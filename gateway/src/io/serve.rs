@@ -76,6 +76,12 @@ pub fn serve(
     if let Some(mut routes) = control.detach() {
         routes.remove_all();
     }
+    // Down, nothing reaches the device; removing it takes tens of milliseconds (the kernel
+    // waits for its users), which a replica handing over need not wait for.
+    if let Err(e) = dev.enabled(false) {
+        tracing::debug!("cannot set the TUN device down: {e}");
+    }
+    control.mark_halted();
     drop(dev);
     tracing::info!("routes and TUN device removed");
     result

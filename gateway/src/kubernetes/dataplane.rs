@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context;
 use liqonet_proto::config::GatewayConfig;
@@ -65,6 +66,25 @@ impl Dataplane {
         };
         Ok((dataplane, ended))
     }
+    /// Stops the event loop and waits (up to 5 s) until forwarding has stopped for good: the
+    /// routes are gone and the device is down, but may not be removed yet.
+    pub fn halt(&self) {
+        let _ = (&self.stop).write_all(&[1]);
+        let finished = || {
+            self.thread
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_none_or(JoinHandle::is_finished)
+        };
+        // A loop that failed to start never halts: its thread ends instead.
+        for _ in 0..50 {
+            if self.control.wait_halted(Duration::from_millis(100)) || finished() {
+                return;
+            }
+        }
+    }
+
     /// Stops the event loop and waits until the device and routes are gone.
     pub fn stop(&self) -> anyhow::Result<()> {
         let _ = (&self.stop).write_all(&[1]);

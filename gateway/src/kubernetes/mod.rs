@@ -304,10 +304,8 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
         }
         // Forwarding stops first: nothing the API does (a hung status patch) may keep a replica
         // that no longer leads carrying the tunnel. Then the controller gets a moment to finish.
-        let stopping = dp.clone();
-        let stopped = tokio::task::spawn_blocking(move || stopping.stop())
-            .await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("stopping the data plane: {e}")));
+        let halting = dp.clone();
+        let _ = tokio::task::spawn_blocking(move || halting.halt()).await;
         let _ = halt_tx.send(true);
         let mut controller = controller;
         if tokio::time::timeout(CONTROLLER_GRACE, &mut controller)
@@ -316,6 +314,15 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
         {
             controller.abort();
         }
+        if matches!(why, Why::Stop) {
+            // Nothing forwards here and no status write of ours can land any more: the Lease
+            // goes now, and a follower takes over while the device is still being removed.
+            let _ = quit_tx.send(true);
+        }
+        let stopping = dp.clone();
+        let stopped = tokio::task::spawn_blocking(move || stopping.stop())
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("stopping the data plane: {e}")));
         match why {
             Why::Lost => {
                 tracing::warn!("lost the lease: tunnel down, following");
