@@ -1,4 +1,5 @@
-//! Every Kubernetes manifest in `deploy/` (all but the standalone configs and the kustomizations)
+//! Every Kubernetes manifest in `deploy/` (all but the standalone configs, the kustomizations and
+//! the Helm chart, whose rendering tests/e2e/helm.rs checks)
 //! is valid, strictly, against the Kubernetes version the code targets (k8s-openapi's `v1_33`),
 //! checked offline with the `kubernetes-validate` PyPI package (`make deps` installs it). The
 //! kustomizations list every manifest, and only existing ones.
@@ -11,7 +12,7 @@ const KUBERNETES_VERSION: &str = "1.33.0";
 fn manifests(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
-        if path.is_dir() && path.file_name().is_some_and(|n| n != "standalone") {
+        if path.is_dir() && path.file_name().is_some_and(|n| n != "standalone" && n != "helm") {
             manifests(&path, out);
         } else if path.extension().is_some_and(|e| e == "yaml")
             && path.file_name().is_some_and(|n| n != "kustomization.yaml")
