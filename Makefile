@@ -16,7 +16,7 @@ deps:
 	@./scripts/deps.sh
 
 # The Kubernetes lab's clusters (control plane, kubectl, kubelet, kube-proxy, containerd, runc,
-# CNI plugins, pause) from pinned Go modules, into a cache outside the work tree; a no-op once
+# CNI plugins, pause) and helm from pinned Go modules, into a cache outside the work tree; a no-op once
 # built.
 controlplane:
 	@./scripts/controlplane.sh >/dev/null

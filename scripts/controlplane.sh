@@ -6,7 +6,8 @@
 # - the nodes: kubelet and kube-proxy (tests/controlplane/kubernetes), containerd, its runc shim
 #   and ctr (tests/controlplane/containerd), runc with seccomp (tests/controlplane/runc, cgo), the
 #   CNI plugins (tests/controlplane/cni-plugins, under cni/), and the pause binary compiled from
-#   the source the kubernetes module ships (under pause/, with its image tag).
+#   the source the kubernetes module ships (under pause/, with its image tag);
+# - helm (tests/controlplane/helm), to test the chart in deploy/helm/.
 # Each module pins its own go.mod/go.sum, so that none moves another's pins. A second run with the
 # same pins is a no-op; the Go build cache makes a rebuild after a pin change take seconds per
 # unchanged package. Test infrastructure only: the product is Rust and talks to Kubernetes
@@ -34,7 +35,7 @@ major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
 pins=$(cat "$src"/*/go.mod "$src"/*/go.sum | sha256sum | cut -c1-12)
 out=${LIQONET_CONTROLPLANE_CACHE:-/var/cache/liqonet/controlplane}/$kube_version-etcd-$etcd_version-$pins
 kube_bins=(kube-apiserver kube-scheduler kube-controller-manager kubectl kubelet kube-proxy)
-node_bins=(containerd containerd-shim-runc-v2 ctr runc)
+node_bins=(containerd containerd-shim-runc-v2 ctr runc helm)
 cni_bins=(bridge host-local loopback portmap)
 built() {
   local b
@@ -78,6 +79,8 @@ for p in main/bridge ipam/host-local main/loopback meta/portmap; do
   build cni-plugins "github.com/containernetworking/plugins/plugins/$p" "cni/${p#*/}" \
     "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$plugins_version"
 done
+helm_version=$(pin helm helm.sh/helm/v4)
+build helm helm.sh/helm/v4/cmd/helm helm "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version"
 # The pause binary, as build/pause/Makefile compiles it, from the module's own source; its tag
 # is the one that Makefile gives it (containerd's sandbox image is registry.k8s.io/pause:TAG).
 kube_src=$(cd "$src/kubernetes" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)

@@ -140,13 +140,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_checked_in_crd_matches_the_types() {
-        let checked_in = include_str!("../../deploy/base/crds/tunnelendpoints.net.liqo.io.yaml");
-        assert!(
-            checked_in == crd_yaml(),
-            "deploy/base/crds/tunnelendpoints.net.liqo.io.yaml is stale: regenerate it with \
-             `cargo run -p liqonet-gateway -- crd > deploy/base/crds/tunnelendpoints.net.liqo.io.yaml`"
-        );
+    fn the_checked_in_crds_match_the_types() {
+        // kustomize's and the Helm chart's: both generated from the types, so they cannot differ.
+        for (path, checked_in) in [
+            (
+                "deploy/base/crds/tunnelendpoints.net.liqo.io.yaml",
+                include_str!("../../deploy/base/crds/tunnelendpoints.net.liqo.io.yaml"),
+            ),
+            (
+                "deploy/helm/liqonet/crds/tunnelendpoints.net.liqo.io.yaml",
+                include_str!("../../deploy/helm/liqonet/crds/tunnelendpoints.net.liqo.io.yaml"),
+            ),
+        ] {
+            assert!(
+                checked_in == crd_yaml(),
+                "{path} is stale: regenerate it with `cargo run -p liqonet-gateway -- crd > {path}`"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,11 @@ const KUBERNETES_VERSION: &str = "1.33.0";
 fn manifests(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
-        if path.is_dir() && path.file_name().is_some_and(|n| n != "standalone" && n != "helm") {
+        if path.is_dir()
+            && path
+                .file_name()
+                .is_some_and(|n| n != "standalone" && n != "helm")
+        {
             manifests(&path, out);
         } else if path.extension().is_some_and(|e| e == "yaml")
             && path.file_name().is_some_and(|n| n != "kustomization.yaml")

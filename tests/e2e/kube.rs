@@ -314,7 +314,23 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
     println!(
         "TunnelEndpoints created {apart:.2?} apart: the first ping answered {took:.2?} after the later one"
     );
-    assert!(took <= Duration::from_millis(1500), "{took:?}");
+    // Usually 0.6-0.9 s; over runs on a busy machine up to 2.5 s: each lost first contact costs
+    // one early retry of a second (without them, boringtun's 5 s). What the leaders logged
+    // meanwhile says which step was slow.
+    if took > Duration::from_secs(1) {
+        for c in ["home", "foreign"] {
+            let cluster = lab.cluster(c);
+            let pod = cluster
+                .leader()
+                .and_then(|n| cluster.pod_of("gateway", &n).ok())
+                .unwrap_or_default();
+            let log = cluster
+                .kubectl(&["-n", "liqonet", "logs", &pod, "--since=60s"])
+                .unwrap_or_default();
+            println!("{c}'s leader {pod}:\n{log}");
+        }
+    }
+    assert!(took <= Duration::from_millis(2500), "{took:?}");
     connected(&lab, "home", "foreign");
     connected(&lab, "foreign", "home");
 
