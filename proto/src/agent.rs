@@ -368,13 +368,13 @@ mod tests {
         assert_eq!(c.nodes.len(), 3);
     }
 
-    /// The README's route agent example, verbatim: the first YAML block of its "Route agent"
-    /// section (read from the README so the two cannot drift apart).
+    /// The documented route agent example, verbatim: the first YAML block of the "Route agent"
+    /// section of docs/configuration.md (read from there so the two cannot drift apart).
     fn readme_example() -> &'static str {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/configuration.md");
         let (_, section) = readme
             .split_once("\n## Route agent\n")
-            .expect("README.md has a \"## Route agent\" section");
+            .expect("docs/configuration.md has a \"## Route agent\" section");
         let (_, block) = section
             .split_once("```yaml\n")
             .expect("the section has a YAML example");
