@@ -110,11 +110,18 @@ enum PeerAction {
         #[arg(value_name = "INFO")]
         info: PathBuf,
     },
-    /// Remove peer CLUSTER_ID.
+    /// Remove peer CLUSTER_ID, or (Kubernetes) every peer with --all.
     Remove {
         #[command(flatten)]
         target: Target,
-        cluster_id: String,
+        #[arg(required_unless_present = "all")]
+        cluster_id: Option<String>,
+        /// Every TunnelEndpoint of the namespace (with --kubernetes).
+        #[arg(long, conflicts_with = "cluster_id", requires = "kubernetes")]
+        all: bool,
+        /// With --all: wait until they are gone (their finalizers released), up to this long.
+        #[arg(long, value_name = "DURATION", requires = "all", value_parser = liqonet_gateway::kubernetes::settings::parse_duration)]
+        wait: Option<std::time::Duration>,
     },
 }
 
@@ -183,7 +190,31 @@ fn main() -> ExitCode {
             }),
         },
         Command::Peer {
-            action: PeerAction::Remove { target, cluster_id },
+            action:
+                PeerAction::Remove {
+                    target,
+                    all: true,
+                    wait,
+                    ..
+                },
+        } => with_cluster(|client| async move {
+            kube_peering::remove_all(&client, &names(&target.namespace), wait).await
+        })
+        .map(|removed| {
+            println!(
+                "removed {} TunnelEndpoint(s){}{}",
+                removed.len(),
+                if removed.is_empty() { "" } else { ": " },
+                removed.join(", ")
+            )
+        }),
+        Command::Peer {
+            action:
+                PeerAction::Remove {
+                    target,
+                    cluster_id: Some(cluster_id),
+                    ..
+                },
         } => match target.config {
             Some(config) => peering::remove(&config, &cluster_id).map(|()| {
                 println!(
@@ -200,6 +231,10 @@ fn main() -> ExitCode {
                 )
             }),
         },
+        // clap requires CLUSTER_ID unless --all is given.
+        Command::Peer {
+            action: PeerAction::Remove { .. },
+        } => Err(anyhow::anyhow!("peer remove needs CLUSTER_ID or --all")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -634,6 +634,42 @@ async fn a_follower_takes_a_released_lease_as_soon_as_its_watch_shows_it() {
 }
 
 #[tokio::test]
+async fn peer_remove_all_deletes_every_endpoint_and_waits_until_they_are_gone() {
+    let (client, mut server) = pair(rbac::PEERING_CLI, "liqonet");
+    let task = tokio::spawn(async move {
+        peering::remove_all(
+            &client,
+            &peering::Names::default(),
+            Some(Duration::from_secs(5)),
+        )
+        .await
+    });
+    let list = |items: Vec<Value>| json!({"apiVersion": "net.liqo.io/v1alpha1", "kind": "TunnelEndpointList", "metadata": {}, "items": items});
+    let two = vec![
+        endpoint("foreign", 1, json!([]), true),
+        endpoint("third", 2, json!([]), true),
+    ];
+    server
+        .expect("GET", TEPS)
+        .await
+        .reply(200, list(two.clone()));
+    for (name, te) in ["foreign", "third"].iter().zip(&two) {
+        server
+            .expect("DELETE", &format!("{TEPS}/{name}"))
+            .await
+            .reply(200, te.clone());
+    }
+    // Their finalizers are still held: it looks again until the gateway released them.
+    server
+        .expect("GET", TEPS)
+        .await
+        .reply(200, list(vec![two[1].clone()]));
+    server.expect("GET", TEPS).await.reply(200, list(vec![]));
+    let removed = task.await.unwrap().unwrap();
+    assert_eq!(removed, ["foreign", "third"]);
+}
+
+#[tokio::test]
 async fn peer_add_and_remove_talk_to_the_cluster() {
     let (client, mut server) = pair(rbac::PEERING_CLI, "liqonet");
     let names = peering::Names::default();

@@ -185,3 +185,54 @@ pub async fn remove(client: &Client, names: &Names, cluster_id: &str) -> anyhow:
         Err(e) => Err(e).context("deleting the TunnelEndpoint"),
     }
 }
+
+/// Deletes every TunnelEndpoint in the namespace (what `helm uninstall` does first, while the
+/// gateways still run to release their finalizers) and, with `wait`, waits up to that long
+/// until they are gone. Returns their names.
+pub async fn remove_all(
+    client: &Client,
+    names: &Names,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<Vec<String>> {
+    let api = Api::<TunnelEndpoint>::namespaced(client.clone(), &names.namespace);
+    let listed = api
+        .list(&ListParams::default())
+        .await
+        .context("listing the TunnelEndpoints")?;
+    let mut removed = Vec::new();
+    for te in listed {
+        let Some(name) = te.metadata.name else {
+            continue;
+        };
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => removed.push(name),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting TunnelEndpoint {name}")),
+        }
+    }
+    if let Some(limit) = wait {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = api
+                .list(&ListParams::default())
+                .await
+                .context("listing the TunnelEndpoints")?;
+            if left.items.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let names: Vec<String> = left
+                    .items
+                    .into_iter()
+                    .filter_map(|t| t.metadata.name)
+                    .collect();
+                bail!(
+                    "TunnelEndpoints still there after {limit:?} (their finalizers wait for a running gateway): {}",
+                    names.join(", ")
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    Ok(removed)
+}

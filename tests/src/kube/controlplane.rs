@@ -222,6 +222,26 @@ impl ControlPlane {
         self.kubectl_as(&self.kubeconfig(), args)
     }
 
+    /// Runs the lab's helm as the lab admin, inside the control-plane namespace.
+    pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(binaries()?.join("helm"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run helm")?;
+        if !out.status.success() {
+            bail!(
+                "helm {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs kubectl with `kubeconfig`, feeding `stdin` when given.
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
         self.kubectl_input(kubeconfig, args, None)

@@ -21,10 +21,61 @@ pub fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
+/// How a lab cluster gets liqonet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installer {
+    /// `kubectl apply -k` of an overlay of deploy/.
+    Kustomize,
+    /// `helm install` of deploy/helm/liqonet, after labelling the namespace as NOTES.txt says.
+    Helm,
+}
+
+/// The chart's directory.
+pub fn chart_dir() -> PathBuf {
+    deploy_dir().join("helm/liqonet")
+}
+
+/// liqonet installed on `c` with `how`, then the peering identity and the test pods.
+pub fn install_with(c: &KubeCluster, dir: &Path, how: Installer) -> anyhow::Result<()> {
+    match how {
+        Installer::Kustomize => install(c, dir)?,
+        Installer::Helm => {
+            c.kubectl(&["create", "namespace", NAMESPACE])?;
+            c.kubectl(&[
+                "label",
+                "namespace",
+                NAMESPACE,
+                "pod-security.kubernetes.io/enforce=privileged",
+            ])?;
+            let chart = fs::canonicalize(chart_dir())?;
+            c.cp.helm(&[
+                "install",
+                "liqonet",
+                chart.to_str().unwrap_or_default(),
+                "--namespace",
+                NAMESPACE,
+                "--set",
+                &format!("clusterID={}", c.name),
+            ])?;
+        }
+    }
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/tunnelendpoints.net.liqo.io",
+        "--timeout=60s",
+    ])?;
+    peering_identity(&c.cp)?;
+    let pods = dir.join("test-pods.yaml");
+    fs::write(&pods, test_pods(&c.name))?;
+    c.kubectl(&["apply", "-f", pods.to_str().unwrap_or_default()])?;
+    Ok(())
+}
+
 /// deploy/ with this cluster's settings, applied with kubectl as a user installs liqonet: an
 /// overlay of deploy/ that sets the cluster ID in the ConfigMap (the user's edit of
 /// base/config.yaml), so that the pods start with it.
-pub fn install(c: &KubeCluster, dir: &Path) -> anyhow::Result<()> {
+fn install(c: &KubeCluster, dir: &Path) -> anyhow::Result<()> {
     let overlay = dir.join("install");
     fs::create_dir_all(&overlay)?;
     let deploy = fs::canonicalize(deploy_dir())?;
@@ -37,16 +88,6 @@ pub fn install(c: &KubeCluster, dir: &Path) -> anyhow::Result<()> {
         ),
     )?;
     c.kubectl(&["apply", "-k", overlay.to_str().unwrap_or_default()])?;
-    c.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/tunnelendpoints.net.liqo.io",
-        "--timeout=60s",
-    ])?;
-    peering_identity(&c.cp)?;
-    let pods = dir.join("test-pods.yaml");
-    fs::write(&pods, test_pods(&c.name))?;
-    c.kubectl(&["apply", "-f", pods.to_str().unwrap_or_default()])?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use super::controlplane::ControlPlane;
-use super::install::{install, GATEWAY_DS, TEST_NAMESPACE};
+use super::install::{install_with, Installer, GATEWAY_DS, TEST_NAMESPACE};
 use super::node::{self, NodeSpec, RealNode};
 use crate::lab::{add_ns, join_node_network};
 use crate::netns::{self, sh};
@@ -255,6 +255,15 @@ impl KubeLab {
         Ok(lab)
     }
 
+    /// Like [`KubeLab::start`], each cluster installed its own way.
+    pub fn start_with(clusters: &[(&str, Installer)]) -> anyhow::Result<KubeLab> {
+        let mut lab = Self::start(&[])?;
+        for (name, how) in clusters {
+            lab.add_cluster_with(name, *how)?;
+        }
+        Ok(lab)
+    }
+
     pub fn cluster(&self, name: &str) -> &KubeCluster {
         self.clusters
             .iter()
@@ -270,8 +279,13 @@ impl KubeLab {
     }
 
     /// Adds cluster `name` to a running lab (its own control plane and nodes, liqonet
-    /// installed), unpeered.
+    /// installed from deploy/ with kubectl), unpeered.
     pub fn add_cluster(&mut self, name: &str) -> anyhow::Result<()> {
+        self.add_cluster_with(name, Installer::Kustomize)
+    }
+
+    /// Adds cluster `name`, liqonet installed `how`.
+    pub fn add_cluster_with(&mut self, name: &str, how: Installer) -> anyhow::Result<()> {
         let (net_ns, cp_ns, nodes) = cluster_network(
             &self.prefix,
             &self.wan_ns,
@@ -304,7 +318,7 @@ impl KubeLab {
         self.clusters.push(cluster);
         let c = self.clusters.last().context("no cluster")?;
         initialize_nodes(c)?;
-        install(c, &self.dir.join(name))?;
+        install_with(c, &self.dir.join(name), how)?;
         // Installed: every route agent runs and a gateway replica leads (it has made the
         // cluster's keys, which peering reads).
         c.rollout_status("liqonet-route-agent")?;
