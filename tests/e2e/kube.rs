@@ -315,8 +315,8 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
         "TunnelEndpoints created {apart:.2?} apart: the first ping answered {took:.2?} after the later one"
     );
     // Usually 0.6-0.9 s; over runs on a busy machine up to 2.5 s: each lost first contact costs
-    // one early retry of a second (without them, boringtun's 5 s). What the leaders logged
-    // meanwhile says which step was slow.
+    // one early retry of a second (without them, boringtun's 5 s). What the leaders and the
+    // route agents on w1 logged meanwhile says which step was slow.
     if took > Duration::from_secs(1) {
         for c in ["home", "foreign"] {
             let cluster = lab.cluster(c);
@@ -324,10 +324,13 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
                 .leader()
                 .and_then(|n| cluster.pod_of("gateway", &n).ok())
                 .unwrap_or_default();
-            let log = cluster
-                .kubectl(&["-n", "liqonet", "logs", &pod, "--since=60s"])
-                .unwrap_or_default();
-            println!("{c}'s leader {pod}:\n{log}");
+            let agent = cluster.pod_of("route-agent", "w1").unwrap_or_default();
+            for p in [pod, agent] {
+                let log = cluster
+                    .kubectl(&["-n", "liqonet", "logs", &p, "--since=60s", "--timestamps"])
+                    .unwrap_or_default();
+                println!("{c}'s {p}:\n{log}");
+            }
         }
     }
     assert!(took <= Duration::from_millis(2500), "{took:?}");
@@ -520,7 +523,9 @@ fn a_cluster_installed_with_helm_peers_upgrades_and_uninstalls_cleanly() {
         longest = longest.max(g.longest);
     }
     status.unwrap();
-    assert!(longest <= Duration::from_millis(500), "{longest:?}");
+    // Usually 0.12–0.3 s; in some runs a handover's first handshake goes unanswered and the
+    // queued packets wait for the early retry a second later (the same as first contact, above).
+    assert!(longest <= Duration::from_secs(2), "{longest:?}");
     assert_path(&lab, "home", "foreign");
 
     // Uninstalled: the pre-delete hook deletes the TunnelEndpoints while the gateways still run
@@ -530,7 +535,31 @@ fn a_cluster_installed_with_helm_peers_upgrades_and_uninstalls_cleanly() {
     let out = home
         .cp
         .helm(&["uninstall", "liqonet", "--namespace", "liqonet", "--wait"])
-        .unwrap();
+        .unwrap_or_else(|e| {
+            let logs = home
+                .kubectl(&[
+                    "-n",
+                    "liqonet",
+                    "logs",
+                    "-l",
+                    "job-name=liqonet-uninstall",
+                    "--tail=20",
+                ])
+                .unwrap_or_else(|e| e.to_string());
+            let pods = home
+                .kubectl(&[
+                    "-n",
+                    "liqonet",
+                    "get",
+                    "pods",
+                    "-l",
+                    "job-name=liqonet-uninstall",
+                    "-o",
+                    "yaml",
+                ])
+                .unwrap_or_default();
+            panic!("{e}\nthe hook's logs:\n{logs}\n{pods}")
+        });
     println!("helm uninstall ({:.2?}): {}", t0.elapsed(), out.trim());
     let teps = home.get_json(&["-n", "liqonet", "tep"]).unwrap();
     assert_eq!(teps["items"].as_array().map(Vec::len), Some(0), "{teps}");

@@ -734,6 +734,11 @@ fn initialize_nodes(c: &KubeCluster) -> anyhow::Result<()> {
             sh(&a.ns, &format!("ip route add {cidr} via {}", b.ip))?;
         }
     }
+    // The control plane's host routes pods too (in a real cluster it is a node of the routed
+    // network): pods that talk to the API server get its answers.
+    for (b, cidr) in &cidrs {
+        sh(&c.cp.ns, &format!("ip route add {cidr} via {}", b.ip))?;
+    }
     c.kubectl(&[
         "wait",
         "--for=condition=Ready",
