@@ -7,11 +7,14 @@ use anyhow::{bail, Context};
 
 /// Runs a command to completion; fails with its stderr when it exits non-zero.
 pub fn run(args: &[&str]) -> anyhow::Result<String> {
-    let out = output(args)?;
+    stdout_of(&args.join(" "), output(args)?)
+}
+
+/// A finished command's stdout, or an error naming `what` with its stderr when it failed.
+pub fn stdout_of(what: &str, out: Output) -> anyhow::Result<String> {
     if !out.status.success() {
         bail!(
-            "`{}` failed ({}): {}",
-            args.join(" "),
+            "`{what}` failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::netns::{ns_run, output, run, wait_for};
+use crate::netns::{ns_run, output, run, stdout_of, wait_for};
 
 pub const API_PORT: u16 = 6443;
 
@@ -224,22 +224,11 @@ impl ControlPlane {
 
     /// Runs the lab's helm as the lab admin, inside the control-plane namespace.
     pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(binaries()?.join("helm"))
-            .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run helm")?;
-        if !out.status.success() {
-            bail!(
-                "helm {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let helm = binaries()?.join("helm");
+        let kubeconfig = format!("--kubeconfig={}", self.kubeconfig().display());
+        let mut v = vec![helm.to_str().unwrap_or_default(), &kubeconfig];
+        v.extend_from_slice(args);
+        ns_run(&self.ns, &v)
     }
 
     /// Runs kubectl with `kubeconfig`, feeding `stdin` when given.
@@ -270,15 +259,10 @@ impl ControlPlane {
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(text.as_bytes())?;
         }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(
+            &format!("kubectl {}", args.join(" ")),
+            child.wait_with_output()?,
+        )
     }
 
     pub fn etcdctl(&self, args: &[&str]) -> anyhow::Result<String> {

@@ -5,8 +5,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
-
 use super::controlplane::ControlPlane;
 use super::lab::KubeCluster;
 
@@ -193,14 +191,7 @@ pub fn peering_cli(cp: &ControlPlane, gateway: &Path, args: &[&str]) -> anyhow::
         .args(args)
         .env("KUBECONFIG", cp.dir.join("peering.kubeconfig"))
         .output()?;
-    if !out.status.success() {
-        bail!(
-            "liqonet-gateway {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::netns::stdout_of(&format!("liqonet-gateway {}", args.join(" ")), out)
 }
 
 /// Removes what labs whose process is gone (killed without teardown) left outside their

@@ -81,21 +81,24 @@ impl KubeCluster {
         ])
     }
 
+    /// The items of `kubectl get ARGS`; none when it fails.
+    fn items(&self, args: &[&str]) -> Vec<Value> {
+        self.get_json(args)
+            .ok()
+            .and_then(|l| l["items"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
     /// The nodes whose gateway replica is Ready (the kubelet's /readyz probe).
     pub fn ready_gateways(&self) -> Vec<String> {
-        let Ok(pods) = self.get_json(&[
+        let pods = self.items(&[
             "-n",
             "liqonet",
             "pods",
             "-l",
             "app.kubernetes.io/component=gateway",
-        ]) else {
-            return Vec::new();
-        };
-        pods["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        ]);
+        pods.iter()
             .filter(|p| {
                 p["status"]["conditions"]
                     .as_array()
@@ -110,19 +113,15 @@ impl KubeCluster {
     /// The nodes the gateway Service's ready endpoints name (its EndpointSlices, as kube-proxy
     /// reads them).
     pub fn service_endpoints(&self) -> Vec<String> {
-        let Ok(slices) = self.get_json(&[
+        let slices = self.items(&[
             "-n",
             "liqonet",
             "endpointslices",
             "-l",
             "kubernetes.io/service-name=liqonet-gateway",
-        ]) else {
-            return Vec::new();
-        };
-        slices["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        ]);
+        slices
+            .iter()
             .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
             .filter(|e| e["conditions"]["ready"] != false)
             .filter_map(|e| e["nodeName"].as_str().map(String::from))
@@ -757,20 +756,13 @@ fn initialize_nodes(c: &KubeCluster) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ip` (IPv4) moved from network `cidr` to `remapped` (same prefix length), host bits kept;
-/// `None` when `ip` is not in `cidr`.
+/// `ip` moved from network `cidr` to `remapped` (same prefix length), host bits kept, with the
+/// gateway's own prefix swap; `None` when `ip` is not in `cidr`.
 fn remap(ip: &str, cidr: &str, remapped: &str) -> Option<String> {
-    let parse = |net: &str| -> Option<(u32, u32)> {
-        let (addr, len) = net.split_once('/')?;
-        let len: u32 = len.parse().ok()?;
-        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-        Some((u32::from(addr.parse::<std::net::Ipv4Addr>().ok()?), mask))
-    };
-    let ip = u32::from(ip.parse::<std::net::Ipv4Addr>().ok()?);
-    let (from, mask) = parse(cidr)?;
-    let (to, _) = parse(remapped)?;
-    (ip & mask == from & mask)
-        .then(|| std::net::Ipv4Addr::from((to & mask) | (ip & !mask)).to_string())
+    let from: liqonet_proto::Cidr = cidr.parse().ok()?;
+    let to: liqonet_proto::Cidr = remapped.parse().ok()?;
+    from.swap_prefix(ip.parse().ok()?, &to)
+        .map(|a| a.to_string())
 }
 
 #[cfg(test)]

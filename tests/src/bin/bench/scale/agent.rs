@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use liqonet_lab::agent_scale::{expected, many_networks, AgentState, Route};
 use liqonet_lab::lab::add_ns;
 use liqonet_lab::netns::{self, sh};
+use liqonet_lab::procfs::sched_time;
 use liqonet_lab::{Lab, LabSpec, Underlay};
 use liqonet_proto::Cidr;
 
@@ -52,19 +53,6 @@ fn config(mode: &str, gateway: &str, nets: &[Cidr]) -> String {
         "nodeName: w1\nmode: {mode}\ngatewayNode: {gateway}\nreconcileSeconds: 3600\nremoteNetworks: [{}]\n{NODES}",
         nets.join(", ")
     )
-}
-
-/// CPU time of every thread of `pid` so far (scheduler nanoseconds, finer than clock ticks).
-fn cpu(pid: u32) -> Duration {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten();
-    let nanos: u64 = tasks
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(nanos)
 }
 
 /// One episode: the time until the kernel held what was wanted, the agent's CPU time until it
@@ -158,7 +146,7 @@ impl Bench {
     fn change(&mut self, old: &str, new: &str) -> anyhow::Result<Episode> {
         let before = expected(old)?.1;
         let kept: BTreeSet<Cidr> = expected(new)?.1.intersection(&before).copied().collect();
-        let (start, cpu_before) = (Instant::now(), cpu(self.pid));
+        let (start, cpu_before) = (Instant::now(), sched_time(self.pid));
         fs::write(&self.path, new)?;
         self.lab.signal(AGENT, "HUP")?;
         let (took, unrouted) = self.until_in_place(new, &kept, start)?;
@@ -201,11 +189,11 @@ impl Bench {
     /// Waits until the agent has used no CPU for 300 ms (the notifications of its own changes
     /// handled); the CPU time it used since `before`.
     fn idle(&self, before: Duration) -> Duration {
-        let mut last = cpu(self.pid);
+        let mut last = sched_time(self.pid);
         let quiet = Instant::now() + Duration::from_secs(10);
         while Instant::now() < quiet {
             std::thread::sleep(Duration::from_millis(300));
-            let now = cpu(self.pid);
+            let now = sched_time(self.pid);
             if now == last {
                 break;
             }
