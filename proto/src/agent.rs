@@ -158,7 +158,15 @@ impl AgentConfig {
         self.node_name == self.gateway_node
     }
 
-    /// A node's address on the VXLAN overlay.
+    /// A node's MAC address on the VXLAN overlay: locally administered (02), then 4c, then its
+    /// IPv4 address. Every agent computes every node's, so the overlay needs no ARP or neighbour
+    /// discovery (an ARP sent before the other node's device exists would be lost and retried
+    /// only a second later).
+    pub fn overlay_mac(&self, node: &NodeConfig) -> [u8; 6] {
+        let [a, b, c, d] = node.ip.0.octets();
+        [0x02, 0x4c, a, b, c, d]
+    }
+
     /// A node's IPv6 address on the VXLAN overlay.
     pub fn overlay_ip6(&self, node: &NodeConfig) -> Ipv6Addr {
         let o = &self.vxlan.overlay_cidr6;
@@ -171,6 +179,7 @@ impl AgentConfig {
         Ipv6Addr::from(net | u128::from(u32::from(node.ip.0) & host_mask))
     }
 
+    /// A node's address on the VXLAN overlay.
     pub fn overlay_ip(&self, node: &NodeConfig) -> Ipv4Addr {
         let o = &self.vxlan.overlay_cidr;
         // Saturating: an IPv6 prefix here is a validation error, not a panic.

@@ -52,6 +52,50 @@ impl std::fmt::Display for Rule {
     }
 }
 
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// The all-zero MAC: an FDB entry with it lists a node that broadcasts are sent to.
+pub const FLOOD: Mac = [0; 6];
+
+/// `aa:bb:cc:dd:ee:ff`, as `ip` and `bridge` write it.
+pub struct MacDisplay<'a>(pub &'a Mac);
+
+impl std::fmt::Display for MacDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// An FDB entry of the overlay device: frames to `mac` are sent to the node `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FdbEntry {
+    pub mac: Mac,
+    pub dst: Ipv4Addr,
+}
+
+/// As `bridge fdb` writes it: `02:4c:ac:14:00:0a dst 172.20.0.10`.
+impl std::fmt::Display for FdbEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} dst {}", MacDisplay(&self.mac), self.dst)
+    }
+}
+
+/// A permanent ARP (IPv4) or NDP (IPv6) entry of the overlay device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Neighbour {
+    pub ip: IpAddr,
+    pub mac: Mac,
+}
+
+/// As `ip neigh` writes it: `10.84.0.10 lladdr 02:4c:ac:14:00:0a`.
+impl std::fmt::Display for Neighbour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} lladdr {}", self.ip, MacDisplay(&self.mac))
+    }
+}
+
 /// The VXLAN device of the overlay between this node and the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vxlan {
@@ -60,10 +104,17 @@ pub struct Vxlan {
     pub port: u16,
     pub local: Ipv4Addr,
     pub mtu: u16,
+    /// This node's overlay MAC ([`AgentConfig::overlay_mac`]).
+    pub mac: Mac,
     /// This node's overlay addresses (IPv4 and IPv6) with their prefix lengths.
     pub addresses: Vec<(IpAddr, u8)>,
-    /// The node IPs that broadcasts (ARP, neighbour discovery) are sent to.
-    pub remotes: BTreeSet<Ipv4Addr>,
+    /// For each node this one talks to over the overlay: its MAC to its node IP, and an all-zero
+    /// entry to it (broadcasts still reach it, should an ARP be needed after all).
+    pub fdb: BTreeSet<FdbEntry>,
+    /// Each such node's overlay addresses to its MAC: no ARP or neighbour discovery, so the
+    /// first packet to a node whose device was made an instant ago is not held for the
+    /// kernel's one-second ARP retry.
+    pub neighbours: BTreeSet<Neighbour>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,15 +156,25 @@ pub fn desired(c: &AgentConfig) -> Desired {
         }
     };
     if overlay {
-        let remotes = if gateway_here {
-            c.nodes
-                .iter()
-                .filter(|n| n.name != me.name)
-                .map(|n| n.ip.0)
-                .collect()
+        // The gateway node talks to every other node, a worker only to the gateway node.
+        let peers: Vec<&NodeConfig> = if gateway_here {
+            c.nodes.iter().filter(|n| n.name != me.name).collect()
         } else {
-            BTreeSet::from([gw.ip.0])
+            vec![gw]
         };
+        let mut fdb = BTreeSet::new();
+        let mut neighbours = BTreeSet::new();
+        for n in peers {
+            let mac = c.overlay_mac(n);
+            fdb.insert(FdbEntry { mac, dst: n.ip.0 });
+            fdb.insert(FdbEntry {
+                mac: FLOOD,
+                dst: n.ip.0,
+            });
+            for ip in [IpAddr::V4(c.overlay_ip(n)), IpAddr::V6(c.overlay_ip6(n))] {
+                neighbours.insert(Neighbour { ip, mac });
+            }
+        }
         let v6 = c.overlay_ip6(me);
         d.vxlan = Some(Vxlan {
             name: c.vxlan.device.clone(),
@@ -121,6 +182,7 @@ pub fn desired(c: &AgentConfig) -> Desired {
             port: c.vxlan.port,
             local: me.ip.0,
             mtu: c.vxlan.mtu,
+            mac: c.overlay_mac(me),
             addresses: vec![
                 (
                     IpAddr::V4(c.overlay_ip(me)),
@@ -128,7 +190,8 @@ pub fn desired(c: &AgentConfig) -> Desired {
                 ),
                 (IpAddr::V6(v6), c.vxlan.overlay_cidr6.prefix_len()),
             ],
-            remotes,
+            fdb,
+            neighbours,
         });
     }
     match (overlay, gateway_here) {
@@ -212,7 +275,30 @@ mod tests {
             v.addresses,
             [(ip("10.85.0.12"), 12), (ip("fdff:2741::ac15:c"), 96)]
         );
-        assert_eq!(v.remotes, BTreeSet::from([Ipv4Addr::new(172, 20, 0, 10)]));
+        assert_eq!(v.mac, [0x02, 0x4c, 172, 21, 0, 12]);
+        let gw = Ipv4Addr::new(172, 20, 0, 10);
+        let gw_mac = [0x02, 0x4c, 172, 20, 0, 10];
+        assert_eq!(
+            v.fdb,
+            BTreeSet::from([
+                FdbEntry {
+                    mac: FLOOD,
+                    dst: gw
+                },
+                FdbEntry {
+                    mac: gw_mac,
+                    dst: gw
+                }
+            ])
+        );
+        let neighbours: Vec<String> = v.neighbours.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            neighbours,
+            [
+                "10.84.0.10 lladdr 02:4c:ac:14:00:0a",
+                "fdff:2741::ac14:a lladdr 02:4c:ac:14:00:0a"
+            ]
+        );
         let via: Vec<_> = d.routes.iter().map(|r| r.via).collect();
         assert_eq!(
             via,
@@ -225,7 +311,8 @@ mod tests {
     fn vxlan_gateway_node_returns_through_the_overlay() {
         let d = desired(&config("gw", "vxlan"));
         assert!(d.forwarding);
-        assert_eq!(d.vxlan.unwrap().remotes.len(), 2);
+        let v = d.vxlan.unwrap();
+        assert_eq!((v.fdb.len(), v.neighbours.len()), (4, 4));
         let routes: Vec<_> = d.routes.iter().map(|r| (r.dst, r.via)).collect();
         assert_eq!(
             routes,

@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use anyhow::bail;
 use liqonet_proto::Cidr;
 
-use crate::desired::{Route, Rule, Vxlan};
+use crate::desired::{FdbEntry, Neighbour, Route, Rule, Vxlan};
 use crate::kernel::{Installed, Kernel, VxlanLink};
 
 #[derive(Default)]
@@ -20,7 +20,8 @@ pub struct State {
     pub rules: Vec<(u32, u32, Rule)>,
     pub link: Option<(String, VxlanLink)>,
     pub addresses: Vec<(IpAddr, u8)>,
-    pub fdb: BTreeSet<Ipv4Addr>,
+    pub fdb: BTreeSet<FdbEntry>,
+    pub neighbours: BTreeMap<IpAddr, Neighbour>,
     pub sysctls: BTreeMap<String, String>,
     /// Route dumps: one per reconciliation pass.
     pub route_dumps: usize,
@@ -214,6 +215,7 @@ impl Kernel for FakeKernel {
             port: Some(v.port),
             local: Some(v.local),
             mtu: Some(u32::from(v.mtu)),
+            mac: Some(v.mac),
             up: true,
         };
         s.link = Some((v.name.clone(), link));
@@ -239,6 +241,7 @@ impl Kernel for FakeKernel {
         s.link = None;
         s.addresses.clear();
         s.fdb.clear();
+        s.neighbours.clear();
         s.routes.retain(|(_, r)| r.oif != Some(index));
         self.wrote(&mut s);
         Ok(())
@@ -258,24 +261,50 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn fdb(&self, index: u32) -> anyhow::Result<Vec<Ipv4Addr>> {
+    fn fdb(&self, index: u32) -> anyhow::Result<Vec<FdbEntry>> {
         let s = self.state();
         Self::index(&s, index)?;
         Ok(s.fdb.iter().copied().collect())
     }
 
-    fn add_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
+    fn add_fdb(&self, index: u32, e: &FdbEntry) -> anyhow::Result<()> {
         let mut s = self.state();
         Self::index(&s, index)?;
-        s.fdb.insert(dst);
+        s.fdb.insert(*e);
         self.wrote(&mut s);
         Ok(())
     }
 
-    fn del_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
+    fn del_fdb(&self, index: u32, e: &FdbEntry) -> anyhow::Result<()> {
         let mut s = self.state();
         Self::index(&s, index)?;
-        s.fdb.remove(&dst);
+        if !s.fdb.remove(e) {
+            bail!("No such file or directory (os error 2)");
+        }
+        self.wrote(&mut s);
+        Ok(())
+    }
+
+    fn neighbours(&self, index: u32) -> anyhow::Result<Vec<Neighbour>> {
+        let s = self.state();
+        Self::index(&s, index)?;
+        Ok(s.neighbours.values().copied().collect())
+    }
+
+    fn set_neighbour(&self, index: u32, n: &Neighbour) -> anyhow::Result<()> {
+        let mut s = self.state();
+        Self::index(&s, index)?;
+        s.neighbours.insert(n.ip, *n);
+        self.wrote(&mut s);
+        Ok(())
+    }
+
+    fn del_neighbour(&self, index: u32, n: &Neighbour) -> anyhow::Result<()> {
+        let mut s = self.state();
+        Self::index(&s, index)?;
+        if s.neighbours.remove(&n.ip).is_none() {
+            bail!("No such file or directory (os error 2)");
+        }
         self.wrote(&mut s);
         Ok(())
     }

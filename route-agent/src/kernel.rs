@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use liqonet_proto::Cidr;
 
-use crate::desired::{Route, Rule, Vxlan};
+use crate::desired::{FdbEntry, Mac, Neighbour, Route, Rule, Vxlan};
 
 /// A route of the agent's as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,7 @@ pub struct VxlanLink {
     pub port: Option<u16>,
     pub local: Option<Ipv4Addr>,
     pub mtu: Option<u32>,
+    pub mac: Option<Mac>,
     pub up: bool,
 }
 
@@ -92,10 +93,16 @@ pub trait Kernel {
     fn addresses(&self, index: u32) -> anyhow::Result<Vec<(IpAddr, u8)>>;
     fn add_address(&self, index: u32, ip: IpAddr, len: u8) -> anyhow::Result<()>;
 
-    /// The overlay's flood list: node IPs of the all-zero-MAC FDB entries of device `index`.
-    fn fdb(&self, index: u32) -> anyhow::Result<Vec<Ipv4Addr>>;
-    fn add_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()>;
-    fn del_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()>;
+    /// The permanent FDB entries of device `index` that have a remote node IP.
+    fn fdb(&self, index: u32) -> anyhow::Result<Vec<FdbEntry>>;
+    fn add_fdb(&self, index: u32, e: &FdbEntry) -> anyhow::Result<()>;
+    fn del_fdb(&self, index: u32, e: &FdbEntry) -> anyhow::Result<()>;
+
+    /// The permanent ARP and NDP entries of device `index`.
+    fn neighbours(&self, index: u32) -> anyhow::Result<Vec<Neighbour>>;
+    /// Adds `n`, or replaces the entry of its IP (a learnt one, or one with another MAC).
+    fn set_neighbour(&self, index: u32, n: &Neighbour) -> anyhow::Result<()>;
+    fn del_neighbour(&self, index: u32, n: &Neighbour) -> anyhow::Result<()>;
 
     /// A sysctl's value (`key` as a path under /proc/sys: `net/ipv4/ip_forward`).
     fn sysctl(&self, key: &str) -> anyhow::Result<String>;

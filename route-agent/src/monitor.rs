@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::rule::RuleAttribute;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, MulticastGroup};
@@ -166,11 +167,17 @@ pub fn concerns(
         M::NewAddress(a) | M::DelAddress(a) => {
             (overlay.is_some() && Some(a.header.index) == *overlay).then_some("address")
         }
-        // Bridge-family neighbours are FDB entries; ARP and NDP churn is none of the agent's.
-        M::NewNeighbour(n) | M::DelNeighbour(n) => (n.header.family == AddressFamily::Bridge
-            && overlay.is_some()
-            && Some(n.header.ifindex) == *overlay)
-            .then_some("fdb"),
+        // Bridge-family neighbours are FDB entries. Of ARP and NDP, only the permanent entries
+        // are the agent's: the kernel's own churn is none of its business.
+        M::NewNeighbour(n) | M::DelNeighbour(n) => {
+            if overlay.is_none() || Some(n.header.ifindex) != *overlay {
+                None
+            } else if n.header.family == AddressFamily::Bridge {
+                Some("fdb")
+            } else {
+                (n.header.state == NeighbourState::Permanent).then_some("neighbour")
+            }
+        }
         _ => None,
     }
 }
@@ -266,7 +273,13 @@ mod tests {
         n.header.family = AddressFamily::Inet;
         assert_eq!(
             concerns(&M::NewNeighbour(n.clone()), &o, &mut overlay),
-            None
+            None,
+            "a learnt ARP entry"
+        );
+        n.header.state = NeighbourState::Permanent;
+        assert_eq!(
+            concerns(&M::DelNeighbour(n.clone()), &o, &mut overlay),
+            Some("neighbour")
         );
         n.header.family = AddressFamily::Bridge;
         assert_eq!(concerns(&M::DelNeighbour(n), &o, &mut overlay), Some("fdb"));

@@ -28,7 +28,7 @@ use rtnetlink::sys::{protocols::NETLINK_ROUTE, SocketAddr};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
-use crate::desired::{Route, Rule, Selector, Vxlan};
+use crate::desired::{FdbEntry, Mac, Neighbour, Route, Rule, Selector, Vxlan};
 use crate::kernel::{Installed, Kernel, VxlanLink};
 use crate::{sysctl, ROUTE_PROTOCOL};
 use liqonet_proto::Cidr;
@@ -296,6 +296,7 @@ impl Kernel for Netlink {
             port: None,
             local: None,
             mtu: None,
+            mac: None,
             up: m
                 .header
                 .flags
@@ -304,6 +305,7 @@ impl Kernel for Netlink {
         for a in &m.attributes {
             match a {
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+                LinkAttribute::Address(mac) => link.mac = <Mac>::try_from(mac.as_slice()).ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Data(InfoData::Vxlan(v)) = info {
@@ -324,9 +326,11 @@ impl Kernel for Netlink {
         Ok(Some(link))
     }
 
-    /// No learning: the FDB is the agent's.
+    /// No learning: the FDB is the agent's. The MAC is the node's overlay MAC, which the other
+    /// nodes' agents know without asking.
     fn create_vxlan(&self, v: &Vxlan) -> anyhow::Result<u32> {
         let msg = LinkVxlan::new(&v.name, v.vni)
+            .address(v.mac.to_vec())
             .port(v.port)
             .local(v.local)
             .learning(false)
@@ -385,7 +389,7 @@ impl Kernel for Netlink {
         Ok(self.rt.block_on(req.execute())?)
     }
 
-    fn fdb(&self, index: u32) -> anyhow::Result<Vec<Ipv4Addr>> {
+    fn fdb(&self, index: u32) -> anyhow::Result<Vec<FdbEntry>> {
         let all: Vec<NeighbourMessage> = self.rt.block_on(
             self.handle
                 .neighbours()
@@ -396,29 +400,30 @@ impl Kernel for Netlink {
         )?;
         Ok(all
             .iter()
-            .filter(|m| m.header.ifindex == index)
-            .filter(|m| {
-                m.attributes
-                    .contains(&NeighbourAttribute::LinkLayerAddress(vec![0; 6]))
-            })
+            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
             .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
+                let mac = m.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(l) => Mac::try_from(l.as_slice()).ok(),
+                    _ => None,
+                })?;
+                // The device's own addresses are listed too, without a remote.
+                let dst = m.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
                     // In a bridge-family message the parser cannot tell the address family.
                     NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
                         <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
                     }
                     _ => None,
-                })
+                })?;
+                Some(FdbEntry { mac, dst })
             })
             .collect())
     }
 
-    /// `bridge fdb append 00:00:00:00:00:00 dev DEVICE dst IP`: ARP and broadcasts reach that node.
-    fn add_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
-        let mut req =
-            NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_entry(index, dst)));
-        // Several all-zero entries (one per remote node) need APPEND; rtnetlink's add sends EXCL.
+    /// `bridge fdb append MAC dev DEVICE dst IP`: the all-zero MAC lists a node broadcasts go to
+    /// (several such entries need APPEND, where rtnetlink's add sends EXCL).
+    fn add_fdb(&self, index: u32, e: &FdbEntry) -> anyhow::Result<()> {
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_entry(index, e)));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
         let mut handle = self.handle.clone();
         self.rt.block_on(async {
@@ -434,13 +439,80 @@ impl Kernel for Netlink {
         })
     }
 
-    fn del_fdb(&self, index: u32, dst: Ipv4Addr) -> anyhow::Result<()> {
+    fn del_fdb(&self, index: u32, e: &FdbEntry) -> anyhow::Result<()> {
+        Ok(self
+            .rt
+            .block_on(self.handle.neighbours().del(fdb_entry(index, e)).execute())?)
+    }
+
+    fn neighbours(&self, index: u32) -> anyhow::Result<Vec<Neighbour>> {
+        let mut found = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let all: Vec<NeighbourMessage> = self.rt.block_on(
+                self.handle
+                    .neighbours()
+                    .get()
+                    .set_address_family(family)
+                    .execute()
+                    .try_collect(),
+            )?;
+            found.extend(
+                all.iter()
+                    .filter(|m| {
+                        m.header.ifindex == index && m.header.state == NeighbourState::Permanent
+                    })
+                    .filter_map(|m| {
+                        let ip = m.attributes.iter().find_map(|a| match a {
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                                Some(IpAddr::V4(*ip))
+                            }
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                                Some(IpAddr::V6(*ip))
+                            }
+                            _ => None,
+                        })?;
+                        let mac = m.attributes.iter().find_map(|a| match a {
+                            NeighbourAttribute::LinkLayerAddress(l) => {
+                                Mac::try_from(l.as_slice()).ok()
+                            }
+                            _ => None,
+                        })?;
+                        Some(Neighbour { ip, mac })
+                    }),
+            );
+        }
+        Ok(found)
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev DEVICE nud permanent`.
+    fn set_neighbour(&self, index: u32, n: &Neighbour) -> anyhow::Result<()> {
         Ok(self.rt.block_on(
             self.handle
                 .neighbours()
-                .del(fdb_entry(index, dst))
+                .add(index, n.ip)
+                .link_layer_address(&n.mac)
+                .replace()
                 .execute(),
         )?)
+    }
+
+    fn del_neighbour(&self, index: u32, n: &Neighbour) -> anyhow::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.ifindex = index;
+        let dst = match n.ip {
+            IpAddr::V4(ip) => {
+                m.header.family = AddressFamily::Inet;
+                NeighbourAddress::Inet(ip)
+            }
+            IpAddr::V6(ip) => {
+                m.header.family = AddressFamily::Inet6;
+                NeighbourAddress::Inet6(ip)
+            }
+        };
+        m.attributes.push(NeighbourAttribute::Destination(dst));
+        Ok(self
+            .rt
+            .block_on(self.handle.neighbours().del(m).execute())?)
     }
 
     fn sysctl(&self, key: &str) -> anyhow::Result<String> {
@@ -485,16 +557,18 @@ fn owned_route<T>(b: RouteMessageBuilder<T>, table: u32, oif: Option<u32>) -> Ro
     }
 }
 
-fn fdb_entry(index: u32, dst: Ipv4Addr) -> NeighbourMessage {
+fn fdb_entry(index: u32, e: &FdbEntry) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Bridge;
     m.header.ifindex = index;
     m.header.state = NeighbourState::Permanent;
     m.header.flags = NeighbourFlags::Own;
     m.attributes
-        .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
     m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            e.dst,
+        )));
     m
 }
 

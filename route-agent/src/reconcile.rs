@@ -10,11 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use liqonet_proto::Cidr;
 
-use crate::desired::{Desired, Route, Rule, Vxlan};
+use crate::desired::{Desired, MacDisplay, Route, Rule, Vxlan};
 use crate::kernel::{Installed, Kernel};
 
 /// Where the agent's state lives: its table, its rule priority, its overlay device name.
@@ -226,7 +226,10 @@ impl<K: Kernel> Pass<'_, K> {
         let found = self.attempt(|| format!("look up device {name}"), |k| k.vxlan_link(name))?;
         let index = match found {
             Some(l)
-                if l.vni == Some(v.vni) && l.port == Some(v.port) && l.local == Some(v.local) =>
+                if l.vni == Some(v.vni)
+                    && l.port == Some(v.port)
+                    && l.local == Some(v.local)
+                    && l.mac == Some(v.mac) =>
             {
                 if l.mtu != Some(u32::from(v.mtu)) || !l.up {
                     tracing::debug!(mtu = ?l.mtu, up = l.up, "setting the overlay device's MTU and state");
@@ -243,7 +246,7 @@ impl<K: Kernel> Pass<'_, K> {
                     tracing::debug!(?l, "recreating the overlay device");
                     let deleted = self.change(
                         Change::Remove,
-                        || format!("delete device {name} to recreate it with VNI {}, port {}, local {}", v.vni, v.port, v.local),
+                        || format!("delete device {name} to recreate it with VNI {}, port {}, local {}, MAC {}", v.vni, v.port, v.local, MacDisplay(&v.mac)),
                         |k| k.del_link(l.index),
                     );
                     if !deleted {
@@ -253,8 +256,11 @@ impl<K: Kernel> Pass<'_, K> {
                 let index = self.attempt(
                     || {
                         format!(
-                            "create VXLAN device {name} (VNI {}, port {}, local {})",
-                            v.vni, v.port, v.local
+                            "create VXLAN device {name} (VNI {}, port {}, local {}, MAC {})",
+                            v.vni,
+                            v.port,
+                            v.local,
+                            MacDisplay(&v.mac)
                         )
                     },
                     |k| k.create_vxlan(v),
@@ -280,21 +286,42 @@ impl<K: Kernel> Pass<'_, K> {
         // node network): strict reverse-path filtering would drop it. Loose (2) still requires a route.
         self.sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "2");
 
-        let fdb: Option<Vec<Ipv4Addr>> =
-            self.attempt(|| format!("list the FDB of {name}"), |k| k.fdb(index));
+        let fdb = self.attempt(|| format!("list the FDB of {name}"), |k| k.fdb(index));
         if let Some(fdb) = fdb {
-            for &stale in fdb.iter().filter(|ip| !v.remotes.contains(ip)) {
+            for stale in fdb.iter().filter(|e| !v.fdb.contains(e)) {
                 self.change(
                     Change::Remove,
-                    || format!("delete the FDB entry of {name} for {stale}"),
+                    || format!("delete the FDB entry {stale} of {name}"),
                     |k| k.del_fdb(index, stale),
                 );
             }
-            for &missing in v.remotes.iter().filter(|ip| !fdb.contains(ip)) {
+            for missing in v.fdb.iter().filter(|e| !fdb.contains(e)) {
                 self.change(
                     Change::Add,
-                    || format!("add an FDB entry to {name} for {missing}"),
+                    || format!("add the FDB entry {missing} to {name}"),
                     |k| k.add_fdb(index, missing),
+                );
+            }
+        }
+        let neighbours = self.attempt(
+            || format!("list the neighbours of {name}"),
+            |k| k.neighbours(index),
+        );
+        if let Some(neighbours) = neighbours {
+            // Set first: a stale entry of a desired IP is replaced, not deleted.
+            for missing in v.neighbours.iter().filter(|n| !neighbours.contains(n)) {
+                self.change(
+                    Change::Add,
+                    || format!("set the neighbour {missing} on {name}"),
+                    |k| k.set_neighbour(index, missing),
+                );
+            }
+            let desired_ips: Vec<IpAddr> = v.neighbours.iter().map(|n| n.ip).collect();
+            for stale in neighbours.iter().filter(|n| !desired_ips.contains(&n.ip)) {
+                self.change(
+                    Change::Remove,
+                    || format!("delete the neighbour {stale} of {name}"),
+                    |k| k.del_neighbour(index, stale),
                 );
             }
         }
@@ -507,7 +534,9 @@ mod tests {
         let routes: Vec<String> = s.routes.iter().map(|(_, r)| r.dst.to_string()).collect();
         assert_eq!(routes, ["10.245.0.0/16", "fd10:245::/56"]);
         assert_eq!(s.rules.len(), d.rules.len());
-        assert!(s.link.is_some() && s.fdb.len() == 1 && s.addresses.len() == 2);
+        // The gateway node's two FDB entries (its MAC, the flood list) and two neighbours.
+        assert!(s.link.is_some() && s.fdb.len() == 2 && s.addresses.len() == 2);
+        assert_eq!(s.neighbours.len(), 2);
         // The summary says how many failed and what.
         assert!(
             e.to_string()
@@ -542,11 +571,54 @@ mod tests {
         assert_eq!(e.failures.len(), 1, "{e}");
         assert_eq!(
             e.failures[0].to_string(),
-            "cannot create VXLAN device liqo.vxlan (VNI 2741, port 4789, local 172.20.0.11): Operation not permitted (os error 1)"
+            "cannot create VXLAN device liqo.vxlan (VNI 2741, port 4789, local 172.20.0.11, MAC 02:4c:ac:14:00:0b): Operation not permitted (os error 1)"
         );
         let s = k.state();
         assert_eq!(s.routes, [(2741, old)]);
         assert_eq!(s.rules.len(), 3);
+    }
+
+    /// A device made by an agent that relied on ARP (another MAC, learnt and stale entries) is
+    /// brought to the overlay MACs: recreated, and every entry the agent owns made exact.
+    #[test]
+    fn an_overlay_relying_on_arp_is_brought_to_the_overlay_macs() {
+        use crate::desired::{FdbEntry, Neighbour};
+        use std::net::Ipv4Addr;
+        let c = config("w1", "vxlan");
+        let d = desired(&c);
+        let v = d.vxlan.clone().unwrap();
+        let k = FakeKernel::default();
+        reconcile(&k, &d, &owned(&c)).unwrap();
+        let gw = Ipv4Addr::new(172, 20, 0, 10);
+        {
+            let mut s = k.state();
+            let stale = [0x02, 0, 0, 0, 0, 1];
+            s.fdb.insert(FdbEntry {
+                mac: stale,
+                dst: gw,
+            });
+            for (ip, mac) in [("10.84.0.10", stale), ("10.84.0.99", v.mac)] {
+                let ip = ip.parse().unwrap();
+                s.neighbours.insert(ip, Neighbour { ip, mac });
+            }
+        }
+        let ch = reconcile(&k, &d, &owned(&c)).unwrap();
+        assert_eq!((ch.added, ch.removed), (1, 2), "{ch:?}");
+        {
+            let s = k.state();
+            assert_eq!(s.fdb, v.fdb);
+            let n: BTreeSet<Neighbour> = s.neighbours.values().copied().collect();
+            assert_eq!(n, v.neighbours);
+        }
+        // Another MAC on the device itself: it is made again, with everything on it.
+        if let Some((_, l)) = &mut k.state().link {
+            l.mac = Some([0x02, 0, 0, 0, 0, 2]);
+        }
+        reconcile(&k, &d, &owned(&c)).unwrap();
+        let s = k.state();
+        assert_eq!(s.link.as_ref().and_then(|(_, l)| l.mac), Some(v.mac));
+        assert_eq!((s.fdb.len(), s.neighbours.len()), (2, 2));
+        assert_eq!(s.routes.len(), 3);
     }
 
     #[test]
@@ -619,8 +691,9 @@ mod tests {
         let s = k.state();
         assert_eq!(s.routes.len(), 1000);
         assert_eq!(s.rules.len(), 1000);
-        // The device, its two addresses and FDB entry, then the routes and the rules.
-        assert_eq!(ch.added, 4 + 2000);
+        // The device, its two addresses, two FDB entries and two neighbours, then the routes and
+        // the rules.
+        assert_eq!(ch.added, 7 + 2000);
         assert_eq!((s.batches, s.batched), (2, 2000));
     }
 

@@ -590,17 +590,29 @@ fn state_deleted_by_hand_is_back_within_a_second() {
     )
     .unwrap();
     let fdb_back = time_until(|| fdb().contains(entry));
+    // The gateway node's overlay MAC, known without ARP: its FDB entry and ARP entry.
+    let unicast = "02:4c:ac:14:00:0a dst 172.20.0.10";
+    assert!(fdb().contains(unicast), "{}", fdb());
+    sh(&w1, &format!("bridge fdb del {unicast} dev liqo.vxlan")).unwrap();
+    let unicast_back = time_until(|| fdb().contains(unicast));
+    let neigh = || sh(&w1, "ip -4 neigh show dev liqo.vxlan").unwrap_or_default();
+    let arp = "10.84.0.10 lladdr 02:4c:ac:14:00:0a PERMANENT";
+    assert!(neigh().contains(arp), "{}", neigh());
+    sh(&w1, "ip neigh del 10.84.0.10 dev liqo.vxlan").unwrap();
+    let arp_back = time_until(|| neigh().contains(arp));
     // Its routes go with the device: everything through it has to come back.
     sh(&w1, "ip link del liqo.vxlan").unwrap();
     let device_back = time_until(|| has_overlay(&w1) && table(&w1).contains(route));
     eprintln!(
-        "back after deletion by hand: route {route_back:?}, rule {rule_back:?}, address {address_back:?}, FDB entry {fdb_back:?}, device {device_back:?}"
+        "back after deletion by hand: route {route_back:?}, rule {rule_back:?}, address {address_back:?}, FDB entries {fdb_back:?} {unicast_back:?}, ARP entry {arp_back:?}, device {device_back:?}"
     );
     for (what, took) in [
         ("route", route_back),
         ("rule", rule_back),
         ("address", address_back),
         ("FDB entry", fdb_back),
+        ("unicast FDB entry", unicast_back),
+        ("ARP entry", arp_back),
         ("device", device_back),
     ] {
         let took = took.unwrap_or_else(|| panic!("the {what} did not come back within 5 s"));
