@@ -307,17 +307,19 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
     .unwrap();
     wait_for(Duration::from_secs(10), || pinger.first_reply().is_some());
     let answered = pinger.first_reply();
+    let pinging = pinger.started().saturating_duration_since(created);
     let _ = pinger.stop();
     let took = answered
         .expect("no reply within 10 s")
         .saturating_duration_since(created);
     println!(
-        "TunnelEndpoints created {apart:.2?} apart: the first ping answered {took:.2?} after the later one"
+        "TunnelEndpoints created {apart:.2?} apart: the first ping answered {took:.2?} after the later one (pinging from {pinging:.2?}, once kubectl showed the remapped CIDR)"
     );
-    // Usually 0.6-0.9 s; over runs on a busy machine up to 2.5 s: each lost first contact costs
-    // one early retry of a second (without them, boringtun's 5 s). What the leaders and the
-    // route agents on w1 logged meanwhile says which step was slow.
-    if took > Duration::from_secs(1) {
+    // 0.64 s, twice, once the overlay stopped relying on ARP (0.6-1.5 s before: an ARP lost
+    // to a VXLAN device made an instant later was retried a second later). A lost first
+    // contact costs one early retry of a second. What the leaders and the route agents on w1
+    // logged meanwhile says which step was slow.
+    if took > Duration::from_millis(800) {
         for c in ["home", "foreign"] {
             let cluster = lab.cluster(c);
             let pod = cluster
@@ -333,7 +335,7 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
             }
         }
     }
-    assert!(took <= Duration::from_millis(2500), "{took:?}");
+    assert!(took <= Duration::from_millis(1200), "{took:?}");
     connected(&lab, "home", "foreign");
     connected(&lab, "foreign", "home");
 
@@ -523,9 +525,9 @@ fn a_cluster_installed_with_helm_peers_upgrades_and_uninstalls_cleanly() {
         longest = longest.max(g.longest);
     }
     status.unwrap();
-    // Usually 0.12–0.3 s; in some runs a handover's first handshake goes unanswered and the
-    // queued packets wait for the early retry a second later (the same as first contact, above).
-    assert!(longest <= Duration::from_secs(2), "{longest:?}");
+    // 0.12–0.3 s. (Once 1.28 s, with packets delayed, not lost: an ARP over the overlay sent
+    // before the new device existed, retried a second later; the overlay needs no ARP now.)
+    assert!(longest <= Duration::from_millis(500), "{longest:?}");
     assert_path(&lab, "home", "foreign");
 
     // Uninstalled: the pre-delete hook deletes the TunnelEndpoints while the gateways still run

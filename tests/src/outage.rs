@@ -150,6 +150,11 @@ impl Pinger {
     }
 
     /// When the first reply came, if one has.
+    /// When the first probe was sent.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     pub fn first_reply(&self) -> Option<Instant> {
         let replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
         replies.iter().map(|(_, at)| *at).min()
