@@ -19,10 +19,32 @@ mod peers;
 mod report;
 mod scale;
 
+const USAGE: &str = "usage: liqonet-bench [report | failover [--rounds N] | flood | scale [...] | hold NAME]
+  (none)    the end-to-end table (LIQONET_BENCH_SECONDS, LIQONET_BENCH_RUNS, LIQONET_BENCH_OUT)
+  report    that table again from its JSON file, beside the engine's figures
+  failover  gateway failovers on the Kubernetes lab (kill, delete, rollout; 5 rounds)
+  flood     a tunnel under a handshake flood
+  scale     what a gateway and its route agents sustain as peers, networks and nodes grow
+  hold      keep one implementation's lab up for a profiler";
+
 fn main() -> ExitCode {
-    liqonet_lab::teardown_on_signal();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Asked for help, nothing is measured (a lab takes minutes to come up).
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    liqonet_lab::teardown_on_signal();
     if args.first().map(String::as_str) == Some("failover") {
+        if let Some(unknown) = args[1..]
+            .iter()
+            .enumerate()
+            .find(|&(i, a)| a != "--rounds" && args.get(i) != Some(&"--rounds".to_string()))
+            .map(|(_, a)| a)
+        {
+            eprintln!("failover: unknown argument {unknown:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
         let rounds = match args.iter().position(|a| a == "--rounds") {
             Some(i) => match args.get(i + 1).and_then(|n| n.parse().ok()) {
                 Some(n) if n > 0 => n,
