@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use kube::Api;
 use liqonet_gateway::engine::{Engine, PeerChanges, PeerSpec, PeerStats};
 use liqonet_gateway::kubernetes::controller::{error_policy, reconcile, Context, Error, Peers};
-use liqonet_gateway::kubernetes::lease::{campaign, Elector, Timings};
+use liqonet_gateway::kubernetes::lease::{campaign, Elector, Published, Timings};
 use liqonet_gateway::kubernetes::plan::FINALIZER;
 use liqonet_gateway::kubernetes::{key_secret, peering};
 use liqonet_lab::kube_mock::{pair, ApiServer};
@@ -458,7 +458,10 @@ fn start_campaign_with(
         Api::<Lease>::namespaced(client, "liqonet"),
         "gw".into(),
         Elector::new(identity.into(), timings),
-        Some("192.0.2.1:9640".into()),
+        Published {
+            health: Some("192.0.2.1:9640".into()),
+            node: Some("gw1".into()),
+        },
         leader_tx,
         tokio::sync::watch::channel(false).0,
         async move {

@@ -8,6 +8,11 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Endpoint, Remapped};
+
+/// The annotation on the gateway's Lease naming the holder's node. The route agents route to
+/// that node from the write that acquires the Lease on.
+pub const LEASE_NODE_ANNOTATION: &str = "liqonet.liqo.io/node";
+
 pub use crate::config::{PeerConfig, TunnelEndpoint};
 use crate::{Cidr, Key};
 

@@ -49,10 +49,13 @@ pub const GATEWAY: &[ApiCall] = &[
     call(DISCOVERY, "endpointslices", "delete"),
 ];
 
-/// The route agent pod: TunnelEndpoints in the gateway's namespace, Nodes cluster-wide.
+/// The route agent pod: TunnelEndpoints and the gateway's Lease (which names the leader's node)
+/// in the gateway's namespace, Nodes cluster-wide.
 pub const ROUTE_AGENT: &[ApiCall] = &[
     call(NET, "tunnelendpoints", "list"),
     call(NET, "tunnelendpoints", "watch"),
+    call(COORDINATION, "leases", "list"),
+    call(COORDINATION, "leases", "watch"),
     call("", "nodes", "list"),
     call("", "nodes", "watch"),
 ];

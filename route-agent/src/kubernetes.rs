@@ -2,7 +2,8 @@
 //! standalone file would hold is derived from the cluster. TunnelEndpoints give the remote
 //! (remapped) networks and the active gateway node (their status, written by the leader);
 //! Nodes give every node's address and pod CIDRs (for the overlay's return routes). When the
-//! gateway moves, the next status write re-points every node.
+//! gateway moves, every node is re-pointed by the write that hands the gateway's Lease over (it
+//! names the new holder's node), a status write later at the latest.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -22,7 +24,7 @@ use liqonet_proto::agent::{
     DEFAULT_VXLAN_DEVICE, DEFAULT_VXLAN_MTU, DEFAULT_VXLAN_PORT,
 };
 use liqonet_proto::config::Parsed;
-use liqonet_proto::crd::{Phase, TunnelEndpoint};
+use liqonet_proto::crd::{Phase, TunnelEndpoint, LEASE_NODE_ANNOTATION};
 use liqonet_proto::Cidr;
 
 use crate::agent_loop::{Source, Update};
@@ -36,6 +38,9 @@ pub struct KubeArgs {
     /// Namespace of the TunnelEndpoints (the gateway's).
     #[arg(long, env = "LIQONET_NAMESPACE", default_value = "liqonet")]
     pub namespace: String,
+    /// The gateways' Lease in that namespace: its holder names the gateway node.
+    #[arg(long, env = "LIQONET_LEASE", default_value = "liqonet-gateway")]
+    pub lease: String,
     /// `vxlan` (works across subnets) or `direct` (nodes share a link).
     #[arg(long, env = "LIQONET_AGENT_MODE", default_value = "vxlan", value_parser = parse_mode)]
     pub mode: Mode,
@@ -70,9 +75,30 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     }
 }
 
-/// The gateway node most endpoints name (they agree except for a moment after a failover, while
-/// the new leader rewrites them; ties go to the first name), and the networks it carries.
-fn gateway_and_networks(endpoints: &[Arc<TunnelEndpoint>]) -> Option<(String, Vec<Cidr>)> {
+/// The node the Lease's holder runs on (`None` for a released Lease, or a holder that does not
+/// say: an older gateway).
+pub fn leader_node(lease: &Lease) -> Option<&str> {
+    let held = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .is_some_and(|h| !h.is_empty());
+    let node = lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(LEASE_NODE_ANNOTATION)?;
+    (held && !node.is_empty()).then_some(node.as_str())
+}
+
+/// The gateway node and the networks it carries. The Lease's holder is the gateway from the
+/// write that made it the holder; it carries every endpoint that has networks. Without one, the
+/// node most endpoints name (they agree except for a moment after a failover, while the new
+/// leader rewrites them; ties go to the first name), and the networks of those.
+fn gateway_and_networks(
+    endpoints: &[Arc<TunnelEndpoint>],
+    leader: Option<&str>,
+) -> Option<(String, Vec<Cidr>)> {
     let carried: Vec<(&str, &[liqonet_proto::crd::NetworkStatus])> = endpoints
         .iter()
         .filter(|t| t.meta().deletion_timestamp.is_none())
@@ -87,14 +113,14 @@ fn gateway_and_networks(endpoints: &[Arc<TunnelEndpoint>]) -> Option<(String, Ve
     for (gw, _) in &carried {
         *votes.entry(gw).or_default() += 1;
     }
-    let gateway = votes
+    let voted = votes
         .iter()
         .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?
-        .0
-        .to_string();
+        .0;
+    let gateway = leader.unwrap_or(voted).to_string();
     let mut networks: Vec<Cidr> = carried
         .iter()
-        .filter(|(gw, _)| *gw == gateway)
+        .filter(|(gw, _)| leader.is_some() || *gw == gateway)
         .flat_map(|(_, nets)| nets.iter().map(|n| n.remapped))
         .collect();
     networks.sort();
@@ -156,8 +182,9 @@ pub fn config_from(
     node_name: &str,
     endpoints: &[Arc<TunnelEndpoint>],
     nodes: &[Arc<Node>],
+    leader: Option<&str>,
 ) -> Result<Option<AgentConfig>, String> {
-    let Some((gateway_node, remote_networks)) = gateway_and_networks(endpoints) else {
+    let Some((gateway_node, remote_networks)) = gateway_and_networks(endpoints, leader) else {
         return Ok(None);
     };
     let mut configs = Vec::new();
@@ -246,6 +273,7 @@ pub async fn watch(
 ) {
     let (endpoints, ep_writer) = reflector::store::<TunnelEndpoint>();
     let (nodes, node_writer) = reflector::store::<Node>();
+    let (leases, lease_writer) = reflector::store::<Lease>();
     let ep_events = reflector::reflector(
         ep_writer,
         watcher(
@@ -256,9 +284,22 @@ pub async fn watch(
     );
     let node_events = reflector::reflector(
         node_writer,
-        watcher(Api::<Node>::all(client), watcher::Config::default()).backoff(watch_backoff()),
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .backoff(watch_backoff()),
     );
-    let events = futures::stream::select(any_event(ep_events), any_event(node_events));
+    // By name: RBAC grants this one Lease only.
+    let lease_events = reflector::reflector(
+        lease_writer,
+        watcher(
+            Api::<Lease>::namespaced(client.clone(), &args.namespace),
+            watcher::Config::default().fields(&format!("metadata.name={}", args.lease)),
+        )
+        .backoff(watch_backoff()),
+    );
+    let events = futures::stream::select(
+        futures::stream::select(any_event(ep_events), any_event(node_events)),
+        any_event(lease_events),
+    );
     let mut events = std::pin::pin!(events);
     let mut last: Option<Update> = None;
     while let Some(event) = events.next().await {
@@ -279,7 +320,9 @@ pub async fn watch(
         {
             continue;
         }
-        let update = from_stores(&args, &node_name, &endpoints, &nodes);
+        // The Lease only speeds a move up: until it is read (or where it cannot be), the
+        // endpoints' status names the gateway.
+        let update = from_stores(&args, &node_name, &endpoints, &nodes, &leases);
         // Unrelated changes (a node's heartbeat) amount to the same update: nothing to send.
         if last.as_ref() == Some(&update) {
             continue;
@@ -297,8 +340,11 @@ fn from_stores(
     node_name: &str,
     endpoints: &Store<TunnelEndpoint>,
     nodes: &Store<Node>,
+    leases: &Store<Lease>,
 ) -> Update {
-    match config_from(args, node_name, &endpoints.state(), &nodes.state()) {
+    let leases = leases.state();
+    let leader = leases.iter().find_map(|l| leader_node(l));
+    match config_from(args, node_name, &endpoints.state(), &nodes.state(), leader) {
         Ok(c) => Update::Config(c),
         Err(e) => Update::Invalid(e),
     }
@@ -399,7 +445,9 @@ mod tests {
     fn endpoints_and_nodes_become_the_agent_config() {
         let a = args(&[]);
         let eps = [endpoint("foreign", Some("gw"), "Connected", "10.0.0.0/16")];
-        let c = config_from(&a, "w1", &eps, &nodes()).unwrap().unwrap();
+        let c = config_from(&a, "w1", &eps, &nodes(), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(c.gateway_node, "gw");
         assert_eq!(c.remote_networks, ["10.0.0.0/16".parse().unwrap()]);
         assert_eq!(c.nodes.len(), 3);
@@ -410,7 +458,9 @@ mod tests {
         let r = routes(&c);
         assert!(r.iter().any(|r| r.contains("10.0.0.0/16")), "{r:?}");
         // The gateway node routes return traffic to every other node's pods over the overlay.
-        let on_gw = config_from(&a, "gw", &eps, &nodes()).unwrap().unwrap();
+        let on_gw = config_from(&a, "gw", &eps, &nodes(), None)
+            .unwrap()
+            .unwrap();
         let r = routes(&on_gw);
         assert!(r.iter().any(|r| r.contains("10.244.2.0/24")), "{r:?}");
         assert!(r.iter().any(|r| r.contains("10.244.3.0/24")), "{r:?}");
@@ -421,8 +471,12 @@ mod tests {
         let a = args(&["--mode", "direct"]);
         let before = [endpoint("foreign", Some("gw"), "Connected", "10.0.0.0/16")];
         let after = [endpoint("foreign", Some("w2"), "Connecting", "10.0.0.0/16")];
-        let c1 = config_from(&a, "w1", &before, &nodes()).unwrap().unwrap();
-        let c2 = config_from(&a, "w1", &after, &nodes()).unwrap().unwrap();
+        let c1 = config_from(&a, "w1", &before, &nodes(), None)
+            .unwrap()
+            .unwrap();
+        let c2 = config_from(&a, "w1", &after, &nodes(), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(c2.gateway_node, "w2");
         let (r1, r2) = (routes(&c1), routes(&c2));
         assert!(r1.iter().any(|r| r.contains("172.20.0.1")), "{r1:?}");
@@ -433,11 +487,17 @@ mod tests {
     #[test]
     fn nothing_is_routed_without_a_carrying_gateway() {
         let a = args(&[]);
-        assert!(config_from(&a, "w1", &[], &nodes()).unwrap().is_none());
+        assert!(config_from(&a, "w1", &[], &nodes(), None)
+            .unwrap()
+            .is_none());
         let pending = [endpoint("foreign", None, "", "")];
-        assert!(config_from(&a, "w1", &pending, &nodes()).unwrap().is_none());
+        assert!(config_from(&a, "w1", &pending, &nodes(), None)
+            .unwrap()
+            .is_none());
         let broken = [endpoint("foreign", Some("gw"), "Error", "10.0.0.0/16")];
-        assert!(config_from(&a, "w1", &broken, &nodes()).unwrap().is_none());
+        assert!(config_from(&a, "w1", &broken, &nodes(), None)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -448,9 +508,52 @@ mod tests {
             endpoint("c", Some("w2"), "Connected", "10.2.0.0/16"),
             endpoint("d", Some("gw"), "Connected", "10.3.0.0/16"),
         ];
-        let c = config_from(&a, "w1", &eps, &nodes()).unwrap().unwrap();
+        let c = config_from(&a, "w1", &eps, &nodes(), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(c.gateway_node, "w2");
         assert_eq!(c.remote_networks.len(), 2);
+    }
+
+    fn lease(holder: &str, node: Option<&str>) -> Lease {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "liqonet-gateway"},
+            "spec": {"holderIdentity": holder},
+        });
+        if let Some(n) = node {
+            v["metadata"]["annotations"] = serde_json::json!({ LEASE_NODE_ANNOTATION: n });
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_leases_holder_is_the_gateway_before_any_status_says_so() {
+        let a = args(&[]);
+        assert_eq!(a.lease, "liqonet-gateway");
+        // The old leader's status (on gw) still stands, one endpoint not carried yet; w2's
+        // replica holds the Lease: every carried network goes to w2.
+        let eps = [
+            endpoint("b", Some("gw"), "Connected", "10.1.0.0/16"),
+            endpoint("c", Some("w2"), "Connecting", "10.2.0.0/16"),
+        ];
+        let held = lease("liqonet-gateway-x", Some("w2"));
+        let c = config_from(&a, "w1", &eps, &nodes(), leader_node(&held))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.gateway_node, "w2");
+        assert_eq!(c.remote_networks.len(), 2);
+        assert!(
+            routes(&c).iter().all(|r| r.ends_with("via 10.84.0.3")),
+            "{:?}",
+            routes(&c)
+        );
+        // Released, or held by a gateway that does not name its node: the status decides.
+        for l in [lease("", Some("w2")), lease("liqonet-gateway-x", None)] {
+            assert_eq!(leader_node(&l), None);
+        }
+        // No endpoint carried: nothing to route, whoever leads.
+        let c = config_from(&a, "w1", &[], &nodes(), Some("w2")).unwrap();
+        assert!(c.is_none());
     }
 
     #[test]
@@ -462,14 +565,14 @@ mod tests {
             serde_json::from_value(serde_json::json!({"metadata": {"name": "new"}})).unwrap(),
         ));
         assert_eq!(
-            config_from(&a, "w1", &eps, &ns)
+            config_from(&a, "w1", &eps, &ns, None)
                 .unwrap()
                 .unwrap()
                 .nodes
                 .len(),
             3
         );
-        let e = config_from(&a, "new", &eps, &ns).unwrap_err();
+        let e = config_from(&a, "new", &eps, &ns, None).unwrap_err();
         assert!(
             e.contains("nodeName") && e.contains("new") && e.contains("no IPv4 InternalIP"),
             "{e}"

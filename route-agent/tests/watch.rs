@@ -1,5 +1,5 @@
-//! The route agent's watchers on kube's mock service: TunnelEndpoint and Node lists and watch
-//! events become agent configurations, and only requests the RBAC manifests grant are made.
+//! The route agent's watchers on kube's mock service: TunnelEndpoint, Node and Lease lists and
+//! watch events become agent configurations, and only requests the RBAC manifests grant are made.
 
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
@@ -20,6 +20,15 @@ struct Wrapper {
 
 const TEPS: &str = "/apis/net.liqo.io/v1alpha1/namespaces/liqonet/tunnelendpoints";
 const NODES: &str = "/api/v1/nodes";
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/liqonet/leases";
+
+/// The gateways' Lease, held by the replica on `node`.
+fn lease(node: &str, rv: &str) -> Value {
+    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+           "metadata": {"name": "liqonet-gateway", "namespace": "liqonet", "resourceVersion": rv,
+                        "annotations": {"liqonet.liqo.io/node": node}},
+           "spec": {"holderIdentity": format!("liqonet-gateway-{node}")}})
+}
 
 fn endpoint(gateway: &str, rv: &str) -> Value {
     json!({
@@ -57,14 +66,24 @@ fn config(rx: &mpsc::Receiver<Update>) -> liqonet_proto::agent::AgentConfig {
     }
 }
 
-/// Serves the two lists, in whatever order they come.
+/// Serves the three lists, in whatever order they come.
 async fn serve_lists(server: &mut ApiServer) {
-    for _ in 0..2 {
+    for _ in 0..3 {
         let call = server.next().await;
         assert_eq!(call.method, "GET");
         assert!(!call.query.contains("watch=true"), "{}", call.query);
         let body = if call.path == TEPS {
             list("TunnelEndpointList", vec![endpoint("gw", "1")])
+        } else if call.path == LEASES {
+            // The one Lease RBAC grants, by name.
+            assert!(
+                call.query
+                    .contains("fieldSelector=metadata.name%3Dliqonet-gateway"),
+                "{}",
+                call.query
+            );
+            // Not there yet (an older gateway, or none elected): the status decides.
+            list("LeaseList", vec![])
         } else {
             assert_eq!(call.path, NODES);
             list(
@@ -95,9 +114,11 @@ async fn watched_endpoints_and_nodes_drive_the_config_and_a_gateway_move() {
             (c, rx)
         }
     });
-    // Then the two watches; the endpoint's watch reports the gateway moving to w2.
+    // Then the three watches; the endpoint's watch reports the gateway moving to w2, and later
+    // the Lease's watch a replica on w1 taking over (before any status says so).
     let mut moved = false;
-    for _ in 0..2 {
+    let mut lease_watch = None;
+    for _ in 0..3 {
         let call = server.next().await;
         assert!(
             call.query.contains("watch=true"),
@@ -111,6 +132,8 @@ async fn watched_endpoints_and_nodes_drive_the_config_and_a_gateway_move() {
                 &[json!({"type": "MODIFIED", "object": endpoint("w2", "2")})],
             );
             moved = true;
+        } else if call.path == LEASES {
+            lease_watch = Some(call);
         } else {
             // Keep the node watch open: answer later (never, here).
             std::mem::forget(call);
@@ -121,10 +144,21 @@ async fn watched_endpoints_and_nodes_drive_the_config_and_a_gateway_move() {
     assert_eq!(c.gateway_node, "gw");
     assert_eq!(c.remote_networks, ["10.0.0.0/16".parse().unwrap()]);
     assert_eq!(c.nodes.len(), 3);
-    let moved = tokio::task::spawn_blocking(move || config(&rx.lock().unwrap()))
+    let moved = tokio::task::spawn_blocking({
+        let rx = rx.clone();
+        move || config(&rx.lock().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(moved.gateway_node, "w2");
+    events(
+        lease_watch.expect("a Lease watch"),
+        &[json!({"type": "ADDED", "object": lease("w1", "3")})],
+    );
+    let taken = tokio::task::spawn_blocking(move || config(&rx.lock().unwrap()))
         .await
         .unwrap();
-    assert_eq!(moved.gateway_node, "w2");
+    assert_eq!(taken.gateway_node, "w1");
     let mut b = [0u8; 8];
     assert!(
         std::io::Read::read(&mut &wake_rx, &mut b).unwrap() > 0,
@@ -134,5 +168,5 @@ async fn watched_endpoints_and_nodes_drive_the_config_and_a_gateway_move() {
     assert!(server
         .calls
         .iter()
-        .all(|c| c.contains("tunnelendpoints") || c.contains("nodes")));
+        .all(|c| c.contains("tunnelendpoints") || c.contains("nodes") || c.contains("leases")));
 }

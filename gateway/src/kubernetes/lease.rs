@@ -79,6 +79,19 @@ pub struct Record {
 /// The annotation on the Lease where the holder publishes its health endpoint.
 pub const HEALTH_ANNOTATION: &str = "liqonet.liqo.io/health-endpoint";
 
+/// The annotation on the Lease where the holder publishes its node's name.
+pub use liqonet_proto::crd::LEASE_NODE_ANNOTATION as NODE_ANNOTATION;
+
+/// What the holder publishes on the Lease while it holds it.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Where its health endpoint answers (`HOST:PORT`): a follower probes it before taking over.
+    pub health: Option<String>,
+    /// The node it runs on: the route agents route to that node the moment the Lease changes
+    /// hands (the acquiring write says it), without waiting for a TunnelEndpoint status.
+    pub node: Option<String>,
+}
+
 impl Record {
     pub fn of(lease: &Lease) -> Self {
         let spec = lease.spec.clone().unwrap_or_default();
@@ -200,16 +213,21 @@ fn now_micro() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
-/// `lease` held by `elector`'s identity from now on, with our health endpoint published.
-fn hold(mut lease: Lease, elector: &Elector, health: Option<&str>, taking_over: bool) -> Lease {
+/// `lease` held by `elector`'s identity from now on, with our health endpoint and node published.
+fn hold(mut lease: Lease, elector: &Elector, published: &Published, taking_over: bool) -> Lease {
     let annotations = lease
         .metadata
         .annotations
         .get_or_insert_with(Default::default);
-    match health {
-        Some(h) => annotations.insert(HEALTH_ANNOTATION.to_string(), h.to_string()),
-        None => annotations.remove(HEALTH_ANNOTATION),
-    };
+    for (key, value) in [
+        (HEALTH_ANNOTATION, &published.health),
+        (NODE_ANNOTATION, &published.node),
+    ] {
+        match value {
+            Some(v) => annotations.insert(key.to_string(), v.clone()),
+            None => annotations.remove(key),
+        };
+    }
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     if taking_over {
         spec.acquire_time = Some(now_micro());
@@ -346,14 +364,14 @@ async fn next_change(follow: &mut Option<Watch>) -> bool {
 /// connection attempt is not a dead leader.
 const PROBES_TO_TAKE_OVER: u32 = 2;
 
-/// Runs the election until `shutdown` completes, publishing leadership on `leader`. `health` is
-/// where this replica's health endpoint answers (published on the Lease while we hold it). On
+/// Runs the election until `shutdown` completes, publishing leadership on `leader`, and
+/// `published` on the Lease while we hold it. On
 /// shutdown a leader releases the Lease; a follower, which watches it, takes over at once.
 pub async fn campaign(
     api: Api<Lease>,
     name: String,
     mut elector: Elector,
-    health: Option<String>,
+    published: Published,
     leader: watch::Sender<bool>,
     seen: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -424,7 +442,7 @@ pub async fn campaign(
                     spared = None;
                     suspect = None;
                 }
-                let h = health.as_deref();
+                let h = &published;
                 match (action, current) {
                     (Action::Create, _) => {
                         let lease = Lease {

@@ -242,7 +242,10 @@ pub async fn run(settings: KubeSettings) -> anyhow::Result<()> {
         Api::<Lease>::namespaced(client.clone(), &ns),
         settings.lease.clone(),
         Elector::new(pod, timings),
-        Some(health),
+        lease::Published {
+            health: Some(health),
+            node: Some(node_name.clone()),
+        },
         leader_tx,
         seen_tx,
         raised(quit),

@@ -19,7 +19,8 @@ mod peers;
 mod report;
 mod scale;
 
-const USAGE: &str = "usage: liqonet-bench [report | failover [--rounds N] | flood | scale [...] | hold NAME]
+const USAGE: &str =
+    "usage: liqonet-bench [report | failover [--rounds N] | flood | scale [...] | hold NAME]
   (none)    the end-to-end table (LIQONET_BENCH_SECONDS, LIQONET_BENCH_RUNS, LIQONET_BENCH_OUT)
   report    that table again from its JSON file, beside the engine's figures
   failover  gateway failovers on the Kubernetes lab (kill, delete, rollout; 5 rounds)
