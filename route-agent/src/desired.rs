@@ -122,6 +122,11 @@ pub struct Desired {
     pub vxlan: Option<Vxlan>,
     pub routes: BTreeSet<Route>,
     pub rules: BTreeSet<Rule>,
+    /// Remote networks blackholed in the main table at the lowest preference: wherever no route
+    /// of liqonet's carries one (the gateway's into its TUN, the agent's table), its traffic is
+    /// dropped, never sent in clear by the node's default route. That happens on a gateway node
+    /// between a handover's steps, and on any node while its agent is not running.
+    pub guards: BTreeSet<Cidr>,
     /// The gateway node forwards between the overlay or node network and the TUN.
     pub forwarding: bool,
 }
@@ -219,6 +224,7 @@ pub fn desired(c: &AgentConfig) -> Desired {
             d.rules.insert(Rule { selector, prefix });
         }
     }
+    d.guards = c.remote_networks.iter().copied().collect();
     d
 }
 

@@ -12,7 +12,7 @@ use anyhow::bail;
 use liqonet_proto::Cidr;
 
 use crate::desired::{FdbEntry, Neighbour, Route, Rule, Vxlan};
-use crate::kernel::{Installed, Kernel, VxlanLink};
+use crate::kernel::{Installed, Kernel, VxlanLink, MAIN_TABLE};
 
 #[derive(Default)]
 pub struct State {
@@ -21,6 +21,8 @@ pub struct State {
     pub link: Option<(String, VxlanLink)>,
     pub addresses: Vec<(IpAddr, u8)>,
     pub fdb: BTreeSet<FdbEntry>,
+    /// The guards (blackholes in the main table), apart from `routes`.
+    pub guards: BTreeSet<Cidr>,
     pub neighbours: BTreeMap<IpAddr, Neighbour>,
     pub sysctls: BTreeMap<String, String>,
     /// Route dumps: one per reconciliation pass.
@@ -100,6 +102,13 @@ impl FakeKernel {
 
     fn del_route(&self, r: (u32, Installed)) -> anyhow::Result<()> {
         let mut s = self.state();
+        if r.0 == MAIN_TABLE {
+            if !s.guards.remove(&r.1.dst) {
+                bail!("No such process (os error 3)");
+            }
+            self.wrote(&mut s);
+            return Ok(());
+        }
         let before = s.routes.len();
         s.routes.retain(|x| *x != r);
         if s.routes.len() == before {
@@ -147,6 +156,27 @@ impl Kernel for FakeKernel {
     fn del_routes(&self, routes: Vec<Self::RouteRef>) -> Vec<anyhow::Result<()>> {
         self.batch(routes.len());
         routes.into_iter().map(|r| self.del_route(r)).collect()
+    }
+
+    fn guards(&self) -> anyhow::Result<Vec<(Self::RouteRef, Cidr)>> {
+        Ok(self
+            .state()
+            .guards
+            .iter()
+            .map(|&dst| ((MAIN_TABLE, guard(dst)), dst))
+            .collect())
+    }
+
+    fn add_guards(&self, dsts: &[Cidr]) -> Vec<anyhow::Result<()>> {
+        self.batch(dsts.len());
+        dsts.iter()
+            .map(|&dst| {
+                let mut s = self.state();
+                s.guards.insert(dst);
+                self.wrote(&mut s);
+                Ok(())
+            })
+            .collect()
     }
 
     fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(Self::RuleRef, Rule)>> {
@@ -319,6 +349,16 @@ impl Kernel for FakeKernel {
         // No notification: sysctls have none.
         s.writes += 1;
         Ok(())
+    }
+}
+
+/// A guard as a route reference.
+fn guard(dst: Cidr) -> Installed {
+    Installed {
+        dst,
+        via: None,
+        oif: None,
+        replaceable: false,
     }
 }
 

@@ -9,6 +9,13 @@ use liqonet_proto::Cidr;
 
 use crate::desired::{FdbEntry, Mac, Neighbour, Route, Rule, Vxlan};
 
+/// The main table's number.
+pub const MAIN_TABLE: u32 = 254;
+
+/// A guard's metric: the lowest preference there is, so that any other route to its network
+/// (the gateway's TUN route, above all) is taken first.
+pub const GUARD_METRIC: u32 = u32::MAX;
+
 /// A route of the agent's as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Installed {
@@ -76,6 +83,11 @@ pub trait Kernel {
         overlay_index: Option<u32>,
     ) -> Vec<anyhow::Result<()>>;
     fn del_routes(&self, routes: Vec<Self::RouteRef>) -> Vec<anyhow::Result<()>>;
+
+    /// The agent's guards ([`crate::desired::Desired::guards`]): blackhole routes of its own in
+    /// the main table at [`GUARD_METRIC`] (both families). Deleted with [`Kernel::del_routes`].
+    fn guards(&self) -> anyhow::Result<Vec<(Self::RouteRef, Cidr)>>;
+    fn add_guards(&self, dsts: &[Cidr]) -> Vec<anyhow::Result<()>>;
 
     /// The agent's rules (both families) at `priority` looking up `table`.
     fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(Self::RuleRef, Rule)>>;

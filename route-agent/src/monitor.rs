@@ -18,7 +18,8 @@ use rtnetlink::packet_route::rule::RuleAttribute;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, MulticastGroup};
 
-use crate::netlink::{route_table, rule_table};
+use crate::kernel::MAIN_TABLE;
+use crate::netlink::{is_guard, route_table, rule_table};
 use crate::reconcile::Owned;
 
 /// The notification groups that carry changes to what the agent owns.
@@ -144,7 +145,10 @@ pub fn concerns(
 ) -> Option<&'static str> {
     use RouteNetlinkMessage as M;
     match m {
-        M::NewRoute(r) | M::DelRoute(r) => (route_table(r) == owned.table).then_some("route"),
+        M::NewRoute(r) | M::DelRoute(r) if route_table(r) == owned.table => Some("route"),
+        M::NewRoute(r) | M::DelRoute(r) => {
+            (route_table(r) == MAIN_TABLE && is_guard(r)).then_some("guard")
+        }
         M::NewRule(r) | M::DelRule(r) => {
             let priority = r.attributes.iter().find_map(|a| match a {
                 RuleAttribute::Priority(p) => Some(*p),
@@ -168,14 +172,17 @@ pub fn concerns(
             (overlay.is_some() && Some(a.header.index) == *overlay).then_some("address")
         }
         // Bridge-family neighbours are FDB entries. Of ARP and NDP, only the permanent entries
-        // are the agent's: the kernel's own churn is none of its business.
+        // are the agent's, and the kernel's own entries rarely come and go on the overlay (every
+        // node the agent talks to has a permanent one). A deletion is reported with the state it
+        // was set to on the way (`ip neigh del` reports FAILED), so every deletion counts.
         M::NewNeighbour(n) | M::DelNeighbour(n) => {
             if overlay.is_none() || Some(n.header.ifindex) != *overlay {
                 None
             } else if n.header.family == AddressFamily::Bridge {
                 Some("fdb")
             } else {
-                (n.header.state == NeighbourState::Permanent).then_some("neighbour")
+                let deleted = matches!(m, M::DelNeighbour(_));
+                (deleted || n.header.state == NeighbourState::Permanent).then_some("neighbour")
             }
         }
         _ => None,
@@ -276,9 +283,15 @@ mod tests {
             None,
             "a learnt ARP entry"
         );
-        n.header.state = NeighbourState::Permanent;
+        n.header.state = NeighbourState::Failed;
         assert_eq!(
             concerns(&M::DelNeighbour(n.clone()), &o, &mut overlay),
+            Some("neighbour"),
+            "`ip neigh del` of a permanent entry"
+        );
+        n.header.state = NeighbourState::Permanent;
+        assert_eq!(
+            concerns(&M::NewNeighbour(n.clone()), &o, &mut overlay),
             Some("neighbour")
         );
         n.header.family = AddressFamily::Bridge;

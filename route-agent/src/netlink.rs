@@ -20,7 +20,9 @@ use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::proto::ConnectionHandle;
@@ -29,7 +31,7 @@ use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
 use crate::desired::{FdbEntry, Mac, Neighbour, Route, Rule, Selector, Vxlan};
-use crate::kernel::{Installed, Kernel, VxlanLink};
+use crate::kernel::{Installed, Kernel, VxlanLink, GUARD_METRIC, MAIN_TABLE};
 use crate::{sysctl, ROUTE_PROTOCOL};
 use liqonet_proto::Cidr;
 
@@ -241,6 +243,24 @@ impl Kernel for Netlink {
             .map(RouteNetlinkMessage::DelRoute)
             .collect();
         self.batch(requests, 0)
+    }
+
+    fn guards(&self) -> anyhow::Result<Vec<(RouteMessage, Cidr)>> {
+        Ok(self
+            .routes(MAIN_TABLE)?
+            .into_iter()
+            .filter(|(m, _)| is_guard(m))
+            .map(|(m, r)| (m, r.dst))
+            .collect())
+    }
+
+    /// `ip route replace blackhole DST metric 4294967295 proto 202` (main table).
+    fn add_guards(&self, dsts: &[Cidr]) -> Vec<anyhow::Result<()>> {
+        let requests = dsts
+            .iter()
+            .map(|&dst| RouteNetlinkMessage::NewRoute(guard_message(dst)))
+            .collect();
+        self.batch(requests, NLM_F_REPLACE | NLM_F_CREATE)
     }
 
     fn rules(&self, priority: u32, table: u32) -> anyhow::Result<Vec<(RuleMessage, Rule)>> {
@@ -544,6 +564,37 @@ fn route_message(r: &Route, table: u32, oif: Option<u32>) -> anyhow::Result<Rout
         )),
         _ => Err(anyhow!("mixed address families")),
     }
+}
+
+/// A guard: `blackhole DST metric GUARD_METRIC proto 202` in the main table.
+fn guard_message(dst: Cidr) -> RouteMessage {
+    let len = dst.prefix_len();
+    match dst.addr() {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, len)
+            .table_id(MAIN_TABLE)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .scope(RouteScope::Universe)
+            .kind(RouteType::BlackHole)
+            .priority(GUARD_METRIC)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, len)
+            .table_id(MAIN_TABLE)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .scope(RouteScope::Universe)
+            .kind(RouteType::BlackHole)
+            .priority(GUARD_METRIC)
+            .build(),
+    }
+}
+
+/// One of the agent's guards (its protocol checked by the caller, or here).
+pub(crate) fn is_guard(m: &RouteMessage) -> bool {
+    m.header.kind == RouteType::BlackHole
+        && m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
+        && m.attributes
+            .contains(&RouteAttribute::Priority(GUARD_METRIC))
 }
 
 /// A route of either family in the agent's table, with its protocol, through `oif` if given.

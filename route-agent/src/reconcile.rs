@@ -117,6 +117,8 @@ pub fn apply<K: Kernel>(k: &K, d: &Desired, owned: &Owned) -> Outcome {
         pass.sysctl("net/ipv4/ip_forward", "1");
         pass.sysctl("net/ipv6/conf/all/forwarding", "1");
     }
+    // Before the routes, so that no remote network is ever without either.
+    pass.guards(d);
     let overlay = match &d.vxlan {
         Some(v) => pass.vxlan(v),
         None => {
@@ -432,6 +434,35 @@ impl<K: Kernel> Pass<'_, K> {
         self.outcome.in_place.missing_routes = missing;
     }
 
+    fn guards(&mut self, d: &Desired) {
+        let Some(installed) = self.attempt(|| "list the guard routes".to_string(), |k| k.guards())
+        else {
+            return;
+        };
+        let mut present = BTreeSet::new();
+        let mut stale = Vec::new();
+        for (msg, dst) in installed {
+            if d.guards.contains(&dst) && present.insert(dst) {
+                continue;
+            }
+            stale.push((msg, dst));
+        }
+        if !stale.is_empty() {
+            let names: Vec<Cidr> = stale.iter().map(|(_, c)| *c).collect();
+            let results = self
+                .k
+                .del_routes(stale.into_iter().map(|(m, _)| m).collect());
+            let action = |i: usize| format!("delete the guard route blackhole {}", names[i]);
+            self.batch(Change::Remove, names.len(), action, results);
+        }
+        let to_add: Vec<Cidr> = d.guards.difference(&present).copied().collect();
+        if !to_add.is_empty() {
+            let results = self.k.add_guards(&to_add);
+            let action = |i: usize| format!("add the guard route blackhole {}", to_add[i]);
+            self.batch(Change::Add, to_add.len(), action, results);
+        }
+    }
+
     fn rules(&mut self, d: &Desired, owned: &Owned) {
         let (priority, table) = (owned.priority, owned.table);
         let Some(installed) = self.attempt(
@@ -683,7 +714,7 @@ mod tests {
     }
 
     #[test]
-    fn a_thousand_networks_take_one_batch_of_routes_and_one_of_rules() {
+    fn a_thousand_networks_take_one_batch_of_guards_one_of_routes_and_one_of_rules() {
         let mut c = config("w1", "vxlan");
         c.remote_networks = networks(1000);
         let k = FakeKernel::default();
@@ -691,10 +722,35 @@ mod tests {
         let s = k.state();
         assert_eq!(s.routes.len(), 1000);
         assert_eq!(s.rules.len(), 1000);
-        // The device, its two addresses, two FDB entries and two neighbours, then the routes and
-        // the rules.
-        assert_eq!(ch.added, 7 + 2000);
-        assert_eq!((s.batches, s.batched), (2, 2000));
+        assert_eq!(s.guards.len(), 1000);
+        // The device, its two addresses, two FDB entries and two neighbours, then the guards,
+        // the routes and the rules.
+        assert_eq!(ch.added, 7 + 3000);
+        assert_eq!((s.batches, s.batched), (3, 3000));
+    }
+
+    /// Every remote network is guarded on every node, gateway or not, in both modes; a network
+    /// no longer remote loses its guard; cleanup removes them all.
+    #[test]
+    fn every_remote_network_is_guarded_on_every_node() {
+        for (node, mode) in [
+            ("gw", "direct"),
+            ("gw", "vxlan"),
+            ("w1", "direct"),
+            ("w1", "vxlan"),
+        ] {
+            let mut c = config(node, mode);
+            let k = FakeKernel::default();
+            reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+            let remote: BTreeSet<Cidr> = c.remote_networks.iter().copied().collect();
+            assert_eq!(k.state().guards, remote, "{node} {mode}");
+            c.remote_networks.pop();
+            let ch = reconcile(&k, &desired(&c), &owned(&c)).unwrap();
+            assert!(ch.removed >= 1, "{ch:?}");
+            assert_eq!(k.state().guards.len(), remote.len() - 1);
+            cleanup(&k, &owned(&c)).unwrap();
+            assert!(k.state().guards.is_empty());
+        }
     }
 
     #[test]

@@ -74,6 +74,11 @@ fn rules(ns: &str) -> String {
         .join("\n")
 }
 
+/// The agent's guards: its blackholes in the main table.
+fn guards(ns: &str) -> String {
+    sh(ns, "ip route show table main proto 202").unwrap_or_default()
+}
+
 fn has_overlay(ns: &str) -> bool {
     ns_output(ns, &["ip", "link", "show", "liqo.vxlan"])
         .unwrap()
@@ -305,6 +310,10 @@ fn restarts_create_no_duplicates_and_sigterm_leaves_nothing() {
     let before = (table(&w1), rules(&w1));
     assert_eq!(before.0.lines().count(), 1, "{}", before.0);
     assert_eq!(before.1.lines().count(), 1, "{}", before.1);
+    assert_eq!(
+        guards(&w1).trim(),
+        "blackhole 10.245.0.0/16 metric 4294967295"
+    );
 
     // A hitless restart: the state stays while the agent is away, and a new agent over it
     // changes nothing and reports nothing wrong.
@@ -325,8 +334,42 @@ fn restarts_create_no_duplicates_and_sigterm_leaves_nothing() {
     assert!(lab.stop(&log).unwrap().success());
     assert_eq!(table(&w1), "");
     assert_eq!(rules(&w1), "");
+    assert_eq!(guards(&w1), "");
     assert!(!has_overlay(&w1));
     assert!(lab.log(&log).contains("overlay device removed"));
+}
+
+/// A gateway node whose tunnel route is gone (between a handover's steps, say) drops the
+/// remote networks' traffic: the agent's guard, never the node's default route.
+#[test]
+fn without_the_tunnel_route_remote_traffic_is_dropped_not_sent_in_clear() {
+    let lab = Lab::start(&LabSpec::default()).unwrap();
+    let gw = lab.home().gw_ns().to_string();
+    let dev = lab.home().interface.clone();
+    let get = || sh(&gw, "ip route get 10.245.0.5").unwrap_or_else(|e| e.to_string());
+    assert!(get().contains(&format!("dev {dev}")), "{}", get());
+    assert!(
+        guards(&gw).contains("blackhole 10.245.0.0/16 metric 4294967295"),
+        "{}",
+        guards(&gw)
+    );
+    sh(&gw, &format!("ip route del 10.245.0.0/16 dev {dev}")).unwrap();
+    let after = get();
+    assert!(
+        !after.contains("dev ") && !after.contains(" via "),
+        "the node would send it on: {after}"
+    );
+    // Forwarded from a worker's pod over the overlay, too.
+    let forwarded = sh(
+        &gw,
+        "ip route get 10.245.0.5 from 10.244.1.5 iif liqo.vxlan",
+    )
+    .unwrap_or_else(|e| e.to_string());
+    assert!(
+        !forwarded.contains(" via ") && !forwarded.contains("dev eth"),
+        "{forwarded}"
+    );
+    println!("no tunnel route: `ip route get` says {after:?}, forwarded {forwarded:?}");
 }
 
 #[test]
@@ -600,11 +643,14 @@ fn state_deleted_by_hand_is_back_within_a_second() {
     assert!(neigh().contains(arp), "{}", neigh());
     sh(&w1, "ip neigh del 10.84.0.10 dev liqo.vxlan").unwrap();
     let arp_back = time_until(|| neigh().contains(arp));
+    let guard = "blackhole 10.245.0.0/16 metric 4294967295";
+    sh(&w1, &format!("ip route del {guard}")).unwrap();
+    let guard_back = time_until(|| guards(&w1).contains(guard));
     // Its routes go with the device: everything through it has to come back.
     sh(&w1, "ip link del liqo.vxlan").unwrap();
     let device_back = time_until(|| has_overlay(&w1) && table(&w1).contains(route));
     eprintln!(
-        "back after deletion by hand: route {route_back:?}, rule {rule_back:?}, address {address_back:?}, FDB entries {fdb_back:?} {unicast_back:?}, ARP entry {arp_back:?}, device {device_back:?}"
+        "back after deletion by hand: route {route_back:?}, rule {rule_back:?}, address {address_back:?}, FDB entries {fdb_back:?} {unicast_back:?}, ARP entry {arp_back:?}, guard {guard_back:?}, device {device_back:?}"
     );
     for (what, took) in [
         ("route", route_back),
@@ -613,6 +659,7 @@ fn state_deleted_by_hand_is_back_within_a_second() {
         ("FDB entry", fdb_back),
         ("unicast FDB entry", unicast_back),
         ("ARP entry", arp_back),
+        ("guard", guard_back),
         ("device", device_back),
     ] {
         let took = took.unwrap_or_else(|| panic!("the {what} did not come back within 5 s"));
