@@ -285,26 +285,26 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
         lab.peering_info("foreign").unwrap(),
         lab.peering_info("home").unwrap(),
     ];
+    // The pods are found first: only the remapped address waits for the peering.
+    let (pod, _) = lab.test_pod("home", "w1").unwrap();
+    let (_, ip) = lab.test_pod("foreign", "w1").unwrap();
+    let netns = lab.pod_netns("home", &pod).unwrap();
     let first = Instant::now();
     lab.peer_add("home", &infos[0]).unwrap();
     lab.peer_add("foreign", &infos[1]).unwrap();
     let created = Instant::now();
     let apart = created - first;
     assert!(apart < Duration::from_secs(1), "created {apart:?} apart");
-    // A home pod pings a foreign pod every 50 ms from the moment its address is known.
-    let (pod, _) = lab.test_pod("home", "w1").unwrap();
-    let (_, ip) = lab.test_pod("foreign", "w1").unwrap();
-    assert!(wait_for(CONVERGE, || lab
-        .remote_ip("home", "foreign", &ip)
-        .is_ok()));
-    let dst = lab.remote_ip("home", "foreign", &ip).unwrap();
-    let pinger = Pinger::start_every(
-        &lab.pod_netns("home", &pod).unwrap(),
-        &dst,
-        "home → foreign",
-        Duration::from_millis(50),
-    )
-    .unwrap();
+    // A home pod pings a foreign pod every 50 ms from the moment its address is known (the
+    // TunnelEndpoint's status, as kubectl shows it).
+    let mut dst = None;
+    assert!(wait_for(CONVERGE, || {
+        dst = lab.remote_ip("home", "foreign", &ip).ok();
+        dst.is_some()
+    }));
+    let dst = dst.unwrap();
+    let pinger =
+        Pinger::start_every(&netns, &dst, "home → foreign", Duration::from_millis(50)).unwrap();
     wait_for(Duration::from_secs(10), || pinger.first_reply().is_some());
     let answered = pinger.first_reply();
     let pinging = pinger.started().saturating_duration_since(created);
@@ -315,11 +315,13 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
     println!(
         "TunnelEndpoints created {apart:.2?} apart: the first ping answered {took:.2?} after the later one (pinging from {pinging:.2?}, once kubectl showed the remapped CIDR)"
     );
-    // 0.64 s, twice, once the overlay stopped relying on ARP (0.6-1.5 s before: an ARP lost
-    // to a VXLAN device made an instant later was retried a second later). A lost first
-    // contact costs one early retry of a second. What the leaders and the route agents on w1
-    // logged meanwhile says which step was slow.
-    if took > Duration::from_millis(800) {
+    // From its first probe, the path answers at once since the overlay stopped relying on ARP
+    // (before: 1 s more whenever an ARP was lost to a VXLAN device made an instant later). The
+    // whole, kubectl's polling included: 0.6-1.7 s. A lost first contact costs one early retry of
+    // a second. What the leaders and the route agents on w1 logged meanwhile says which step
+    // was slow.
+    let after_probing = took.saturating_sub(pinging);
+    if took > Duration::from_millis(1500) || after_probing > Duration::from_millis(300) {
         for c in ["home", "foreign"] {
             let cluster = lab.cluster(c);
             let pod = cluster
@@ -335,7 +337,11 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
             }
         }
     }
-    assert!(took <= Duration::from_millis(1200), "{took:?}");
+    assert!(
+        after_probing <= Duration::from_millis(500),
+        "answered {after_probing:?} after the first probe"
+    );
+    assert!(took <= Duration::from_millis(2500), "{took:?}");
     connected(&lab, "home", "foreign");
     connected(&lab, "foreign", "home");
 
@@ -387,6 +393,8 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
             .unwrap_or_default()
     };
     let seen: Vec<usize> = pods.iter().map(|p| log(p).len()).collect();
+    // The leader releases the finalizer: its node's way to the API is the one that counts.
+    let leader = lab.cluster("home").leader().expect("home has a leader");
     let cp = &mut lab.cluster_mut("home").cp;
     cp.stop_apiserver().unwrap();
     let rev = cp.compact().unwrap();
@@ -397,40 +405,55 @@ fn the_first_ping_crosses_at_once_and_the_tunnel_outlives_the_api_server() {
     // Pods reach the API server through the `kubernetes` Service's ClusterIP. A single API
     // server that stops gracefully takes its endpoint out of that Service, and kube-proxy puts
     // it back only once its own watch reconnects (client-go backs off for up to 30 s): until
-    // then no pod reaches the API, whatever it does. Measured from a node, beside the rest.
-    let w1 = home.node("w1").ns.clone();
-    let api_back = std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let reachable = wait_for(Duration::from_secs(90), || {
-            liqonet_lab::netns::ns_run(
-                &w1,
-                &[
-                    "curl",
-                    "-sk",
-                    "-o",
-                    "/dev/null",
-                    "--max-time",
-                    "1",
-                    "https://10.96.0.1/livez",
-                ],
-            )
-            .is_ok()
-        });
-        reachable.then(|| t0.elapsed())
-    });
+    // then no pod reaches the API, whatever it does. Each node's kube-proxy reconnects on its
+    // own (tens of seconds apart): measured from every node, beside the rest.
+    let api_back: Vec<(String, std::thread::JoinHandle<Option<Duration>>)> = home
+        .nodes
+        .iter()
+        .map(|n| {
+            let ns = n.ns.clone();
+            let probe = std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let reachable = wait_for(Duration::from_secs(90), || {
+                    liqonet_lab::netns::ns_run(
+                        &ns,
+                        &[
+                            "curl",
+                            "-sk",
+                            "-o",
+                            "/dev/null",
+                            "--max-time",
+                            "1",
+                            "https://10.96.0.1/livez",
+                        ],
+                    )
+                    .is_ok()
+                });
+                reachable.then(|| t0.elapsed())
+            });
+            (n.name.clone(), probe)
+        })
+        .collect();
     home.kubectl(&["-n", "liqonet", "delete", "tep", "foreign", "--timeout=90s"])
         .unwrap();
     let deleted = t0.elapsed();
     let took = lab.wait_routes("home", CONVERGE).unwrap();
-    let api_back = api_back.join().unwrap();
+    let api_back: Vec<(String, Option<Duration>)> = api_back
+        .into_iter()
+        .map(|(n, probe)| (n, probe.join().unwrap_or(None)))
+        .collect();
     println!(
-        "after the restart: the `kubernetes` Service reachable from the nodes again after {api_back:.2?}; tep foreign deleted (finalizer released) after {deleted:.2?}, its routes gone from every node {took:.2?} later"
+        "after the restart: the `kubernetes` Service reachable again from each node after {api_back:.2?}; tep foreign deleted (finalizer released) after {deleted:.2?}, its routes gone from every node {took:.2?} later"
     );
-    // Once pods reach the API again, the watchers relist and act within seconds.
-    let api_back = api_back.expect("the nodes never reached the API server again");
+    // Once the leader's node reaches the API again, its watchers relist and act within seconds.
+    let leader_back = api_back
+        .iter()
+        .find(|(n, _)| *n == leader)
+        .and_then(|(_, t)| *t)
+        .expect("the leader's node never reached the API server again");
     assert!(
-        deleted < api_back + Duration::from_secs(10),
-        "deleted {deleted:?}, API reachable {api_back:?}"
+        deleted < leader_back + Duration::from_secs(10),
+        "deleted {deleted:?}, API reachable from the leader's node {leader} after {leader_back:?}"
     );
     let log = |pod: &str| {
         home.kubectl(&["-n", "liqonet", "logs", pod])
