@@ -296,9 +296,24 @@ pub async fn watch(
         )
         .backoff(watch_backoff()),
     );
+    // The leader renews the Lease several times a second: only a change of the node it names
+    // is an event here (errors go through, to be logged).
+    let lease_changes = {
+        let leases = leases.clone();
+        let mut named: Option<Option<String>> = None;
+        any_event(lease_events).filter(move |e| {
+            let now = leases
+                .state()
+                .iter()
+                .find_map(|l| leader_node(l).map(str::to_string));
+            let changed = e.is_err() || named.as_ref() != Some(&now);
+            named = Some(now);
+            futures::future::ready(changed)
+        })
+    };
     let events = futures::stream::select(
         futures::stream::select(any_event(ep_events), any_event(node_events)),
-        any_event(lease_events),
+        lease_changes,
     );
     let mut events = std::pin::pin!(events);
     let mut last: Option<Update> = None;
