@@ -422,10 +422,7 @@ impl Kernel for Netlink {
             .iter()
             .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
             .filter_map(|m| {
-                let mac = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(l) => Mac::try_from(l.as_slice()).ok(),
-                    _ => None,
-                })?;
+                let mac = lladdr(m)?;
                 // The device's own addresses are listed too, without a remote.
                 let dst = m.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
@@ -491,12 +488,7 @@ impl Kernel for Netlink {
                             }
                             _ => None,
                         })?;
-                        let mac = m.attributes.iter().find_map(|a| match a {
-                            NeighbourAttribute::LinkLayerAddress(l) => {
-                                Mac::try_from(l.as_slice()).ok()
-                            }
-                            _ => None,
-                        })?;
+                        let mac = lladdr(m)?;
                         Some(Neighbour { ip, mac })
                     }),
             );
@@ -570,26 +562,22 @@ fn route_message(r: &Route, table: u32, oif: Option<u32>) -> anyhow::Result<Rout
 fn guard_message(dst: Cidr) -> RouteMessage {
     let len = dst.prefix_len();
     match dst.addr() {
-        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(a, len)
-            .table_id(MAIN_TABLE)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .scope(RouteScope::Universe)
-            .kind(RouteType::BlackHole)
-            .priority(GUARD_METRIC)
-            .build(),
-        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(a, len)
-            .table_id(MAIN_TABLE)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .scope(RouteScope::Universe)
-            .kind(RouteType::BlackHole)
-            .priority(GUARD_METRIC)
-            .build(),
+        IpAddr::V4(a) => guard(RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, len)),
+        IpAddr::V6(a) => guard(RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(a, len)),
     }
 }
 
-/// One of the agent's guards (its protocol checked by the caller, or here).
+/// What makes a route to a destination of either family a guard.
+fn guard<T>(b: RouteMessageBuilder<T>) -> RouteMessage {
+    b.table_id(MAIN_TABLE)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .scope(RouteScope::Universe)
+        .kind(RouteType::BlackHole)
+        .priority(GUARD_METRIC)
+        .build()
+}
+
+/// One of the agent's guards: a blackhole of its protocol at the guard metric.
 pub(crate) fn is_guard(m: &RouteMessage) -> bool {
     m.header.kind == RouteType::BlackHole
         && m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL)
@@ -606,6 +594,14 @@ fn owned_route<T>(b: RouteMessageBuilder<T>, table: u32, oif: Option<u32>) -> Ro
         Some(i) => b.output_interface(i).build(),
         None => b.build(),
     }
+}
+
+/// A neighbour's (or FDB entry's) MAC address, if it has one of six bytes.
+fn lladdr(m: &NeighbourMessage) -> Option<Mac> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(l) => Mac::try_from(l.as_slice()).ok(),
+        _ => None,
+    })
 }
 
 fn fdb_entry(index: u32, e: &FdbEntry) -> NeighbourMessage {
